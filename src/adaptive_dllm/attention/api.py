@@ -1,0 +1,114 @@
+"""The one attention seam that model code calls.
+
+Shape legend:
+    B batch, H query heads, Hkv key/value heads (H % Hkv == 0), L sequence length, D head dim.
+
+Model code never picks a kernel. A transformer layer calls ``attend(q, k, v, ...)`` (or the
+:class:`AttentionHook` the caller passed to the model, which in turn calls ``attend``). Backends
+register by name; ``"sdpa"`` (dense, PyTorch's fused kernels) is the default, ``"reference"`` is
+the eager oracle every other backend is tested against.
+
+A backend is a function ``fn(q, k, v, *, key_mask, plan) -> out`` with
+    q (B, H, L, D), k and v (B, Hkv, L, D), key_mask (B, L) bool or None (True = real token),
+    plan: a per-layer sparse plan or None (dense), out (B, H, L, D) in q's dtype.
+Query head h reads key/value head ``h // (H // Hkv)``: backends must not repeat K/V when they
+can avoid it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from adaptive_dllm.errors import AdllmError
+
+Backend = Callable[..., torch.Tensor]
+_BACKENDS: dict[str, Backend] = {}
+
+
+class AttentionHook(Protocol):
+    """What a caller may pass to the model to take over attention (e.g. a sparse session).
+
+    Called once per layer per forward with the layer index and the same tensors as
+    :func:`attend`; must return the attention output (B, H, L, D).
+    """
+
+    def __call__(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_mask: torch.Tensor | None,
+    ) -> torch.Tensor: ...
+
+
+def register_backend(name: str, fn: Backend) -> None:
+    """Register (or replace) an attention backend under ``name``."""
+    _BACKENDS[name] = fn
+
+
+def available_backends() -> tuple[str, ...]:
+    _ensure_builtin()
+    return tuple(sorted(_BACKENDS))
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    plan: Any = None,
+    backend: str = "sdpa",
+) -> torch.Tensor:
+    """Bidirectional multi-head attention, dense or sparse.
+
+    Computes ``softmax(q k^T / sqrt(D) + mask) v`` (Vaswani et al. 2017, Eq. 1) with no causal mask.
+
+    Args:
+        q: (B, H, L, D) queries.
+        k: (B, Hkv, L, D) keys.
+        v: (B, Hkv, L, D) values.
+        key_mask: (B, L) bool, True where the key is a real token; padded keys get no weight.
+        plan: a sparse plan for this layer (see ``adaptive_dllm.sparsity.plan``) or None for dense.
+        backend: registered backend name.
+
+    Returns:
+        (B, H, L, D) attention output in q's dtype.
+    """
+    _ensure_builtin()
+    fn = _BACKENDS.get(backend)
+    if fn is None:
+        raise AdllmError(
+            f"unknown attention backend {backend!r}; choose one of {', '.join(sorted(_BACKENDS))}"
+        )
+    return fn(q, k, v, key_mask=key_mask, plan=plan)
+
+
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    plan: Any = None,
+) -> torch.Tensor:
+    """Dense attention through ``F.scaled_dot_product_attention`` (flash / cuDNN / efficient)."""
+    if plan is not None:
+        raise AdllmError("the 'sdpa' backend is dense only; use backend 'flex' or 'reference'")
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def _ensure_builtin() -> None:
+    # Lazy so that importing the package registers nothing and loads no kernels.
+    if "sdpa" not in _BACKENDS:
+        from adaptive_dllm.attention import reference
+
+        _BACKENDS.setdefault("sdpa", sdpa_attention)
+        _BACKENDS.setdefault("reference", reference.reference_attention)

@@ -1,0 +1,65 @@
+"""``adllm``: the command-line tool.
+
+Each subcommand lives in its own module ``adaptive_dllm.cli.<name>`` exposing
+``register(subparsers)`` (adds its parser, with examples in the epilog, and sets
+``func=run``) and ``run(args) -> int``. User errors (:class:`AdllmError`) print one line and
+exit 2; set ``ADLLM_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from adaptive_dllm.errors import AdllmError
+
+# Order = order in `adllm --help`.
+COMMANDS = ("generate", "budget", "importance", "prune", "eval", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adllm",
+        description="Diffusion LM inference with head-adaptive block-sparse attention.",
+        epilog="Run `adllm COMMAND --help` for examples of each command.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"adaptive_dllm.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"adaptive_dllm.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AdllmError as err:
+        if os.environ.get("ADLLM_DEBUG"):
+            raise
+        print(f"adllm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

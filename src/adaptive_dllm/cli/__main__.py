@@ -1,0 +1,5 @@
+import sys
+
+from adaptive_dllm.cli import main
+
+sys.exit(main())
