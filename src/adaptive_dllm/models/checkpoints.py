@@ -1,0 +1,249 @@
+"""Load (and save) HF-style checkpoint directories: config.json + safetensors (+ tokenizer).
+
+A directory holds ``config.json`` (its ``model_type`` picks the family), ``model.safetensors`` or
+``model.safetensors.index.json`` with shards, optionally ``generation_config.json`` and
+``tokenizer.json`` / ``tokenizer_config.json``. Tensor names are the public ones; the family's
+key map renames them, and every checkpoint tensor must be used and every parameter filled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptive_dllm.errors import CheckpointError
+from adaptive_dllm.models.config import ModelConfig
+from adaptive_dllm.models.families import FamilySpec, family_for_model_type, get_family
+from adaptive_dllm.models.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from adaptive_dllm.models.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).parent / "tiny"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU unless asked otherwise."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise CheckpointError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}") from None
+
+
+def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise CheckpointError(f"{path} is missing; a checkpoint directory needs config.json")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); re-download the checkpoint") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _resolve_directory(path: str | os.PathLike[str] | None) -> Path:
+    if path is None:
+        return BUNDLED_DIR
+    directory = Path(path).expanduser()
+    if directory.is_dir():
+        return directory
+    text = str(path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        return _download_from_hub(text)
+    raise CheckpointError(f"model directory {text!r} does not exist; pass a local checkpoint directory")
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{repo_id!r} is not a local directory and huggingface_hub is not installed; download "
+            "the checkpoint and pass its local directory with --model"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as err:  # network, auth, missing repo: all end the same way for the user
+        raise CheckpointError(
+            f"cannot fetch {repo_id!r} from the hub ({type(err).__name__}); download it elsewhere "
+            "and pass its local directory with --model"
+        ) from err
+
+
+def read_config(directory: str | os.PathLike[str] | None = None) -> tuple[ModelConfig, FamilySpec]:
+    """Parse a checkpoint directory's config without loading weights."""
+    d = _resolve_directory(directory)
+    raw = _read_json(d / "config.json", required=True)
+    family = family_for_model_type(raw.get("model_type"))
+    gen = _read_json(d / "generation_config.json", required=False)
+    try:
+        config = family.parse_config(raw, gen)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{d / 'config.json'}: {err}") from err
+    return config, family
+
+
+def _shard_files(directory: Path) -> list[Path]:
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = _read_json(index, required=True).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map'; the index file is malformed")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{directory} is missing shard(s) {', '.join(missing)}")
+        return files
+    raise CheckpointError(
+        f"{directory} has no model.safetensors or model.safetensors.index.json; "
+        "only safetensors checkpoints are supported"
+    )
+
+
+def _read_tensors(files: list[Path], key_map: dict[str, str], model: Transformer,
+                  device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    state: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for file in files:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read {file}: {err}") from err
+        with handle:
+            for key in handle.keys():
+                ours = key_map.get(key)
+                if ours is None:
+                    unexpected.append(key)
+                    continue
+                tensor = handle.get_tensor(key)
+                if tuple(tensor.shape) != tuple(expected[ours]):
+                    raise CheckpointError(
+                        f"tensor {key} has shape {tuple(tensor.shape)} but config.json implies "
+                        f"{tuple(expected[ours])}; the config does not match the weights"
+                    )
+                state[ours] = tensor.to(device=device, dtype=dtype)
+    if unexpected:
+        raise CheckpointError(
+            f"checkpoint has {len(unexpected)} tensor(s) this model does not use, e.g. "
+            f"{unexpected[0]!r}; is model_type right?"
+        )
+    missing = sorted(set(expected) - set(state))
+    if model.config.tie_embeddings:
+        missing = [m for m in missing if m != "lm_head.weight"]
+    if missing:
+        inverse = {v: k for k, v in key_map.items()}
+        raise CheckpointError(
+            f"checkpoint lacks {len(missing)} tensor(s), e.g. {inverse.get(missing[0], missing[0])!r}"
+        )
+    return state
+
+
+def load_model(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Transformer:
+    """Build the transformer from a checkpoint directory (weights only, no tokenizer)."""
+    directory = _resolve_directory(path)
+    config, family = read_config(directory)
+    dev = torch.device(device) if device is not None else default_device()
+    dt = resolve_dtype(dtype, dev)
+    with torch.device("meta"):
+        model = Transformer(config)
+    state = _read_tensors(_shard_files(directory), family.key_map(config), model, dev, dt)
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+        model.load_state_dict(state, strict=False, assign=True)
+        model.lm_head.weight = model.embed.weight
+    else:
+        model.load_state_dict(state, strict=True, assign=True)
+    model.eval().requires_grad_(False)
+    model.source = str(directory)
+    return model
+
+
+def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Tokenizer | None:
+    """The checkpoint's tokenizer, the byte tokenizer for byte-level models, or None."""
+    directory = _resolve_directory(path)
+    raw = _read_json(directory / "config.json", required=True)
+    config, _ = read_config(directory)
+    if raw.get("adllm_tokenizer") == "bytes":
+        return ByteTokenizer()
+    if (directory / "tokenizer.json").is_file():
+        return HFTokenizer(directory, mask_id=config.mask_id, eos_id=config.eos_id,
+                           pad_id=config.pad_id, bos_id=config.bos_id)
+    return None
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> tuple[Transformer, Tokenizer | None]:
+    """Load a model and its tokenizer.
+
+    Args:
+        path: local checkpoint directory; None loads the bundled small Shakespeare model. A hub
+            id ("org/name") is fetched only when ``huggingface_hub`` is installed and reachable.
+        device: default CUDA when available, else CPU.
+        dtype: default bfloat16 on GPU, float32 on CPU.
+
+    Returns:
+        (model, tokenizer); the tokenizer is None when the directory has no tokenizer files,
+        and generation then takes token ids.
+
+    Raises:
+        CheckpointError: missing directory, missing/malformed config.json, unknown model_type,
+            missing or unexpected tensor, shape mismatch.
+    """
+    directory = _resolve_directory(path)
+    return load_model(directory, device=device, dtype=dtype), load_tokenizer(directory)
+
+
+def save_checkpoint(model: Transformer, directory: str | os.PathLike[str],
+                    config_json: dict[str, Any]) -> None:
+    """Write ``model`` under its family's public tensor names, with ``config_json``, atomically."""
+    from safetensors.torch import save_file
+
+    family = get_family(model.config.family)
+    inverse = {ours: theirs for theirs, ours in family.key_map(model.config).items()}
+    params = dict(model.named_parameters())
+    tensors = {inverse[name]: p.detach().to("cpu").contiguous() for name, p in params.items()
+               if name in inverse}
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        Path(tmp, "config.json").write_text(json.dumps(config_json, indent=1, sort_keys=True) + "\n")
+        for name in ("model.safetensors", "config.json"):
+            os.replace(os.path.join(tmp, name), out / name)
