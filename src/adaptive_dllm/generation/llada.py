@@ -1,0 +1,203 @@
+"""LLaDA's sampler: semi-autoregressive blocks with low-confidence or random remasking.
+
+Shape legend:
+    B batch, P prompt length (left-padded), G generation length, L = P + G, V vocabulary.
+
+The generated region starts as mask tokens and is split into ``G / block_length`` blocks
+decoded left to right, each with ``steps / num_blocks`` steps (Nie et al. 2025, Alg. 4).
+At every step the model scores the whole sequence; each masked position of the current
+block proposes its argmax token (Gumbel-max in float64 when ``temperature > 0``) and the
+row's most confident proposals, as many as the step's transfer count, are committed.
+Semantics and random-draw order follow the recorded upstream sampler exactly
+(``../shared/reference_fixtures/README.md``), so seeds mean the same thing.
+
+The step loop never reads a tensor back to the host: transfer counts are known before the
+loop and selection uses :func:`~adaptive_dllm.generation.schedule.select_top`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.schedule import (
+    StepSession,
+    check_choice,
+    check_float,
+    check_int,
+    select_top,
+    split_evenly,
+)
+
+Remasking = Literal["low_confidence", "random"]
+
+
+@dataclass(frozen=True)
+class LladaOptions:
+    """Settings of the LLaDA sampler.
+
+    Attributes:
+        gen_length: tokens to generate (G).
+        steps: denoising steps in total; None = ``gen_length`` (one token per step, as the
+            upstream defaults 128/128). Must be a multiple of the number of blocks.
+        block_length: semi-autoregressive block size; None = ``gen_length`` (one block).
+            Must divide ``gen_length``.
+        temperature: 0 = argmax; > 0 samples by Gumbel-max in float64,
+            ``exp(logits) / (-log U) ** temperature``.
+        cfg_scale: classifier-free guidance; > 0 runs the prompt-masked copy in the same
+            forward and uses ``uncond + (cfg_scale + 1) * (cond - uncond)``.
+        remasking: ``low_confidence`` commits the highest softmax probabilities of the
+            proposed tokens; ``random`` ranks by one ``torch.rand((B, L))`` draw per step.
+    """
+
+    gen_length: int = 128
+    steps: int | None = None
+    block_length: int | None = None
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: Remasking = "low_confidence"
+
+    def __post_init__(self) -> None:
+        check_int("gen_length", self.gen_length)
+        if self.steps is None:
+            object.__setattr__(self, "steps", self.gen_length)
+        if self.block_length is None:
+            object.__setattr__(self, "block_length", self.gen_length)
+        check_int("steps", self.steps)
+        check_int("block_length", self.block_length)
+        check_float("temperature", self.temperature, low=0.0)
+        check_float("cfg_scale", self.cfg_scale, low=0.0)
+        check_choice("remasking", self.remasking, get_args(Remasking))
+        if self.gen_length % self.block_length:
+            raise AdllmError(
+                f"gen_length={self.gen_length} is not divisible by block_length="
+                f"{self.block_length}; pick a block length that divides it"
+            )
+        if self.steps % self.num_blocks:
+            raise AdllmError(
+                f"steps={self.steps} is not a multiple of the number of blocks "
+                f"(gen_length / block_length = {self.num_blocks}); use a multiple of it"
+            )
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+
+def sample_llada(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    options: LladaOptions,
+    attention_mask: torch.Tensor | None = None,
+    session: StepSession | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    history: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Generate ``options.gen_length`` tokens after each prompt.
+
+    Args:
+        model: returns (B, L, V) logits from ``model(ids, attention_mask=..., attn=...)``;
+            ``model.config.mask_id`` is the mask token.
+        input_ids: (B, P) int64 prompts, left-padded when rows differ in length.
+        options: sampler settings.
+        attention_mask: (B, P) bool or 0/1, 0 at left padding; None = no padding. Padded
+            positions are never masked, never chosen and never read by real tokens.
+        session: passed to the model as ``attn``; ``begin_step(step, steps)`` is called before
+            each step's (single) model call.
+        on_step: ``on_step(done, steps)`` after each step, ``done`` = steps completed.
+        history: if given, receives a copy of the sequence before every model call and the
+            final sequence (``steps + 1`` tensors of shape (B, L)).
+
+    Returns:
+        (B, L) int64: prompts followed by the generated tokens.
+    """
+    o = options
+    mask_id = model.config.mask_id
+    B, P = input_ids.shape
+    device = input_ids.device
+    x = torch.cat([input_ids, input_ids.new_full((B, o.gen_length), mask_id)], dim=1)  # (B, L)
+    model_mask = None
+    if attention_mask is not None:
+        gen_ones = torch.ones(B, o.gen_length, dtype=torch.bool, device=device)
+        model_mask = torch.cat([attention_mask.bool(), gen_ones], dim=1)  # (B, L)
+    uncond_positions = None
+    if o.cfg_scale > 0:
+        # The unconditional copy masks the real prompt tokens (padding stays padding).
+        uncond_positions = torch.zeros_like(x, dtype=torch.bool)
+        uncond_positions[:, :P] = True if attention_mask is None else attention_mask.bool()
+        if model_mask is not None:
+            model_mask = torch.cat([model_mask, model_mask], dim=0)  # (2B, L)
+    # Every block is fully masked when it starts, so its counts are known now: (B, S_block).
+    block_n = torch.full((B,), o.block_length, dtype=torch.long, device=device)
+    counts = split_evenly(block_n, o.steps_per_block)
+
+    for block in range(o.num_blocks):
+        lo = P + block * o.block_length
+        hi = lo + o.block_length
+        for j in range(o.steps_per_block):
+            step = block * o.steps_per_block + j
+            if session is not None:
+                session.begin_step(step, o.steps)
+            if history is not None:
+                history.append(x.clone())
+            _step(model, x, lo=lo, hi=hi, k=counts[:, j], options=o, mask_id=mask_id,
+                  model_mask=model_mask, uncond_positions=uncond_positions, session=session)
+            if on_step is not None:
+                on_step(step + 1, o.steps)
+    if history is not None:
+        history.append(x.clone())
+    return x
+
+
+def _step(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    lo: int,
+    hi: int,
+    k: torch.Tensor,
+    options: LladaOptions,
+    mask_id: int,
+    model_mask: torch.Tensor | None,
+    uncond_positions: torch.Tensor | None,
+    session: StepSession | None,
+) -> None:
+    """One denoising step: commit ``k[b]`` tokens of block ``x[:, lo:hi]`` in place."""
+    o = options
+    if uncond_positions is None:
+        logits = model(x, attention_mask=model_mask, attn=session).float()  # (B, L, V)
+    else:
+        uncond = torch.where(uncond_positions, mask_id, x)
+        both = model(torch.cat([x, uncond]), attention_mask=model_mask, attn=session).float()
+        cond, unc = both.chunk(2, dim=0)
+        logits = unc + (o.cfg_scale + 1) * (cond - unc)  # (B, L, V)
+
+    block_logits = logits[:, lo:hi]  # (B, Lb, V)
+    if o.temperature > 0:
+        # Drawn over the whole sequence, as upstream, so the random stream matches.
+        u = torch.rand_like(logits, dtype=torch.float64)
+        noisy = block_logits.double().exp() / (-torch.log(u[:, lo:hi])) ** o.temperature
+        x0 = noisy.argmax(-1)  # (B, Lb)
+    else:
+        x0 = block_logits.argmax(-1)
+
+    if o.remasking == "low_confidence":
+        probs = torch.softmax(block_logits, dim=-1)
+        confidence = probs.gather(-1, x0[..., None]).squeeze(-1)  # (B, Lb)
+    else:
+        confidence = torch.rand(x.shape, device=x.device)[:, lo:hi]
+
+    current = x[:, lo:hi]
+    confidence = torch.where(current == mask_id, confidence, -torch.inf)
+    chosen = select_top(confidence, k)
+    x[:, lo:hi] = torch.where(chosen, x0, current)
