@@ -1,0 +1,412 @@
+"""Exact integer block budgets per allocation unit (DESIGN §3 "Budget").
+
+Shapes: Ly layers, Hu allocation units per layer, U = Ly * Hu units, N key blocks per query-block
+row, G budget groups (1 for the global budget, Ly for the per-layer budget), M units per group.
+
+Given relative weights w (mean 1), the user's ``select`` and N, unit h keeps k_h blocks with
+
+- ``sum_h k_h == K := round(select * U * N)`` exactly, whenever ``K >= U * k_min``;
+- ``1 <= k_min <= k_h <= N``;
+- every k_h non-decreasing in ``select``;
+- equal weights giving equal counts (the remainder goes to the lowest unit indices);
+- ``select = 1`` keeping all N blocks.
+
+Two solutions are computed (budget_allocation_survey.md §3.2 and §3.3):
+
+1. **Continuous** (water-filling): ``x_h = clip(lam * w_h * N, k_min, N)`` with ``lam`` solved so
+   that ``sum x_h = K``. This is the maximiser of ``sum_h w_h log x_h`` under the budget and the
+   box; the keep ratios are ``r_h = clip(lam * w_h, k_min / N, 1)``. Note ``lam != select`` as soon
+   as any unit is clipped: that difference is the upstream shortfall this module fixes.
+2. **Integer** (Webster / Sainte-Lagüe divisor method): block j+1 of unit h (j >= k_min) has
+   priority ``w_h / (j + 0.5)``; the ``K - U * k_min`` free blocks go to the highest priorities
+   in one global order, ties broken by unit index. Equivalently, ``k_h = clip(round(w_h / t),
+   k_min, N)`` for the divisor t that makes the total exact. A larger ``select`` only extends the
+   prefix of the same order, so no unit ever loses a block (house monotonicity).
+
+The integer counts stay within about one block of the continuous solution
+(:attr:`Allocation.rounding_gap`).
+
+Floors. ``min_blocks`` is a hard minimum (at least one block: mandatory blocks belong here);
+``min_keep_ratio`` adds a soft floor ``ceil(min_keep_ratio * N)``. When ``K`` is below the soft
+floor, the floor is lowered to fit (warning; ``strict=True`` raises instead). When ``K`` is below
+even the hard minimum every unit keeps ``min_blocks`` and the realised mean, above ``select``, is
+reported (:attr:`Allocation.note`), never hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adaptive_dllm.errors import AdllmError
+
+logger = logging.getLogger(__name__)
+
+BudgetMode = Literal["global", "per_layer"]
+
+
+@dataclass(frozen=True, eq=False)
+class Allocation:
+    """Integer kept-block counts per allocation unit, with the figures that describe them.
+
+    Only the first group of fields is passed in; the counts below ``# derived`` are computed from
+    ``blocks`` so that the report can never disagree with the allocation.
+
+    Attributes:
+        blocks: Kept key blocks per query-block row, int64, shape (Ly, Hu).
+        n_blocks: N, key blocks per row.
+        select: Requested mean keep ratio in (0, 1].
+        k_min: Effective per-unit minimum (after any lowering of the soft floor).
+        requested_k_min: The floor that was asked for, ``max(min_blocks, ceil(min_keep_ratio*N))``.
+        budget: ``"global"`` (one pool) or ``"per_layer"`` (each layer spends ``select`` itself).
+        lam: Continuous multiplier per budget group, float64, shape (G,): ``r = clip(lam*w, ., 1)``.
+        continuous: Continuous block counts x_h, float64, shape (Ly, Hu).
+        target_total: ``round(select * U * N)``.
+        realised_keep_ratio: ``blocks.sum() / (U * N)``.
+        saturated: Units with ``k == N`` (all blocks kept).
+        floored: Units with ``k == k_min < N``.
+        floor_lowered: Whether ``k_min < requested_k_min``.
+    """
+
+    blocks: Tensor
+    n_blocks: int
+    select: float
+    k_min: int
+    requested_k_min: int
+    budget: BudgetMode
+    lam: Tensor
+    continuous: Tensor
+    # derived
+    target_total: int = field(init=False)
+    realised_keep_ratio: float = field(init=False)
+    saturated: int = field(init=False)
+    floored: int = field(init=False)
+    floor_lowered: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.blocks
+        if not isinstance(b, Tensor) or b.dim() != 2 or b.dtype != torch.int64:
+            raise AdllmError("Allocation.blocks must be an int64 tensor of shape (layers, units)")
+        if b.numel() and (int(b.min()) < self.k_min or int(b.max()) > self.n_blocks):
+            raise AdllmError(
+                f"Allocation.blocks must lie in [k_min={self.k_min}, N={self.n_blocks}]"
+            )
+        n = self.n_blocks
+        set_ = object.__setattr__
+        set_(self, "target_total", round(self.select * b.numel() * n))
+        set_(self, "realised_keep_ratio", int(b.sum()) / (b.numel() * n))
+        set_(self, "saturated", int((b == n).sum()))
+        set_(self, "floored", int(((b == self.k_min) & (b < n)).sum()))
+        set_(self, "floor_lowered", self.k_min < self.requested_k_min)
+
+    @property
+    def n_units(self) -> int:
+        """U, the number of allocation units."""
+        return self.blocks.numel()
+
+    @property
+    def realised_total(self) -> int:
+        """Kept blocks summed over all units."""
+        return int(self.blocks.sum())
+
+    @property
+    def free(self) -> int:
+        """Units strictly between the floor and N."""
+        return self.n_units - self.saturated - self.floored
+
+    @property
+    def exact(self) -> bool:
+        """Whether the realised total equals the target ``round(select * U * N)``."""
+        return self.realised_total == self.target_total
+
+    @property
+    def keep_ratios(self) -> Tensor:
+        """Per-unit keep ratios ``k / N``, float64, shape (Ly, Hu)."""
+        return self.blocks.to(torch.float64) / self.n_blocks
+
+    @property
+    def rounding_gap(self) -> float:
+        """Largest ``abs(k_h - x_h)`` between the integer and continuous solutions, in blocks."""
+        return float((self.blocks.to(torch.float64) - self.continuous).abs().max())
+
+    @property
+    def note(self) -> str:
+        """Why the allocation differs from the request; empty when it does not."""
+        u, n = self.n_units, self.n_blocks
+        parts = []
+        if self.floor_lowered:
+            parts.append(
+                f"select {self.select:g} is below the floor of {self.requested_k_min} of {n} "
+                f"blocks per unit; floor lowered to {self.k_min}"
+            )
+        if not self.exact:
+            parts.append(
+                f"target {self.target_total} blocks is below the minimum {u} units x "
+                f"{self.k_min} = {u * self.k_min}, so every unit keeps {self.k_min} "
+                f"(realised mean {self.realised_keep_ratio:.4f} instead of {self.select:g})"
+            )
+        return "; ".join(parts)
+
+    def summary(self) -> dict[str, Any]:
+        """The report figures as plain Python values (JSON-ready)."""
+        ratios = self.keep_ratios
+        lam = [float(v) for v in self.lam]
+        return {
+            "select": self.select,
+            "n_units": self.n_units,
+            "blocks_total": self.n_blocks,
+            "budget": self.budget,
+            "target_total": self.target_total,
+            "realised_total": self.realised_total,
+            "exact": self.exact,
+            "realised_mean": self.realised_keep_ratio,
+            "deviation": self.realised_keep_ratio - self.select,
+            "saturated": self.saturated,
+            "floored": self.floored,
+            "free": self.free,
+            "k_min": self.k_min,
+            "requested_k_min": self.requested_k_min,
+            "floor_lowered": self.floor_lowered,
+            "min_keep_ratio": float(ratios.min()),
+            "max_keep_ratio": float(ratios.max()),
+            "lambda": lam[0] if len(lam) == 1 else lam,
+            "rounding_gap": self.rounding_gap,
+            "note": self.note,
+        }
+
+    def layer_summary(self) -> list[dict[str, Any]]:
+        """Per-layer figures: mean, min and max keep ratio, saturated and floored units."""
+        ratios, n = self.keep_ratios, self.n_blocks
+        rows = []
+        for layer, (k, r) in enumerate(zip(self.blocks, ratios, strict=True)):
+            rows.append({
+                "layer": layer,
+                "blocks": int(k.sum()),
+                "mean_keep_ratio": float(r.mean()),
+                "min_keep_ratio": float(r.min()),
+                "max_keep_ratio": float(r.max()),
+                "saturated": int((k == n).sum()),
+                "floored": int(((k == self.k_min) & (k < n)).sum()),
+                "units": k.numel(),
+            })
+        return rows
+
+
+def allocate(
+    weights: Tensor,
+    select: float,
+    n_blocks: int,
+    *,
+    min_keep_ratio: float = 0.0,
+    min_blocks: int = 1,
+    budget: BudgetMode = "global",
+    strict: bool = False,
+) -> Allocation:
+    """Give each allocation unit an integer number of kept key blocks.
+
+    Args:
+        weights: Relative weights, positive and finite, shape (Ly, Hu); only ratios matter
+            (see :func:`~adaptive_dllm.budget.weights.relative_weights`).
+        select: Target mean keep ratio in (0, 1].
+        n_blocks: N, key blocks per query-block row (>= 1).
+        min_keep_ratio: Soft floor on each unit's keep ratio, in [0, 1]; lowered (with a
+            warning) when ``select`` is below it.
+        min_blocks: Hard minimum of kept blocks per unit (>= 1), never lowered.
+        budget: ``"global"``: one pool for all units (budget moves between layers);
+            ``"per_layer"``: each layer keeps ``select`` of its own blocks (the layer totals differ
+            by at most one block, the extra blocks going to the lowest layers).
+        strict: Raise instead of lowering the floor or missing the target.
+
+    Returns:
+        The :class:`Allocation`.
+
+    Raises:
+        AdllmError: invalid arguments, or in strict mode a budget below the floor.
+    """
+    w = _check_weights(weights)  # (Ly, Hu) float64
+    select = _check_select(select)
+    n = _check_int("n_blocks", n_blocks)
+    hard = min(_check_int("min_blocks", min_blocks), n)
+    if isinstance(min_keep_ratio, bool) or not 0.0 <= float(min_keep_ratio) <= 1.0:
+        raise AdllmError(f"min_keep_ratio={min_keep_ratio!r} must be in [0, 1]")
+    if budget not in ("global", "per_layer"):
+        raise AdllmError(f"budget={budget!r} must be 'global' or 'per_layer'")
+    # Tolerance: 0.7 * 10 is 7.000000000000001 in floating point, which must stay 7 blocks.
+    requested = min(max(hard, math.ceil(float(min_keep_ratio) * n - 1e-9)), n)
+
+    n_layers, n_per_layer = w.shape
+    n_units = w.size
+    target = round(select * n_units * n)
+    k_min = requested
+    if target < n_units * requested:
+        k_min = max(hard, target // n_units)
+        what = (
+            f"select={select:g} asks for {target} of {n_units * n} blocks, below the floor of "
+            f"{requested} block(s) per unit ({n_units * requested} in total)"
+        )
+        if strict:
+            raise AdllmError(f"{what}; raise select or lower the floor (min_keep_ratio, min_blocks)")
+        if k_min < requested:
+            logger.warning("%s; floor lowered to %d block(s) per unit", what, k_min)
+        if target < n_units * k_min:
+            logger.warning("%s; every unit keeps %d block(s), realised mean %.4f",
+                           what, k_min, k_min / n)
+
+    if budget == "global":
+        groups, totals = w.reshape(1, n_units), np.array([target])
+    else:
+        base, extra = divmod(target, n_layers)
+        groups = w
+        totals = base + (np.arange(n_layers) < extra)
+    totals = np.clip(totals, groups.shape[1] * k_min, groups.shape[1] * n).astype(np.int64)
+
+    blocks = _webster(groups, totals, k_min, n).reshape(n_layers, n_per_layer)
+    lam, cont = _water_fill(groups, totals, k_min, n)
+    return Allocation(
+        blocks=torch.from_numpy(blocks),
+        n_blocks=n,
+        select=select,
+        k_min=k_min,
+        requested_k_min=requested,
+        budget=budget,
+        lam=torch.from_numpy(lam / n),
+        continuous=torch.from_numpy(cont.reshape(n_layers, n_per_layer)),
+    )
+
+
+def _webster(w: np.ndarray, totals: np.ndarray, k_min: int, n: int) -> np.ndarray:
+    """Webster counts per group: ``clip(round_half_up(w / t), k_min, n)`` summing to ``totals``.
+
+    Args:
+        w: Positive weights, float64, shape (G, M).
+        totals: Target sums, int64, shape (G,), within ``[M * k_min, M * n]``.
+
+    Returns:
+        int64 counts, shape (G, M).
+
+    The divisor t is found by bisection on the bit patterns of positive float64 values (they sort
+    like the floats), so it terminates in at most 64 steps with the exact threshold. Item (h, j)
+    is selected at t iff ``floor(w_h / t + 0.5) > j``, which is monotone in t; its threshold is its
+    priority. Items whose priority ties at the final threshold go to the lowest unit indices.
+    """
+    wn = w / w.max(axis=1, keepdims=True)  # (G, M) in (0, 1]: the divisor lives in (0, 2]
+    target = totals.astype(np.float64)
+
+    def counts(t: np.ndarray) -> np.ndarray:  # t: (G,) -> (G, M) float counts
+        with np.errstate(divide="ignore", over="ignore"):
+            return np.clip(np.floor(wn / t[:, None] + 0.5), k_min, n)
+
+    # Invariant: total(lo) >= target > total(hi). t = 0 keeps all n blocks; t = 2 gives
+    # floor(wn / 2 + 0.5) <= 1 <= k_min.
+    lo = np.zeros(len(wn), dtype=np.int64)
+    hi = np.full(len(wn), np.float64(2.0).view(np.int64))
+    done = (totals <= wn.shape[1] * k_min) | (totals >= wn.shape[1] * n)
+    while True:
+        active = ~done & (hi - lo > 1)
+        if not active.any():
+            break
+        mid = lo + (hi - lo) // 2
+        total = counts(mid.view(np.float64)).sum(axis=1)
+        ge = total >= target
+        lo = np.where(active & ge, mid, lo)
+        hi = np.where(active & ~ge, mid, hi)
+        done |= active & (total == target)
+
+    k_lo = counts(lo.view(np.float64))
+    k_hi = counts(hi.view(np.float64))
+    short = target - k_hi.sum(axis=1, keepdims=True)  # tied blocks still to hand out, (G, 1)
+    tied = k_lo - k_hi
+    before = np.cumsum(tied, axis=1) - tied
+    k = k_hi + np.clip(short - before, 0.0, tied)
+    return k.astype(np.int64)
+
+
+def _water_fill(
+    w: np.ndarray, totals: np.ndarray, k_min: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact continuous solution ``x = clip(lam * w, k_min, n)`` with ``x.sum(1) == totals``.
+
+    Breakpoint sweep (survey §3.2): ``f(lam) = sum_h clip(lam * w_h, lo, hi)`` is piecewise
+    linear; unit h leaves its floor at ``lo / w_h`` and hits its cap at ``hi / w_h``. Cumulative
+    sums over the sorted breakpoints give f at every breakpoint; on the crossing interval the
+    floored, free and capped sets are fixed and ``lam`` has a closed form.
+
+    Args:
+        w: Positive weights, float64, shape (G, M).
+        totals: Targets, shape (G,), within ``[M * k_min, M * n]``.
+
+    Returns:
+        ``lam`` of shape (G,) and ``x`` of shape (G, M), both float64.
+    """
+    n_groups, m = w.shape
+    lo, hi = float(k_min), float(n)
+    target = totals.astype(np.float64)
+    if lo == hi:  # nothing to choose: every unit keeps everything
+        return hi / w.min(axis=1), np.full_like(w, hi)
+    bp = np.concatenate([lo / w, hi / w], axis=1)  # (G, 2M)
+    order = np.argsort(bp, axis=1, kind="stable")
+    bp_s = np.take_along_axis(bp, order, axis=1)
+    slope = np.cumsum(np.take_along_axis(np.concatenate([w, -w], axis=1), order, axis=1), axis=1)
+    d_const = np.concatenate([np.full_like(w, -lo), np.full_like(w, hi)], axis=1)
+    const = m * lo + np.cumsum(np.take_along_axis(d_const, order, axis=1), axis=1)
+    f = const + bp_s * slope  # f at each breakpoint, (G, 2M)
+    i = np.argmax(f >= target[:, None] - 1e-9 * target[:, None], axis=1)  # first crossing
+    rows = np.arange(n_groups)
+    prev = np.maximum(i - 1, 0)
+    prev_slope = np.where(i > 0, slope[rows, prev], 0.0)
+    prev_const = np.where(i > 0, const[rows, prev], m * lo)
+    left = np.where(i > 0, bp_s[rows, prev], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = np.where(prev_slope > 0, (target - prev_const) / prev_slope, bp_s[rows, i])
+    lam = np.clip(lam, left, bp_s[rows, i])
+    # The ends, where float rounding of the cumulative sums could misplace the crossing.
+    lam = np.where(target <= m * lo, lo / w.max(axis=1), lam)
+    lam = np.where(target >= m * hi, hi / w.min(axis=1), lam)
+    return lam, np.clip(lam[:, None] * w, lo, hi)
+
+
+def _check_weights(weights: Tensor) -> np.ndarray:
+    if not isinstance(weights, Tensor):
+        raise AdllmError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
+    if weights.dim() != 2 or weights.numel() == 0:
+        raise AdllmError(f"weights must have shape (layers, units), got {tuple(weights.shape)}")
+    if weights.is_complex() or weights.dtype == torch.bool:
+        raise AdllmError(f"weights must be real numbers, got dtype {weights.dtype}")
+    w = weights.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if not np.isfinite(w).all() or (w <= 0).any():
+        raise AdllmError(
+            "weights must be positive and finite; build them from importance scores with "
+            "relative_weights(), which handles NaN, Inf, negative and zero scores"
+        )
+    if (w / w.max() == 0).any():
+        raise AdllmError("weights span more than the float64 range; rescale them")
+    return w
+
+
+def _check_select(select: float) -> float:
+    if isinstance(select, bool) or not isinstance(select, numbers.Real):
+        raise AdllmError(f"select={select!r} must be a number in (0, 1]")
+    select = float(select)
+    if not 0.0 < select <= 1.0:  # also rejects NaN
+        raise AdllmError(f"select={select!r} must be in (0, 1] (the mean fraction of blocks kept)")
+    return select
+
+
+def _check_int(name: str, value: int) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise AdllmError(f"{name}={value!r} must be a positive integer") from None
+    if value < 1:
+        raise AdllmError(f"{name}={value} must be a positive integer (at least 1)")
+    return value
