@@ -1,0 +1,145 @@
+"""``adllm generate``: sample a continuation of one prompt, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, get_args
+
+from adaptive_dllm.errors import AdllmError, CheckpointError
+
+EXAMPLES = """\
+examples:
+  adllm generate "ROMEO:"                                  # the bundled model, default settings
+  adllm generate "ROMEO:" --gen-length 64 --steps 32 --seed 0
+  adllm generate "What is 2+2?" --model ~/ckpt/LLaDA-8B-Instruct --chat \\
+      --gen-length 128 --steps 128 --block-length 32
+  adllm generate "Write a haiku." --model ~/ckpt/Dream-v0-Instruct-7B --chat \\
+      --alg entropy --temperature 0.2 --top-p 0.95 --json
+  adllm generate "31 64 68 121" --ids --model ../shared/reference_fixtures/llada_tiny \\
+      --gen-length 16 --block-length 8 --steps 8
+
+LLaDA options: --steps --gen-length --block-length --temperature --cfg-scale --remasking
+Dream options: --steps --gen-length --alg --alg-temp --eps --temperature --top-p --top-k
+An option the model's sampler does not have is an error.
+"""
+
+# CLI flag dest -> generate() option name; only flags the user set are passed on.
+_OPTIONS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
+            "alg", "alg_temp", "eps", "top_p", "top_k")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from adaptive_dllm.generation.dream import Algorithm
+    from adaptive_dllm.generation.llada import Remasking
+    from adaptive_dllm.models.checkpoints import DTYPES
+
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text with a diffusion LM",
+        description="Generate a continuation of PROMPT by iterative unmasking (LLaDA or Dream "
+                    "sampler, picked by the model's family).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="prompt text ('-' reads standard input)")
+    p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: bundled model)")
+    p.add_argument("--ids", action="store_true",
+                   help="PROMPT is token ids separated by spaces or commas (no tokenizer needed)")
+    p.add_argument("--chat", action="store_true", help="wrap PROMPT in the chat template")
+    p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default gen-length)")
+    p.add_argument("--gen-length", type=int, metavar="N", help="tokens to generate (default 128)")
+    p.add_argument("--block-length", type=int, metavar="N",
+                   help="LLaDA semi-autoregressive block (default gen-length)")
+    p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--remasking", choices=get_args(Remasking), help="LLaDA remasking")
+    p.add_argument("--cfg-scale", type=float, metavar="S", help="LLaDA classifier-free guidance")
+    p.add_argument("--alg", choices=get_args(Algorithm), help="Dream unmasking order")
+    p.add_argument("--alg-temp", type=float, metavar="T", help="Dream position-sampling temp")
+    p.add_argument("--eps", type=float, help="Dream final noise level (default 1e-3)")
+    p.add_argument("--top-p", type=float, metavar="P", help="Dream nucleus filtering")
+    p.add_argument("--top-k", type=int, metavar="K", help="Dream top-k filtering")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object {ids, text, stats} and no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adaptive_dllm.generation.api import generate
+    from adaptive_dllm.models.checkpoints import load
+
+    prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt: Any = _parse_ids(prompt_text) if args.ids else prompt_text
+    options = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
+    try:
+        model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
+    except CheckpointError as err:
+        if args.model is None:
+            raise AdllmError(f"the bundled model is missing or unreadable ({err}); "
+                             "pass --model DIR") from err
+        raise
+    if tokenizer is None and not args.ids:
+        raise AdllmError(f"model {args.model!r} has no tokenizer; pass token ids with --ids")
+    warning = None
+    if getattr(model, "untrained", False):
+        warning = "the model is untrained: its output is noise"
+        print(f"adllm generate: warning: {warning}", file=sys.stderr)
+
+    bar = _progress_bar(enabled=not args.json and sys.stderr.isatty())
+    try:
+        out = generate(model, tokenizer, prompt, chat=args.chat, seed=args.seed,
+                       on_step=bar.update_to if bar else None, **options)
+    finally:
+        if bar:
+            bar.close()
+
+    ids = out.ids[0].tolist()
+    if args.json:
+        record: dict[str, Any] = {"ids": ids, "text": out.text, "stats": out.stats}
+        if warning:
+            record["warning"] = warning
+        print(json.dumps(record, default=str))
+    else:
+        print(out.text if out.text is not None else " ".join(map(str, ids)))
+        s = out.stats
+        print(f"[{s['steps']} steps, {s['gen_length']} tokens, {s['total_s']:.2f} s, "
+              f"{s['step_median_s'] * 1000:.1f} ms/step]", file=sys.stderr)
+    return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    parts = text.replace(",", " ").split()
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise AdllmError(f"--ids: PROMPT {text!r} must be integers separated by spaces or "
+                         "commas") from None
+    if not ids:
+        raise AdllmError("--ids: PROMPT holds no token ids")
+    return ids
+
+
+class _Bar:
+    """tqdm over denoising steps on stderr, created on the first update (total known then)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def update_to(self, done: int, total: int) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _progress_bar(*, enabled: bool) -> _Bar | None:
+    return _Bar() if enabled else None

@@ -1,0 +1,343 @@
+"""``generate``: prompts in, tokens, text and timings out, for every model family.
+
+Shape legend:
+    B batch, P prompt length (after left padding), G generation length.
+
+The family's ``sampler`` picks the loop (:mod:`~adaptive_dllm.generation.llada` or
+:mod:`~adaptive_dllm.generation.dream`); its keyword options are that loop's option dataclass
+(:class:`LladaOptions`, :class:`DreamOptions`). Prompts of different lengths are left-padded and
+masked, so a batch generates what its rows generate one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.dream import DreamOptions, sample_dream
+from adaptive_dllm.generation.llada import LladaOptions, sample_llada
+from adaptive_dllm.generation.schedule import StepSession
+from adaptive_dllm.models.config import ModelConfig
+from adaptive_dllm.models.families import get_family
+
+Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
+
+_SAMPLERS = {"llada": (LladaOptions, sample_llada), "dream": (DreamOptions, sample_dream)}
+# Upstream argument names that are spelled differently here.
+_RENAMED = {"max_new_tokens": "gen_length", "sampling_alg": "alg", "mask_id": None,
+            "mask_token_id": None}
+
+
+class SparseSpec(Protocol):
+    """What ``generate(sparse=...)`` needs: a factory of per-generation sessions."""
+
+    def new_session(self, model_config: ModelConfig, total_steps: int) -> StepSession: ...
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """Result of :func:`generate`.
+
+    Attributes:
+        ids: (B, G) int64 generated tokens only (raw, mask and EOS ids included).
+        sequences: (B, P + G) int64 prompts (left-padded) followed by the generated tokens.
+        text: decoded generation, cut at the first EOS with mask ids dropped; a ``str`` when
+            one prompt was given (str, list of ints, 1-D tensor), a list for a batch, None
+            without a tokenizer.
+        stats: ``sampler``, ``steps``, ``batch``, ``prompt_length``, ``gen_length``,
+            ``total_s`` (wall time of the loop), ``step_median_s``, ``step_s`` (per step),
+            ``tokens_per_s`` and ``sparse`` (the session's own stats, None when dense).
+    """
+
+    ids: torch.Tensor
+    sequences: torch.Tensor
+    text: str | list[str] | None
+    stats: dict[str, Any]
+
+
+def make_options(family: str, **options: Any) -> LladaOptions | DreamOptions:
+    """The option dataclass of ``family``'s sampler, validated.
+
+    Raises:
+        AdllmError: an option that sampler does not have (the message lists the valid ones),
+            or an invalid value.
+    """
+    sampler = get_family(family).sampler
+    cls = _SAMPLERS[sampler][0]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for name in options:
+        if name not in valid:
+            hint = ""
+            if _RENAMED.get(name):
+                hint = f" (upstream's {name} is called {_RENAMED[name]} here)"
+            elif name in _RENAMED:
+                hint = " (it comes from the model config)"
+            raise AdllmError(
+                f"option {name!r} is not valid for the {sampler} sampler{hint}; valid options: "
+                f"{', '.join(valid)}"
+            )
+    return cls(**options)
+
+
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: Prompt,
+    *,
+    sparse: SparseSpec | None = None,
+    chat: bool = False,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> GenerationOutput:
+    """Generate a continuation of one prompt or a batch of prompts.
+
+    Args:
+        model: a :class:`~adaptive_dllm.models.transformer.Transformer` (or anything with its
+            call signature and a ``config``).
+        tokenizer: the model's tokenizer, or None (then prompts must be token ids).
+        prompt: a string, a list of strings (tokenised and left-padded with the pad id), a list
+            of token ids, a list of such lists (left-padded), or an int64 tensor (B, P) / (P,).
+        sparse: None for dense attention, or an object whose ``new_session(config, steps)``
+            returns the attention session used for this generation (see
+            :class:`~adaptive_dllm.generation.schedule.StepSession`).
+        chat: wrap each string prompt in the tokenizer's chat template (one user turn).
+        seed: ``torch.manual_seed(seed)`` right before the denoising loop.
+        attention_mask: (B, P) 0/1 for a pre-padded tensor or list-of-lists prompt, 0 at the
+            left padding; built automatically for lists of different lengths.
+        on_step: progress callback ``on_step(done, total)`` after every denoising step.
+        **options: the sampler's options, e.g. ``steps``, ``gen_length``, ``block_length``,
+            ``temperature``, ``cfg_scale``, ``remasking`` (LLaDA) or ``alg``, ``eps``,
+            ``top_p``, ``top_k``, ``alg_temp`` (Dream); see :class:`LladaOptions` and
+            :class:`DreamOptions` for meanings and defaults.
+
+    Returns:
+        A :class:`GenerationOutput`.
+
+    Raises:
+        AdllmError: unknown or invalid option, empty or malformed prompt, text without a
+            tokenizer, prompt plus generation longer than the model's maximum length.
+    """
+    config: ModelConfig = model.config
+    family = get_family(config.family)
+    opts = make_options(config.family, **options)
+    sample = _SAMPLERS[family.sampler][1]
+    single = isinstance(prompt, str) or _is_flat_ids(prompt)
+    input_ids, mask = _encode(prompt, tokenizer, config, chat=chat, attention_mask=attention_mask)
+    B, P = input_ids.shape
+    if P + opts.gen_length > config.max_seq_len:
+        raise AdllmError(
+            f"prompt of {P} tokens + gen_length {opts.gen_length} = {P + opts.gen_length} exceeds "
+            f"the model maximum of {config.max_seq_len} tokens; shorten one of them"
+        )
+    device = _model_device(model, input_ids)
+    input_ids = input_ids.to(device)
+    mask = None if mask is None else mask.to(device)
+    session = None if sparse is None else sparse.new_session(config, opts.steps)
+
+    clock = _StepClock(device)
+
+    def step_done(done: int, total: int) -> None:
+        clock.mark()
+        if on_step is not None:
+            on_step(done, total)
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    start = time.perf_counter()
+    clock.mark()
+    with torch.inference_mode():
+        sequences = sample(model, input_ids, options=opts, attention_mask=mask,
+                           session=session, on_step=step_done)
+    step_s = clock.durations()  # waits for the device
+    total_s = time.perf_counter() - start
+
+    ids = sequences[:, P:]
+    stats: dict[str, Any] = {
+        "sampler": family.sampler,
+        "steps": opts.steps,
+        "batch": B,
+        "prompt_length": P,
+        "gen_length": opts.gen_length,
+        "total_s": total_s,
+        "step_median_s": statistics.median(step_s),
+        "step_s": step_s,
+        "tokens_per_s": B * opts.gen_length / total_s if total_s > 0 else float("inf"),
+        "sparse": None if session is None else session.stats(),
+    }
+    text = None
+    if tokenizer is not None:
+        texts = decode(tokenizer, ids, eos_id=_eos_id(tokenizer, config), mask_id=config.mask_id)
+        text = texts[0] if single else texts
+    return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats)
+
+
+def decode(tokenizer: Any, ids: torch.Tensor, *, eos_id: int | None, mask_id: int) -> list[str]:
+    """Decode (B, G) generated ids row by row: cut at the first EOS, drop mask ids."""
+    texts = []
+    for row in ids.tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[: row.index(eos_id)]
+        texts.append(tokenizer.decode([t for t in row if t != mask_id], skip_special_tokens=True))
+    return texts
+
+
+def _model_device(model: nn.Module, fallback: torch.Tensor) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return fallback.device
+
+
+def _eos_id(tokenizer: Any, config: ModelConfig) -> int | None:
+    eos = getattr(tokenizer, "eos_id", None)
+    return config.eos_id if eos is None else eos
+
+
+def _pad_id(tokenizer: Any, config: ModelConfig) -> int:
+    for value in (getattr(tokenizer, "pad_id", None), config.pad_id, config.eos_id):
+        if value is not None:
+            return int(value)
+    return 0  # padded positions are masked; their content never matters
+
+
+def _is_flat_ids(prompt: Any) -> bool:
+    if isinstance(prompt, torch.Tensor):
+        return prompt.dim() == 1
+    return (isinstance(prompt, Sequence) and len(prompt) > 0
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt))
+
+
+def _encode(
+    prompt: Prompt,
+    tokenizer: Any,
+    config: ModelConfig,
+    *,
+    chat: bool,
+    attention_mask: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompt -> ((B, P) int64 ids, (B, P) bool mask or None when no row is padded)."""
+    texts = [prompt] if isinstance(prompt, str) else None
+    if texts is None and isinstance(prompt, Sequence) and prompt and all(
+            isinstance(p, str) for p in prompt):
+        texts = list(prompt)
+    if texts is not None:
+        if tokenizer is None:
+            raise AdllmError("this model has no tokenizer; pass token ids instead of text")
+        if attention_mask is not None:
+            raise AdllmError("attention_mask is built from text prompts; pass it only with ids")
+        rows = [_tokenize(t, tokenizer, chat) for t in texts]
+        return _left_pad(rows, _pad_id(tokenizer, config))
+    if chat:
+        raise AdllmError("chat=True needs text prompts; got token ids")
+
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dtype == torch.bool or prompt.is_floating_point() or prompt.is_complex():
+            raise AdllmError(f"prompt tensor must hold integer token ids, got {prompt.dtype}")
+        ids = prompt.long()
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2:
+            raise AdllmError(f"prompt tensor must be (B, P) or (P,), got {tuple(prompt.shape)}")
+    elif _is_flat_ids(prompt):
+        ids = torch.tensor([list(prompt)], dtype=torch.long)
+    elif (isinstance(prompt, Sequence) and prompt
+          and all(_is_flat_ids(r) and not isinstance(r, torch.Tensor) for r in prompt)):
+        if attention_mask is None:
+            return _left_pad([list(r) for r in prompt], _pad_id(tokenizer, config))
+        lengths = {len(r) for r in prompt}
+        if len(lengths) != 1:
+            raise AdllmError("with attention_mask, every prompt row must already have one length")
+        ids = torch.tensor([list(r) for r in prompt], dtype=torch.long)
+    else:
+        raise AdllmError(
+            f"prompt must be a string, a list of strings, a list of token ids, a list of such "
+            f"lists or an int64 tensor; got {type(prompt).__name__}"
+            + (" (empty)" if isinstance(prompt, Sequence) and not prompt else "")
+        )
+    if ids.numel() == 0:
+        raise AdllmError("prompt is empty; give at least one token")
+    ids = ids.cpu()
+    if int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size:
+        raise AdllmError(
+            f"prompt token ids must be in [0, {config.vocab_size}); got ids from "
+            f"{int(ids.min())} to {int(ids.max())}"
+        )
+    mask = None
+    if attention_mask is not None:
+        mask = torch.as_tensor(attention_mask).cpu()
+        if mask.dim() == 1:
+            mask = mask[None]
+        if tuple(mask.shape) != tuple(ids.shape):
+            raise AdllmError(
+                f"attention_mask shape {tuple(mask.shape)} must equal the prompt's "
+                f"{tuple(ids.shape)}"
+            )
+        mask = _check_left_padded(mask.bool())
+    return ids, mask
+
+
+def _tokenize(text: str, tokenizer: Any, chat: bool) -> list[int]:
+    if chat:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                 add_generation_prompt=True)
+        # The template already writes the special tokens (BOS, role headers).
+        ids = tokenizer.encode(rendered, add_special_tokens=False)
+    else:
+        ids = tokenizer.encode(text)
+    if not ids:
+        raise AdllmError(f"prompt {text!r} encodes to no tokens; give a non-empty prompt")
+    return list(ids)
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if any(len(r) == 0 for r in rows):
+        raise AdllmError("a prompt is empty; give at least one token per prompt")
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    if all(len(r) == width for r in rows):
+        return ids, None
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    return ids, mask
+
+
+def _check_left_padded(mask: torch.Tensor) -> torch.Tensor | None:
+    """Validate a (B, P) bool mask (zeros only before ones, >= 1 real token per row)."""
+    if not bool(mask[:, -1].all()):
+        raise AdllmError("attention_mask: every row needs its last prompt position real "
+                         "(padding goes on the left)")
+    if bool((mask[:, 1:].long() < mask[:, :-1].long()).any()):
+        raise AdllmError("attention_mask must be left padding: zeros before ones in every row")
+    return None if bool(mask.all()) else mask
+
+
+class _StepClock:
+    """Per-step wall times: CUDA events on GPU (no sync in the loop), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        """Seconds between consecutive marks."""
+        pairs = zip(self.marks[:-1], self.marks[1:], strict=True)
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in pairs]
+        return [b - a for a, b in pairs]
