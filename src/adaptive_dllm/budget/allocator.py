@@ -144,8 +144,8 @@ class Allocation:
         parts = []
         if self.floor_lowered:
             parts.append(
-                f"select {self.select:g} is below the floor of {self.requested_k_min} of {n} "
-                f"blocks per unit; floor lowered to {self.k_min}"
+                f"the floor of {self.requested_k_min} of {n} blocks per unit is above select, "
+                f"so it was lowered to {self.k_min}"
             )
         if not self.exact:
             parts.append(
@@ -253,7 +253,9 @@ def allocate(
             f"{requested} block(s) per unit ({n_units * requested} in total)"
         )
         if strict:
-            raise AdllmError(f"{what}; raise select or lower the floor (min_keep_ratio, min_blocks)")
+            fix = ("raise select or lower the floor (min_keep_ratio, min_blocks)"
+                   if target >= n_units * hard else "raise select or use more key blocks")
+            raise AdllmError(f"{what}; {fix}")
         if k_min < requested:
             logger.warning("%s; floor lowered to %d block(s) per unit", what, k_min)
         if target < n_units * k_min:
