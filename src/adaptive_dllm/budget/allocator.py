@@ -28,7 +28,11 @@ The integer counts stay within about one block of the continuous solution
 
 Floors. ``min_blocks`` is a hard minimum (at least one block: mandatory blocks belong here);
 ``min_keep_ratio`` adds a soft floor ``ceil(min_keep_ratio * N)``. When ``K`` is below the soft
-floor, the floor is lowered to fit (warning; ``strict=True`` raises instead). When ``K`` is below
+floor, the floor is lowered to ``K // U`` and the allocation is *uniform* (every unit keeps
+``K // U`` or one more block, the extra ones going to the lowest unit indices), with a warning;
+``strict=True`` raises instead. Uniform is what keeps the counts monotone in ``select`` across
+the point where the soft floor starts to bind: any weighting below it would give important units
+blocks that they lose again when every unit must sit at the floor. When ``K`` is below
 even the hard minimum every unit keeps ``min_blocks`` and the realised mean, above ``select``, is
 reported (:attr:`Allocation.note`), never hidden.
 """
@@ -145,7 +149,7 @@ class Allocation:
         if self.floor_lowered:
             parts.append(
                 f"the floor of {self.requested_k_min} of {n} blocks per unit is above select, "
-                f"so it was lowered to {self.k_min}"
+                f"so it was lowered to {self.k_min} and every unit gets the same budget (+-1)"
             )
         if not self.exact:
             parts.append(
@@ -217,8 +221,8 @@ def allocate(
             (see :func:`~adaptive_dllm.budget.weights.relative_weights`).
         select: Target mean keep ratio in (0, 1].
         n_blocks: N, key blocks per query-block row (>= 1).
-        min_keep_ratio: Soft floor on each unit's keep ratio, in [0, 1]; lowered (with a
-            warning) when ``select`` is below it.
+        min_keep_ratio: Soft floor on each unit's keep ratio, in [0, 1]; when ``select`` is
+            below it the floor is lowered and the allocation is uniform (with a warning).
         min_blocks: Hard minimum of kept blocks per unit (>= 1), never lowered.
         budget: ``"global"``: one pool for all units (budget moves between layers);
             ``"per_layer"``: each layer keeps ``select`` of its own blocks (the layer totals differ
@@ -257,7 +261,9 @@ def allocate(
                    if target >= n_units * hard else "raise select or use more key blocks")
             raise AdllmError(f"{what}; {fix}")
         if k_min < requested:
-            logger.warning("%s; floor lowered to %d block(s) per unit", what, k_min)
+            logger.warning("%s; floor lowered to %d block(s) per unit, uniform allocation",
+                           what, k_min)
+            w = np.ones_like(w)
         if target < n_units * k_min:
             logger.warning("%s; every unit keeps %d block(s), realised mean %.4f",
                            what, k_min, k_min / n)
@@ -324,7 +330,7 @@ def _webster(w: np.ndarray, totals: np.ndarray, k_min: int, n: int) -> np.ndarra
 
     k_lo = counts(lo.view(np.float64))
     k_hi = counts(hi.view(np.float64))
-    short = target - k_hi.sum(axis=1, keepdims=True)  # tied blocks still to hand out, (G, 1)
+    short = target[:, None] - k_hi.sum(axis=1, keepdims=True)  # tied blocks to hand out, (G, 1)
     tied = k_lo - k_hi
     before = np.cumsum(tied, axis=1) - tied
     k = k_hi + np.clip(short - before, 0.0, tied)

@@ -105,11 +105,12 @@ def relative_weights(
     _check_options(normalize=normalize, scale=scale, gqa=gqa, reduce=reduce)
     x = _group(x, group_size=group_size, gqa=gqa, reduce=reduce)  # (Ly, Hu)
 
-    if x.numel() > 1 and bool((x == x.flatten()[0]).all()):
-        logger.warning(
-            "all %d importance scores equal %.6g: they rank nothing, so every unit gets weight 1",
-            x.numel(), float(x.flatten()[0]),
-        )
+    if bool((x == x.flatten()[0]).all()):
+        if x.numel() > 1:
+            logger.warning(
+                "all %d importance scores equal %.6g: they rank nothing, so every unit gets "
+                "weight 1", x.numel(), float(x.flatten()[0]),
+            )
         return torch.ones_like(x)
 
     norm = _normalize(x, normalize)  # (Ly, Hu) in [0, 1]

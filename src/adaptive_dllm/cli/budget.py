@@ -166,6 +166,9 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def _weights(args: argparse.Namespace) -> tuple[Tensor, _Source]:
+    if not 0.0 <= args.scale < 1.0:  # checked here too: uniform importance never uses it
+        raise AdllmError(f"--scale {args.scale:g} must be in [0, 1) so that every weight stays "
+                         "positive")
     options = {"normalize": args.normalize, "scale": args.scale, "invert": args.invert,
                "gqa": args.gqa}
     shape = _parse_shape(args.shape) if args.shape else None
