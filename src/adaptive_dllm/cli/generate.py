@@ -102,13 +102,22 @@ def run(args: argparse.Namespace) -> int:
         record: dict[str, Any] = {"ids": ids, "text": out.text, "stats": out.stats}
         if warning:
             record["warning"] = warning
-        print(json.dumps(record, default=str))
+        print(json.dumps(record, default=_to_json))
     else:
         print(out.text if out.text is not None else " ".join(map(str, ids)))
         s = out.stats
         print(f"[{s['steps']} steps, {s['gen_length']} tokens, {s['total_s']:.2f} s, "
               f"{s['step_median_s'] * 1000:.1f} ms/step]", file=sys.stderr)
     return 0
+
+
+def _to_json(value: Any) -> Any:
+    """JSON fallback for session stats: tensors become numbers or lists, the rest strings."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return str(value)
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -1,0 +1,130 @@
+"""``adllm generate``: output, JSON, progress, help, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adaptive_dllm.cli import main
+from adaptive_dllm.errors import CheckpointError
+
+LLADA_PROMPT = "31 64 68 121 45 116 53 56"
+LLADA_ARGS = ["--gen-length", "16", "--block-length", "8", "--steps", "8"]
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output_matches_the_recorded_upstream_case(fixtures_dir, capsys):
+    recorded = json.loads((fixtures_dir / "llada_tiny" / "outputs.json").read_text())
+    expected = recorded["generate"]["lowconf_s8_b8"]["generated_ids"][0]
+    code, out, err = _run(capsys, ["generate", LLADA_PROMPT, "--ids", "--model",
+                                   str(fixtures_dir / "llada_tiny"), *LLADA_ARGS, "--json",
+                                   "--device", "cpu"])
+    assert code == 0
+    record = json.loads(out)  # exactly one JSON object
+    assert record["ids"] == expected and record["text"] is None
+    assert record["stats"]["steps"] == 8 and record["stats"]["sampler"] == "llada"
+    assert err == ""  # no progress bar, no summary with --json
+
+
+def test_plain_output_prints_the_generation(fixtures_dir, capsys):
+    code, out, err = _run(capsys, ["generate", "15,65,61,50", "--ids", "--model",
+                                   str(fixtures_dir / "dream_tiny"), "--gen-length", "8",
+                                   "--alg", "entropy", "--top-k", "50", "--seed", "1"])
+    assert code == 0
+    assert len(out.split()) == 8 and all(t.isdigit() for t in out.split())
+    assert "8 steps" in err
+
+
+def test_text_prompt_with_a_tokenizer_and_progress_bar(monkeypatch, capsys, scripted):
+    from adaptive_dllm.cli import generate as cli_generate
+    from adaptive_dllm.models.tokenizer import ByteTokenizer
+
+    model = scripted(8, 16)
+    monkeypatch.setattr("adaptive_dllm.models.checkpoints.load",
+                        lambda *a, **k: (model, ByteTokenizer()))
+    monkeypatch.setattr(cli_generate.sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = _run(capsys, ["generate", "ab", "--gen-length", "16", "--steps", "4"])
+    assert code == 0 and out.endswith("\n")
+    assert "/4 [" in err  # the tqdm bar over the 4 steps
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--gen-length", "16", "--block-length", "5"], ["gen_length=16", "block_length=5"]),
+    (["--steps", "0"], ["steps=0"]),
+    (["--gen-length", "16", "--block-length", "8", "--steps", "7"], ["steps=7"]),
+    (["--gen-length", "5000"], ["5000", "4096"]),
+    (["--alg", "entropy"], ["alg", "llada", "remasking"]),
+])
+def test_bad_input_is_one_line_and_exit_2(fixtures_dir, capsys, extra, words):
+    code, out, err = _run(capsys, ["generate", LLADA_PROMPT, "--ids", "--model",
+                                   str(fixtures_dir / "llada_tiny"), *extra])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("adllm generate: error:")
+    for word in words:
+        assert word in err
+
+
+def test_missing_model_directory(capsys, tmp_path):
+    code, _, err = _run(capsys, ["generate", "1 2", "--ids", "--model", str(tmp_path / "nope")])
+    assert code == 2 and "nope" in err and err.count("\n") == 1
+
+
+def test_text_without_tokenizer_asks_for_ids(fixtures_dir, capsys):
+    code, _, err = _run(capsys, ["generate", "hello", "--model", str(fixtures_dir / "llada_tiny")])
+    assert code == 2 and "--ids" in err
+
+
+def test_bad_ids(fixtures_dir, capsys):
+    code, _, err = _run(capsys, ["generate", "1 x", "--ids", "--model",
+                                 str(fixtures_dir / "llada_tiny")])
+    assert code == 2 and "--ids" in err
+
+
+def test_missing_bundled_model_says_so(monkeypatch, capsys):
+    def missing(*a, **k):
+        raise CheckpointError("tiny/config.json is missing")
+
+    monkeypatch.setattr("adaptive_dllm.models.checkpoints.load", missing)
+    code, _, err = _run(capsys, ["generate", "ROMEO:"])
+    assert code == 2 and "bundled model" in err and "--model" in err
+
+
+def test_untrained_bundled_model_says_so(monkeypatch, capsys, scripted):
+    model = scripted(4, 8)
+    model.untrained = True
+    monkeypatch.setattr("adaptive_dllm.models.checkpoints.load", lambda *a, **k: (model, None))
+    code, out, err = _run(capsys, ["generate", "1 2", "--ids", "--gen-length", "8", "--json"])
+    assert code == 0 and "untrained" in err
+    assert "untrained" in json.loads(out)["warning"]
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "examples:" in out and "adllm generate" in out and "--json" in out
+
+
+def test_json_is_serialisable_with_session_tensors(fixtures_dir, monkeypatch, capsys):
+    """Stats from a session may hold tensors; --json still prints one object."""
+    import adaptive_dllm.generation.api as api
+
+    real = api.generate
+
+    def with_tensor_stats(*a, **k):
+        out = real(*a, **k)
+        out.stats["sparse"] = {"keep_ratio": torch.tensor(0.5)}
+        return out
+
+    monkeypatch.setattr(api, "generate", with_tensor_stats)
+    code, out, _ = _run(capsys, ["generate", LLADA_PROMPT, "--ids", "--model",
+                                 str(fixtures_dir / "llada_tiny"), *LLADA_ARGS, "--json"])
+    assert code == 0 and json.loads(out)["stats"]["sparse"]["keep_ratio"] == 0.5
