@@ -140,6 +140,8 @@ def test_mask_tokens_inside_the_prompt_are_filled(scripted):
     out = sample_dream(model, torch.tensor([[1, MASK, 2, 3]]),
                        options=DreamOptions(gen_length=4, steps=2))
     assert (out != MASK).all()
+    assert out[0, 1] == model.tokens[0]  # shifted: position 1 reads row 0
+    assert torch.equal(out[0, 4:], model.tokens[3:7])
 
 
 @pytest.mark.parametrize("alg", ["origin", "maskgit_plus", "topk_margin", "entropy"])

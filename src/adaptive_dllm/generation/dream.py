@@ -131,6 +131,12 @@ def sample_dream(
         gen_ones = torch.ones(B, o.gen_length, dtype=torch.bool, device=device)
         real = torch.cat([attention_mask.bool(), gen_ones], dim=1)  # (B, L)
 
+    # Positions before `lo` hold no mask token and are never decided, so the sampler's
+    # softmax / filtering skips them (the prompt when it has no mask ids, i.e. no infilling).
+    prompt_real = None if attention_mask is None else attention_mask.bool()
+    lo = 0 if bool(_maskable(input_ids, mask_id, prompt_real).any()) else P
+    region_real = None if real is None else real[:, lo:]
+
     timesteps = dream_timesteps(o.steps, o.eps)  # (S + 1,) CPU float32
     if o.alg == "origin":
         reveal_p = 1 - timesteps[1:] / timesteps[:-1]
@@ -146,19 +152,32 @@ def sample_dream(
             session.begin_step(i, o.steps)
         if history is not None:
             history.append(x.clone())
-        maskable = _maskable(x, mask_id, real)  # (B, L)
-        logits = align(model(x, attention_mask=real, attn=session)).float()  # (B, L, V)
-        probs = torch.softmax(_filter(logits, o), dim=-1)
+        region = x[:, lo:]  # (B, L - lo)
+        maskable = _maskable(region, mask_id, region_real)
+        logits = _decision_logits(model(x, attention_mask=real, attn=session), align, lo)
+        probs = torch.softmax(_filter(logits.float(), o), dim=-1)  # (B, L - lo, V)
         if o.alg == "origin":
-            x = _origin_step(x, probs, maskable, reveal_p[i], o)
+            region = _origin_step(region, probs, maskable, reveal_p[i], o)
         else:
-            x = _ranked_step(x, probs, maskable, counts[:, i], None if k_max is None
-                             else k_max[i], o)
+            region = _ranked_step(region, probs, maskable, counts[:, i],
+                                  None if k_max is None else k_max[i], o)
+        x = torch.cat([x[:, :lo], region], dim=1)
         if on_step is not None:
             on_step(i + 1, o.steps)
     if history is not None:
         history.append(x.clone())
     return x
+
+
+def _decision_logits(logits: torch.Tensor, align: Callable[[torch.Tensor], torch.Tensor],
+                     lo: int) -> torch.Tensor:
+    """(B, L, V) model output -> (B, L - lo, V) rows scoring positions lo..L-1.
+
+    Aligns (Dream: position i reads row i-1) only the rows needed, without copying the rest.
+    """
+    if lo == 0:
+        return align(logits)
+    return align(logits[:, lo - 1:])[:, 1:]
 
 
 def _maskable(x: torch.Tensor, mask_id: int, real: torch.Tensor | None) -> torch.Tensor:
