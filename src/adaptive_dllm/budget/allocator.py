@@ -276,8 +276,8 @@ def allocate(
         totals = base + (np.arange(n_layers) < extra)
     totals = np.clip(totals, groups.shape[1] * k_min, groups.shape[1] * n).astype(np.int64)
 
-    blocks = _webster(groups, totals, k_min, n).reshape(n_layers, n_per_layer)
     lam, cont = _water_fill(groups, totals, k_min, n)
+    blocks = _webster(groups, totals, k_min, n, lam).reshape(n_layers, n_per_layer)
     return Allocation(
         blocks=torch.from_numpy(blocks),
         n_blocks=n,
@@ -290,46 +290,69 @@ def allocate(
     )
 
 
-def _webster(w: np.ndarray, totals: np.ndarray, k_min: int, n: int) -> np.ndarray:
+def _webster(
+    w: np.ndarray, totals: np.ndarray, k_min: int, n: int, lam: np.ndarray
+) -> np.ndarray:
     """Webster counts per group: ``clip(round_half_up(w / t), k_min, n)`` summing to ``totals``.
 
     Args:
         w: Positive weights, float64, shape (G, M).
         totals: Target sums, int64, shape (G,), within ``[M * k_min, M * n]``.
+        lam: The continuous multipliers of :func:`_water_fill`, shape (G,), used only to start
+            the search near the answer.
 
     Returns:
         int64 counts, shape (G, M).
 
-    The divisor t is found by bisection on the bit patterns of positive float64 values (they sort
-    like the floats), so it terminates in at most 64 steps with the exact threshold. Item (h, j)
-    is selected at t iff ``floor(w_h / t + 0.5) > j``, which is monotone in t; its threshold is its
-    priority. Items whose priority ties at the final threshold go to the lowest unit indices.
+    Item (h, j) (block j+1 of unit h) is selected at divisor t iff ``floor(w_h / t + 0.5) > j``,
+    which is monotone in t; the largest such t is the item's priority, about ``w_h / (j + 0.5)``.
+    The divisor is found by bisection on the bit patterns of positive float64 values (they sort
+    like the floats), so the search is exact and ends in at most 64 steps: early when the total
+    hits the target, or when every item left between the bracket ends has the same weight and
+    block index, i.e. the same priority. Tied items go to the lowest unit indices.
     """
-    wn = w / w.max(axis=1, keepdims=True)  # (G, M) in (0, 1]: the divisor lives in (0, 2]
+    g, m = w.shape
+    wmax = w.max(axis=1)
+    wn = w / wmax[:, None]  # (G, M) in (0, 1]: the divisor lives in (0, 2]
     target = totals.astype(np.float64)
 
     def counts(t: np.ndarray) -> np.ndarray:  # t: (G,) -> (G, M) float counts
         with np.errstate(divide="ignore", over="ignore"):
             return np.clip(np.floor(wn / t[:, None] + 0.5), k_min, n)
 
+    def bits(t: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(t, dtype=np.float64).view(np.int64)
+
     # Invariant: total(lo) >= target > total(hi). t = 0 keeps all n blocks; t = 2 gives
-    # floor(wn / 2 + 0.5) <= 1 <= k_min.
-    lo = np.zeros(len(wn), dtype=np.int64)
-    hi = np.full(len(wn), np.float64(2.0).view(np.int64))
-    done = (totals <= wn.shape[1] * k_min) | (totals >= wn.shape[1] * n)
+    # floor(wn / 2 + 0.5) <= 1 <= k_min. Narrow that around the continuous divisor 1 / (lam wmax).
+    lo, hi = np.zeros(g, dtype=np.int64), bits(np.full(g, 2.0))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        t_c = 1.0 / (lam * wmax)
+    t_c = np.where(np.isfinite(t_c) & (t_c > 0), np.minimum(t_c, 1.0), 1.0)
+    for t in (t_c * 0.75, t_c * 1.25):
+        total = counts(t).sum(axis=1)
+        lo = np.where(total >= target, np.maximum(lo, bits(t)), lo)
+        hi = np.where(total < target, np.minimum(hi, bits(t)), hi)
+    k_lo, k_hi = counts(lo.view(np.float64)), counts(hi.view(np.float64))
+    done = (totals <= m * k_min) | (totals >= m * n)
     while True:
         active = ~done & (hi - lo > 1)
         if not active.any():
             break
         mid = lo + (hi - lo) // 2
-        total = counts(mid.view(np.float64)).sum(axis=1)
-        ge = total >= target
-        lo = np.where(active & ge, mid, lo)
-        hi = np.where(active & ~ge, mid, hi)
-        done |= active & (total == target)
+        k_mid = counts(mid.view(np.float64))
+        total = k_mid.sum(axis=1)
+        up, down = active & (total >= target), active & (total < target)
+        lo, k_lo = np.where(up, mid, lo), np.where(up[:, None], k_mid, k_lo)
+        hi, k_hi = np.where(down, mid, hi), np.where(down[:, None], k_mid, k_hi)
+        band = k_lo - k_hi  # items between the bracket ends, per unit
+        inside = band > 0
+        same = ((band <= 1).all(axis=1)
+                & (np.where(inside, wn, -1.0).max(axis=1) == np.where(inside, wn, 2.0).min(axis=1))
+                & (np.where(inside, k_hi, -1.0).max(axis=1)
+                   == np.where(inside, k_hi, n + 1.0).min(axis=1)))
+        done |= active & ((total == target) | same)
 
-    k_lo = counts(lo.view(np.float64))
-    k_hi = counts(hi.view(np.float64))
     short = target[:, None] - k_hi.sum(axis=1, keepdims=True)  # tied blocks to hand out, (G, 1)
     tied = k_lo - k_hi
     before = np.cumsum(tied, axis=1) - tied
