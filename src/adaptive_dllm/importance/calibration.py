@@ -1,0 +1,352 @@
+"""Calibration data for head-importance estimators: token sequences with a completion span.
+
+Shape legend: L sequence length (tokens), N examples.
+
+An :class:`Example` is one token sequence ``ids`` whose tail ``ids[start:]`` is the *completion*:
+the span whose tokens are masked and scored by HeadIG and whose queries matter to the attention
+statistics. Three sources:
+
+- **GSM8K JSONL** (``question``/``answer`` fields): prompt ``"Question: {q}\\nAnswer:"``; the
+  completion is ``" {final answer}"`` (``answer_mode="final"``, the text after ``####``) or
+  ``" {rationale}"`` (``"full"``: the whole answer with the GSM8K calculator annotations
+  ``<<...>>`` removed and ``####`` kept).
+- **Prompt/completion JSONL** (``prompt``/``completion`` fields, names configurable).
+- **Plain text files** (the bundled byte-level model): each file is tokenised, the window
+  ``[offset, offset + limit)`` is cut into consecutive passages of ``length`` tokens, and the span is
+  the whole passage (``span="all"``, the default: it matches the held-out NLL, which masks any
+  position) or its second half (``"second_half"``: a prompt/continuation split).
+
+Prompts are optionally wrapped in the tokenizer's chat template (one user turn, generation prompt
+added). Prompt and completion are tokenised separately, so the span boundary is exact. When an
+example is longer than ``max_length``, the prompt is cut from the left first, then the completion
+from the right; an example whose completion would be empty is an error.
+
+For families whose logits are shifted (Dream: the output at i-1 predicts token i), position 0 has
+no prediction and is never part of the span (:func:`scored_span`).
+
+The subset is chosen by a seeded permutation (``data_seed``), independent of the estimator seed,
+so that seed stability and data stability can be measured separately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from adaptive_dllm.errors import AdllmError
+
+AnswerMode = Literal["final", "full"]
+TextSpan = Literal["all", "second_half"]
+SourceKind = Literal["auto", "gsm8k", "jsonl", "text"]
+
+ANSWER_MODES: tuple[str, ...] = ("final", "full")
+TEXT_SPANS: tuple[str, ...] = ("all", "second_half")
+SOURCE_KINDS: tuple[str, ...] = ("auto", "gsm8k", "jsonl", "text")
+
+_CALCULATOR = re.compile(r"<<[^>]*>>")
+
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One calibration sequence.
+
+    Attributes:
+        ids: (L,) int64 token ids.
+        start: first index of the completion span; the span is ``ids[start:]``.
+        name: where it came from, e.g. ``"test.jsonl:17"`` or ``"tempest_gut.txt@32768"``.
+    """
+
+    ids: torch.Tensor
+    start: int
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.ids.ndim != 1 or self.ids.dtype != torch.long:
+            raise AdllmError(f"example {self.name}: ids must be a 1-D int64 tensor")
+        if not 0 <= self.start < self.ids.numel():
+            raise AdllmError(
+                f"example {self.name}: completion start {self.start} leaves no completion in "
+                f"{self.ids.numel()} tokens"
+            )
+
+    @property
+    def length(self) -> int:
+        return self.ids.numel()
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Examples plus a JSON-able description for provenance (stored in importance metadata)."""
+
+    examples: tuple[Example, ...]
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self):  # noqa: ANN204 - iterator of Example
+        return iter(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+def scored_span(example: Example, logit_shift: bool) -> tuple[int, int]:
+    """[begin, end) of the positions that may be masked and scored (position 0 excluded when the
+    family shifts its logits)."""
+    begin = max(example.start, 1 if logit_shift else 0)
+    if begin >= example.length:
+        raise AdllmError(
+            f"example {example.name} has no scorable completion position (logits are shifted, and "
+            "the completion is only position 0); add a prompt"
+        )
+    return begin, example.length
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading sources into (prompt, completion) text pairs
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise AdllmError(f"calibration file {str(path)!r} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise AdllmError(f"{path}:{n} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise AdllmError(f"{path}:{n} must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise AdllmError(f"calibration file {str(path)!r} holds no examples")
+    return rows
+
+
+def gsm8k_pair(question: str, answer: str, mode: AnswerMode) -> tuple[str, str]:
+    """(prompt, completion) of one GSM8K problem (see the module docstring for the format)."""
+    if mode not in ANSWER_MODES:
+        raise AdllmError(f"answer mode {mode!r} must be one of {', '.join(ANSWER_MODES)}")
+    if "####" not in answer:
+        raise AdllmError(f"GSM8K answer has no '####' final-answer marker: {answer[:60]!r}")
+    prompt = f"Question: {question.strip()}\nAnswer:"
+    if mode == "final":
+        return prompt, " " + answer.rsplit("####", 1)[1].strip()
+    return prompt, " " + _CALCULATOR.sub("", answer).strip()
+
+
+def read_pairs(
+    path: str | Path,
+    *,
+    kind: Literal["gsm8k", "jsonl"],
+    answer_mode: AnswerMode = "final",
+    prompt_key: str = "prompt",
+    completion_key: str = "completion",
+) -> list[tuple[str, str]]:
+    """(prompt, completion) text pairs of a GSM8K or prompt/completion JSONL file."""
+    p = Path(path).expanduser()
+    rows = _read_jsonl(p)
+    keys = ("question", "answer") if kind == "gsm8k" else (prompt_key, completion_key)
+    pairs = []
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in keys if not isinstance(row.get(k), str)]
+        if missing:
+            raise AdllmError(
+                f"{p} example {n} lacks string field(s) {', '.join(map(repr, missing))}; "
+                f"a {kind} file needs {' and '.join(map(repr, keys))}"
+            )
+        if kind == "gsm8k":
+            pairs.append(gsm8k_pair(row["question"], row["answer"], answer_mode))
+        else:
+            pairs.append((row[prompt_key], row[completion_key]))
+    return pairs
+
+
+def _detect_kind(path: Path) -> Literal["gsm8k", "jsonl", "text"]:
+    if path.is_dir() or path.suffix.lower() not in (".jsonl", ".json"):
+        return "text"
+    rows = _read_jsonl(path)
+    return "gsm8k" if {"question", "answer"} <= set(rows[0]) else "jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenising
+
+
+def encode_pair(
+    prompt: str,
+    completion: str,
+    tokenizer: Any,
+    *,
+    chat: bool = False,
+    max_length: int | None = None,
+    name: str = "",
+) -> Example:
+    """Tokenise one pair; the prompt carries the tokenizer's special tokens (e.g. BOS), the
+    completion none. Truncation: prompt from the left, then completion from the right."""
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             add_generation_prompt=True)
+        prompt_ids = tokenizer.encode(text, add_special_tokens=False)
+    else:
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=True)
+    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
+    if not completion_ids:
+        raise AdllmError(f"example {name}: the completion is empty after tokenisation")
+    if max_length is not None:
+        if max_length < 1:
+            raise AdllmError(f"max_length {max_length} must be at least 1")
+        overflow = len(prompt_ids) + len(completion_ids) - max_length
+        if overflow > 0:
+            cut = min(overflow, len(prompt_ids))
+            prompt_ids = prompt_ids[cut:]
+            completion_ids = completion_ids[: max_length - len(prompt_ids)]
+    ids = torch.tensor(list(prompt_ids) + list(completion_ids), dtype=torch.long)
+    return Example(ids=ids, start=len(prompt_ids), name=name)
+
+
+def text_passages(
+    paths: Sequence[str | Path],
+    tokenizer: Any,
+    *,
+    length: int,
+    offset: int = 0,
+    limit: int | None = None,
+    span: TextSpan = "all",
+) -> list[Example]:
+    """Consecutive passages of ``length`` tokens from the window ``[offset, offset + limit)`` of each
+    file's tokens (a directory means its ``*.txt`` files, sorted), in file order."""
+    if span not in TEXT_SPANS:
+        raise AdllmError(f"span {span!r} must be one of {', '.join(TEXT_SPANS)}")
+    if length < 2:
+        raise AdllmError(f"passage length {length} must be at least 2")
+    if offset < 0 or (limit is not None and limit < 1):
+        raise AdllmError(f"text offset {offset} must be >= 0 and limit {limit} >= 1")
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            files.extend(sorted(f for f in p.glob("*.txt") if f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise AdllmError(f"calibration text {str(p)!r} does not exist")
+    if not files:
+        raise AdllmError(f"no .txt files found in {', '.join(map(str, paths))}")
+    examples = []
+    for f in files:
+        ids = tokenizer.encode(f.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False)
+        end = len(ids) if limit is None else min(len(ids), offset + limit)
+        start = 0 if span == "all" else length // 2
+        for begin in range(offset, end - length + 1, length):
+            chunk = torch.tensor(ids[begin : begin + length], dtype=torch.long)
+            examples.append(Example(ids=chunk, start=start, name=f"{f.name}@{begin}"))
+    if not examples:
+        raise AdllmError(
+            f"no {length}-token passage fits in the window [{offset}, {offset + (limit or 0)}) of "
+            f"{', '.join(f.name for f in files)}; lower the offset or the passage length"
+        )
+    return examples
+
+
+def choose(examples: Sequence[Example], n: int | None, *, data_seed: int = 0,
+           shuffle: bool = True) -> list[Example]:
+    """The first ``n`` examples of a seeded permutation (or of the file order without shuffle)."""
+    order = list(range(len(examples)))
+    if shuffle:
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(data_seed)).tolist()
+    if n is not None:
+        if n < 1:
+            raise AdllmError(f"number of calibration examples {n} must be at least 1")
+        order = order[:n]
+    return [examples[i] for i in order]
+
+
+def _fingerprint(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        for f in sorted(p.glob("*.txt")) if p.is_dir() else [p]:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_calibration(
+    sources: str | Path | Sequence[str | Path],
+    tokenizer: Any,
+    *,
+    kind: SourceKind = "auto",
+    n: int | None = None,
+    data_seed: int = 0,
+    shuffle: bool = True,
+    answer_mode: AnswerMode = "final",
+    prompt_key: str = "prompt",
+    completion_key: str = "completion",
+    chat: bool = False,
+    max_length: int | None = None,
+    text_length: int = 1024,
+    text_offset: int = 0,
+    text_limit: int | None = None,
+    span: TextSpan = "all",
+) -> CalibrationSet:
+    """Read calibration examples from GSM8K / prompt-completion JSONL or plain text.
+
+    Args:
+        sources: one JSONL file, or one or more text files / directories of ``*.txt``.
+        tokenizer: the model's tokenizer (``encode``, optionally ``apply_chat_template``).
+        kind: ``auto`` detects GSM8K (``question``/``answer`` fields), other JSONL, or text.
+        n: examples to keep (None: all), chosen by a permutation seeded with ``data_seed``.
+        answer_mode, prompt_key, completion_key, chat, max_length: JSONL options (module docstring).
+        text_length, text_offset, text_limit, span: text options (module docstring).
+
+    Returns:
+        A :class:`CalibrationSet` whose ``description`` records every option and a content hash.
+
+    Raises:
+        AdllmError: missing files, malformed rows, empty completions, no passage fitting.
+    """
+    if tokenizer is None:
+        raise AdllmError("this model has no tokenizer; calibration data needs one to be tokenised")
+    if kind not in SOURCE_KINDS:
+        raise AdllmError(f"data kind {kind!r} must be one of {', '.join(SOURCE_KINDS)}")
+    paths = [Path(s).expanduser() for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    if not paths:
+        raise AdllmError("no calibration data given")
+    for p in paths:
+        if not p.exists():
+            raise AdllmError(f"calibration data {str(p)!r} does not exist")
+    resolved = _detect_kind(paths[0]) if kind == "auto" else kind
+    desc: dict[str, Any] = {"kind": resolved, "sources": [p.name for p in paths], "n": n,
+                            "data_seed": data_seed, "shuffle": shuffle,
+                            "sha256_16": _fingerprint(paths)}
+    if resolved == "text":
+        pool = text_passages(paths, tokenizer, length=text_length, offset=text_offset,
+                             limit=text_limit, span=span)
+        desc.update(length=text_length, offset=text_offset, limit=text_limit, span=span)
+    else:
+        if len(paths) != 1:
+            raise AdllmError(f"give one {resolved} file, got {len(paths)} paths")
+        pairs = read_pairs(paths[0], kind=resolved, answer_mode=answer_mode, prompt_key=prompt_key,
+                           completion_key=completion_key)
+        pool = [encode_pair(p, c, tokenizer, chat=chat, max_length=max_length,
+                            name=f"{paths[0].name}:{i}") for i, (p, c) in enumerate(pairs)]
+        desc.update(chat=chat, max_length=max_length)
+        if resolved == "gsm8k":
+            desc["answer_mode"] = answer_mode
+        else:
+            desc.update(prompt_key=prompt_key, completion_key=completion_key)
+    chosen = choose(pool, n, data_seed=data_seed, shuffle=shuffle)
+    desc["n"] = len(chosen)
+    desc["pool"] = len(pool)
+    desc["tokens"] = int(sum(e.length for e in chosen))
+    return CalibrationSet(tuple(chosen), desc)
