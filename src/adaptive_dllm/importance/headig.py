@@ -1,0 +1,490 @@
+"""HeadIG: integrated gradients of the masked-reconstruction objective w.r.t. per-head output gates.
+
+Shape legend: Ly layers, H query heads per layer, L sequence length, Vv mask variants of one
+example, V vocabulary.
+
+Every query head's attention output is multiplied by a gate alpha_d before the output projection
+(``Transformer(head_gates=...)``; the model itself is frozen). For one calibration example the
+objective is
+
+    J(alpha) = -(1 / Vv) * sum_v loss_v(alpha),
+
+where variant v masks the completion span at ratio r with Monte-Carlo mask s (Vv = |ratios| x S),
+and loss_v is the cross-entropy at the masked positions (``mean_masked``: averaged over them;
+``sum``: summed), computed on logits aligned with :meth:`FamilySpec.align_logits` (Dream's
+one-position shift). J = -loss, so a head whose presence lowers the loss gets a positive score
+("higher is more important"; upstream integrated the loss and had to negate, §4 item 2).
+
+Integration paths from the baseline alpha0 (``baseline``: 0 or a scalar) to all-ones:
+
+- **DP** (diagonal): alpha_d(t) = alpha0 + (1 - alpha0) t for every head.
+- **STP** (stochastic threshold): each head draws u_d ~ U[0, 1) and
+  alpha_d(t) = alpha0 + (1 - alpha0) clip((t - u_d) / (1 - u_d), 0, 1); the result is averaged over
+  P such paths. With u = 0 STP *is* DP.
+
+Discretisation with K steps, t_k = k / K (``rule="midpoint"``, the default):
+
+    IG_d = sum_{k=1..K} dJ/dalpha_d(alpha(t_{k-1/2})) * (alpha_d(t_k) - alpha_d(t_{k-1})),
+
+gradient at the interval midpoint, increment over the whole interval (error O(1/K^2) on a smooth
+straight path; ``rule="right"`` evaluates at t_k like upstream, error O(1/K)). Completeness:
+sum_d IG_d ~= J(1) - J(alpha0); both ends are evaluated per example and the gap is reported.
+
+Per example the path average is post-processed (``signed`` default, ``abs``, ``relu``); the score
+is the mean over examples. Heads outside the layer range keep alpha = 1 on every path and are not
+attributed (their score is NaN).
+
+Cost per example: |ratios| x S x K x P sequence forward+backward passes (batched
+``mask_batch_size`` variants at a time), plus 2 x |ratios| x S forward passes for the completeness
+check. Masks and thresholds are derived from (seed, example index, ratio index, sample / path), so
+results do not depend on batching or on resuming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
+from adaptive_dllm.models.families import get_family
+
+log = logging.getLogger(__name__)
+
+PathMode = Literal["stp", "dp"]
+LossMode = Literal["mean_masked", "sum"]
+PostProcess = Literal["signed", "abs", "relu"]
+Rule = Literal["midpoint", "right"]
+
+GradFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # gates -> (J, dJ/dgates)
+
+
+@dataclass(frozen=True)
+class HeadIGSettings:
+    """Everything that defines a HeadIG estimate (stored in the artifact's metadata).
+
+    Attributes:
+        mask_ratios: masking ratios of the completion span.
+        mask_samples: Monte-Carlo masks S per ratio.
+        steps: integration steps K.
+        path: ``stp`` (stochastic threshold) or ``dp`` (diagonal).
+        path_samples: STP paths P per example (DP always uses one path).
+        baseline: alpha0, the gate value the path starts from (0 = "zero" baseline).
+        loss: ``mean_masked`` or ``sum`` over the masked positions of a variant.
+        postprocess: ``signed`` | ``abs`` | ``relu``, applied per example.
+        rule: ``midpoint`` or ``right`` Riemann sum.
+        layers: inclusive (first, last) layer range to attribute; None = all. Negative indices
+            count from the end.
+        mask_batch_size: mask variants per forward pass (memory only; results are unchanged).
+        seed: seed of the masks and the STP thresholds.
+    """
+
+    mask_ratios: tuple[float, ...] = (0.15, 0.3, 0.5, 0.7, 0.9)
+    mask_samples: int = 2
+    steps: int = 8
+    path: PathMode = "stp"
+    path_samples: int = 4
+    baseline: float = 0.0
+    loss: LossMode = "mean_masked"
+    postprocess: PostProcess = "signed"
+    rule: Rule = "midpoint"
+    layers: tuple[int, int] | None = None
+    mask_batch_size: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask_ratios", tuple(float(r) for r in self.mask_ratios))
+        if not self.mask_ratios or not all(0.0 < r <= 1.0 for r in self.mask_ratios):
+            raise AdllmError(f"mask ratios {self.mask_ratios} must be non-empty and each in (0, 1]")
+        for name in ("mask_samples", "steps", "path_samples", "mask_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AdllmError(f"HeadIG {name}={value!r} must be a positive integer")
+        choices = {"path": ("stp", "dp"), "loss": ("mean_masked", "sum"),
+                   "postprocess": ("signed", "abs", "relu"), "rule": ("midpoint", "right")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise AdllmError(f"HeadIG {name}={getattr(self, name)!r} must be one of {', '.join(allowed)}")
+        if not 0.0 <= self.baseline < 1.0:
+            raise AdllmError(f"HeadIG baseline {self.baseline} must be in [0, 1)")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", (int(self.layers[0]), int(self.layers[1])))
+
+    @property
+    def paths(self) -> int:
+        """Integration paths per example (P; 1 for DP)."""
+        return self.path_samples if self.path == "stp" else 1
+
+    @property
+    def variants(self) -> int:
+        """Mask variants per example (|ratios| x S)."""
+        return len(self.mask_ratios) * self.mask_samples
+
+    @property
+    def passes_per_example(self) -> int:
+        """Sequence forward+backward passes per example: |ratios| x S x K x P."""
+        return self.variants * self.steps * self.paths
+
+    def layer_range(self, n_layers: int) -> range:
+        """The attributed layers as a range (validated against the model depth)."""
+        if self.layers is None:
+            return range(n_layers)
+        first, last = (i + n_layers if i < 0 else i for i in self.layers)
+        if not 0 <= first <= last < n_layers:
+            raise AdllmError(
+                f"layer range {self.layers} is not inside the model's {n_layers} layers (0..{n_layers - 1})"
+            )
+        return range(first, last + 1)
+
+
+def describe_cost(settings: HeadIGSettings, n_examples: int) -> str:
+    """One line stating the forward+backward count (printed before a run starts)."""
+    s = settings
+    per = s.passes_per_example
+    calls = math.ceil(s.variants / s.mask_batch_size) * s.steps * s.paths
+    return (
+        f"HeadIG cost: |ratios| {len(s.mask_ratios)} x S {s.mask_samples} x K {s.steps} x "
+        f"P {s.paths} = {per} forward+backward passes per example ({calls} batched calls of up to "
+        f"{s.mask_batch_size}) + {2 * s.variants} forward passes for the completeness check; "
+        f"{n_examples} examples -> {per * n_examples} forward+backward passes"
+    )
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the given parts (stable across runs, platforms and processes)."""
+    digest = hashlib.sha256("|".join(map(str, ("headig", *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def mask_variants(
+    example: Example, settings: HeadIGSettings, index: int, *, mask_id: int, logit_shift: bool
+) -> tuple[Tensor, Tensor]:
+    """The masked inputs of one example: (inputs (Vv, L) int64, masked (Vv, L) bool).
+
+    Variant order is ratio-major. Each variant masks every position of the scored span
+    independently with probability r (at least one position), from a CPU generator seeded with
+    (seed, index, ratio index, sample).
+    """
+    begin, end = scored_span(example, logit_shift)
+    n = end - begin
+    inputs, masked = [], []
+    for j, ratio in enumerate(settings.mask_ratios):
+        for s in range(settings.mask_samples):
+            gen = torch.Generator().manual_seed(derive_seed("mask", settings.seed, index, j, s))
+            pick = torch.rand(n, generator=gen) < ratio
+            if not pick.any():
+                pick[torch.randint(n, (1,), generator=gen)] = True
+            m = torch.zeros(example.length, dtype=torch.bool)
+            m[begin:end] = pick
+            inputs.append(torch.where(m, mask_id, example.ids))
+            masked.append(m)
+    return torch.stack(inputs), torch.stack(masked)
+
+
+def stp_thresholds(shape: tuple[int, int], *, seed: int, index: int, path: int) -> Tensor:
+    """(Ly, H) float64 thresholds u ~ U[0, 1), seeded by (seed, example index, path index)."""
+    gen = torch.Generator().manual_seed(derive_seed("path", seed, index, path))
+    return torch.rand(shape, generator=gen, dtype=torch.float64)
+
+
+def gate_path(t: float, alpha0: Tensor, thresholds: Tensor | None) -> Tensor:
+    """alpha(t) of the DP path (``thresholds`` None) or of the STP path with these thresholds."""
+    if thresholds is None:
+        frac: Tensor | float = t
+    else:
+        frac = ((t - thresholds) / (1.0 - thresholds)).clamp(0.0, 1.0)
+    return alpha0 + (1.0 - alpha0) * frac
+
+
+def integrated_gradients(
+    grad_fn: GradFn,
+    alpha0: Tensor,
+    *,
+    steps: int,
+    thresholds: Tensor | None = None,
+    rule: Rule = "midpoint",
+    on_step: Callable[[], None] | None = None,
+) -> Tensor:
+    """Integrated gradients of J along one gate path (see the module docstring for the rule).
+
+    Args:
+        grad_fn: gates (Ly, H) float32 -> (J scalar tensor, dJ/dgates (Ly, H)).
+        alpha0: (Ly, H) float64 start of the path; 1 where a head is not attributed.
+        steps: K.
+        thresholds: (Ly, H) STP thresholds in [0, 1), or None for the diagonal path.
+        rule: ``midpoint`` or ``right``.
+        on_step: called after every gradient evaluation (progress bars).
+
+    Returns:
+        (Ly, H) float64 attributions; their sum approximates J(1) - J(alpha0).
+    """
+    ig = torch.zeros_like(alpha0)
+    for k in range(1, steps + 1):
+        t_eval = (k - 0.5) / steps if rule == "midpoint" else k / steps
+        delta = gate_path(k / steps, alpha0, thresholds) - gate_path((k - 1) / steps, alpha0, thresholds)
+        if on_step is not None:
+            on_step()
+        if not bool((delta != 0).any()):  # STP: no head moves in this interval, skip the pass
+            continue
+        _, grad = grad_fn(gate_path(t_eval, alpha0, thresholds).float())
+        ig += grad.double().cpu() * delta
+    return ig
+
+
+class MaskedObjective:
+    """J(gates) = -(1/Vv) sum_v loss_v(gates) for one example's mask variants.
+
+    Args:
+        model: the transformer.
+        clean: (L,) int64 unmasked token ids (the targets).
+        inputs: (Vv, L) masked inputs; masked: (Vv, L) bool, True where a token was masked.
+        loss: ``mean_masked`` or ``sum``.
+        batch_size: variants per forward pass.
+    """
+
+    def __init__(self, model: nn.Module, clean: Tensor, inputs: Tensor, masked: Tensor, *,
+                 loss: LossMode, batch_size: int) -> None:
+        self.model = model
+        self.family = get_family(model.config.family)
+        self.device = next(model.parameters()).device
+        self.n = inputs.shape[0]
+        self.loss = loss
+        self.batches = []
+        for i in range(0, self.n, batch_size):
+            x, m = inputs[i : i + batch_size], masked[i : i + batch_size]
+            targets = clean.expand_as(x)[m]  # (M,) in row-major order of m
+            self.batches.append(tuple(t.to(self.device) for t in (x, m, targets)))
+
+    def _losses(self, x: Tensor, m: Tensor, targets: Tensor, gates: Tensor) -> Tensor:
+        logits = self.family.align_logits(self.model(x, head_gates=gates))  # (b, L, V)
+        ce = F.cross_entropy(logits[m].float(), targets, reduction="none")  # (M,)
+        rows = m.nonzero()[:, 0]  # variant of each masked position
+        per_variant = torch.zeros(x.shape[0], device=ce.device).index_add(0, rows, ce)  # (b,)
+        if self.loss == "mean_masked":
+            per_variant = per_variant / m.sum(1)
+        return per_variant
+
+    def value(self, gates: Tensor) -> float:
+        """J at ``gates`` (Ly, H), without gradients."""
+        gates = gates.float().to(self.device)
+        with torch.no_grad():
+            total = sum(self._losses(*batch, gates).sum() for batch in self.batches)
+        return float(-total / self.n)
+
+    def value_and_grad(self, gates: Tensor) -> tuple[Tensor, Tensor]:
+        """J and dJ/dgates at ``gates`` (Ly, H), backpropagating one variant batch at a time."""
+        g = gates.detach().float().to(self.device).requires_grad_(True)
+        total = torch.zeros((), device=self.device)
+        with torch.enable_grad():
+            for batch in self.batches:
+                part = -self._losses(*batch, g).sum() / self.n
+                part.backward()
+                total = total + part.detach()
+        assert g.grad is not None
+        return total, g.grad
+
+
+def _postprocess(ig: Tensor, mode: PostProcess) -> Tensor:
+    if mode == "abs":
+        return ig.abs()
+    if mode == "relu":
+        return ig.clamp_min(0)
+    return ig
+
+
+class _Frozen:
+    """Freeze parameters and set activation checkpointing for the duration of a run."""
+
+    def __init__(self, model: nn.Module, checkpointing: bool) -> None:
+        self.model, self.checkpointing = model, checkpointing
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.model.parameters()]
+        self.was_training = self.model.training
+        self.old_ckpt = getattr(self.model, "gradient_checkpointing", False)
+        self.model.requires_grad_(False).eval()
+        self.model.gradient_checkpointing = self.checkpointing
+
+    def __exit__(self, *exc: object) -> None:
+        for p, flag in zip(self.model.parameters(), self.flags, strict=True):
+            p.requires_grad_(flag)
+        self.model.train(self.was_training)
+        self.model.gradient_checkpointing = self.old_ckpt
+
+
+def _fingerprint(model: nn.Module, examples: Sequence[Example], settings: HeadIGSettings) -> str:
+    s = asdict(settings)
+    s.pop("postprocess")  # applied at the end: a resumed run may change it
+    s.pop("mask_batch_size")  # does not change the result
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(e.name.encode())
+        h.update(e.ids.numpy().tobytes())
+        h.update(str(e.start).encode())
+    info = {"settings": s, "config": asdict(model.config), "source": getattr(model, "source", None),
+            "data": h.hexdigest()}
+    return json.dumps(info, sort_keys=True, default=str)
+
+
+def _load_state(path: Path | None, fingerprint: str) -> dict[str, Any]:
+    if path is None or not path.is_file():
+        return {"fingerprint": fingerprint, "ig": [], "j_full": [], "j_base": []}
+    state = torch.load(path, weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        raise AdllmError(
+            f"resume file {str(path)!r} was written for other settings, data or model; delete it or "
+            "pass another --resume path"
+        )
+    log.info("resuming HeadIG from %s: %d example(s) done", path, len(state["ig"]))
+    return state
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def headig(
+    model: nn.Module,
+    examples: CalibrationSet | Sequence[Example],
+    settings: HeadIGSettings | None = None,
+    *,
+    checkpointing: bool | None = None,
+    resume: str | Path | None = None,
+    progress: bool = False,
+) -> Any:
+    """Estimate head importance with HeadIG.
+
+    Args:
+        model: a :class:`~adaptive_dllm.models.transformer.Transformer` (frozen during the run).
+        examples: calibration examples (a :class:`CalibrationSet` also records its provenance).
+        settings: :class:`HeadIGSettings` (default: the upstream runner's recipe, STP).
+        checkpointing: activation checkpointing per block; None = on for models above 1B
+            parameters (7-8B models do not fit otherwise).
+        resume: a file where partial results are saved after every example; a run restarted
+            with the same file, settings, data and model skips the examples already done.
+        progress: show a progress bar (one tick per gradient evaluation).
+
+    Returns:
+        A :class:`~adaptive_dllm.importance.artifact.HeadImportance` over query heads, signed
+        (by default) with "higher is more important", with the settings, data description,
+        completeness diagnostics and cost in its metadata.
+
+    Raises:
+        AdllmError: bad settings, layer range, empty data, or a resume file for another run.
+    """
+    from adaptive_dllm.importance.artifact import HeadImportance
+
+    settings = settings or HeadIGSettings()
+    exs = list(examples)
+    if not exs:
+        raise AdllmError("HeadIG needs at least one calibration example")
+    cfg = model.config
+    family = get_family(cfg.family)
+    shape = (cfg.n_layers, cfg.n_heads)
+    layers = settings.layer_range(cfg.n_layers)
+    alpha0 = torch.ones(shape, dtype=torch.float64)
+    alpha0[layers.start : layers.stop] = settings.baseline
+    if checkpointing is None:
+        checkpointing = sum(p.numel() for p in model.parameters()) > 1e9
+    resume_path = Path(resume) if resume is not None else None
+    state = _load_state(resume_path, _fingerprint(model, exs, settings))
+    device = next(model.parameters()).device
+    log.info(describe_cost(settings, len(exs)))
+    ticks_per_example = settings.paths * settings.steps
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(exs) * ticks_per_example, desc="HeadIG", unit="step",
+                   initial=len(state["ig"]) * ticks_per_example)
+    started = time.perf_counter()
+    with _Frozen(model, checkpointing):
+        for i in range(len(state["ig"]), len(exs)):
+            inputs, masked = mask_variants(exs[i], settings, i, mask_id=cfg.mask_id,
+                                           logit_shift=family.logit_shift)
+            objective = MaskedObjective(model, exs[i].ids, inputs, masked, loss=settings.loss,
+                                        batch_size=settings.mask_batch_size)
+            ig = torch.zeros(shape, dtype=torch.float64)
+            for p in range(settings.paths):
+                u = (stp_thresholds(shape, seed=settings.seed, index=i, path=p)
+                     if settings.path == "stp" else None)
+                ig += integrated_gradients(objective.value_and_grad, alpha0, steps=settings.steps,
+                                           thresholds=u, rule=settings.rule,
+                                           on_step=bar.update if bar is not None else None)
+            ig /= settings.paths
+            j_full, j_base = objective.value(torch.ones(shape)), objective.value(alpha0)
+            state["ig"].append(ig.float())
+            state["j_full"].append(j_full)
+            state["j_base"].append(j_base)
+            if bar is not None:
+                bar.set_postfix(gap=f"{_rel_gap(ig.sum().item(), j_full - j_base):.1%}")
+            if resume_path is not None:
+                _save_state(resume_path, state)
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - started
+
+    per_example = torch.stack(state["ig"]).double()  # (N, Ly, H)
+    scores = _postprocess(per_example, settings.postprocess).mean(0).float()
+    outside = torch.ones(shape, dtype=torch.bool)
+    outside[layers.start : layers.stop] = False
+    scores[outside] = float("nan")
+    sums = per_example.sum((1, 2))
+    deltas = torch.tensor(state["j_full"], dtype=torch.float64) - torch.tensor(state["j_base"],
+                                                                                dtype=torch.float64)
+    gaps = [_rel_gap(float(s), float(d)) for s, d in zip(sums, deltas, strict=True)]
+    metadata = {
+        "estimator": "headig",
+        "sign": "higher_is_more_important",
+        "objective": "J = -masked cross-entropy on the completion span (logits aligned per family)",
+        "integration": f"{settings.rule} Riemann sum over t_k = k/K",
+        "settings": asdict(settings),
+        "seed": settings.seed,
+        "data": examples.description if isinstance(examples, CalibrationSet) else
+        {"n": len(exs), "names": [e.name for e in exs][:50]},
+        "layers_attributed": [layers.start, layers.stop - 1],
+        "passes_per_example": settings.passes_per_example,
+        "completeness": {
+            "j_full_mean": float(torch.tensor(state["j_full"]).mean()),
+            "j_baseline_mean": float(torch.tensor(state["j_base"]).mean()),
+            "ig_sum_mean": float(sums.mean()),
+            "rel_gap_mean": _finite_or_none(sum(gaps) / len(gaps)),
+            "rel_gap_max": _finite_or_none(max(gaps)),
+        },
+        "family": cfg.family,
+        "n_kv_heads": cfg.n_kv_heads,
+        "model": getattr(model, "source", None),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(device),
+        "checkpointing": checkpointing,
+        "elapsed_s": round(elapsed, 2),
+        "torch": torch.__version__,
+    }
+    return HeadImportance(scores=scores, head_kind="query", metadata=metadata)
+
+
+def _rel_gap(ig_sum: float, delta: float) -> float:
+    """|sum IG - (J(1) - J(alpha0))| / |J(1) - J(alpha0)| (0 when both vanish)."""
+    if delta == 0.0:
+        return 0.0 if ig_sum == 0.0 else math.inf
+    return abs(ig_sum - delta) / abs(delta)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
