@@ -1,0 +1,328 @@
+"""Cheap head-importance estimators: uniform, seeded random and block-level attention statistics.
+
+Shape legend: Ly layers, H query heads, Hkv key/value heads, G = H / Hkv, L sequence length,
+D head dim, bs block size, Nq / Nk query / key blocks (ceil(L / bs)), N examples.
+
+Attention statistics take one forward pass per calibration example in the state the sparse plan
+is built from: the completion span masked at ``mask_ratio`` (default 0.8, what is still masked at
+the switch step of skip = 0.2), masks seeded by (seed, example index). For every layer and query
+head the exact block mass is measured,
+
+    M[qb, kb] = mean_{i in block qb} sum_{j in block kb} softmax_j(q_i . k_j / sqrt(D)),
+
+so each row M[qb, :] is a distribution over the Nk key blocks, which is what the sparse plan
+ranks. Per row (then averaged over the rows and the examples):
+
+=================  =====================================================  ======================
+method             per-row statistic                                      higher means
+=================  =====================================================  ======================
+``entropy``        H(M[qb]) / log Nk (normalised entropy)                 more dispersed
+``effective``      exp(H(M[qb])) / Nk (effective blocks, as a fraction)   more dispersed
+``topk``           1 - mass of the top ceil(top_frac Nk) blocks           more dispersed
+``coverage``       blocks needed to reach ``coverage`` of the mass / Nk   more dispersed
+``deficit``        1 - mass of the top max(1, round(select Nk)) blocks    more mass lost
+=================  =====================================================  ======================
+
+All follow "higher = more important": a head whose attention is spread over many blocks needs
+more blocks to keep its mass, so it deserves a larger budget (``topk`` and ``deficit`` are
+converted as 1 - mass; the raw mass is the opposite convention). The scores are per query head
+(``head_kind="query"``); the budget code aggregates a GQA group.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from adaptive_dllm.attention.api import attend
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.importance.artifact import HeadImportance
+from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
+from adaptive_dllm.importance.headig import derive_seed
+from adaptive_dllm.models.config import ModelConfig
+from adaptive_dllm.models.families import get_family
+
+Statistic = Literal["entropy", "effective", "topk", "coverage", "deficit"]
+STATISTICS: tuple[str, ...] = ("entropy", "effective", "topk", "coverage", "deficit")
+QuerySpan = Literal["all", "completion"]
+
+_CONVERSION = {
+    "entropy": "normalised entropy of the block-mass rows",
+    "effective": "exp(entropy) / Nk",
+    "topk": "1 - top-k block mass (k = ceil(top_frac Nk))",
+    "coverage": "blocks to reach the coverage target / Nk",
+    "deficit": "1 - block mass kept at a uniform budget (k = max(1, round(select Nk)))",
+}
+
+
+def _meta(config: ModelConfig, estimator: str, settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"family": config.family, "n_kv_heads": config.n_kv_heads, "estimator": estimator,
+            "settings": settings, "sign": "higher_is_more_important", **extra}
+
+
+def uniform_importance(config: ModelConfig) -> HeadImportance:
+    """Equal importance for every query head (the SparseD baseline)."""
+    scores = torch.ones(config.n_layers, config.n_heads)
+    return HeadImportance(scores=scores, head_kind="query",
+                          metadata=_meta(config, "uniform", {}, data=None, seed=None))
+
+
+def random_importance(config: ModelConfig, *, seed: int = 0) -> HeadImportance:
+    """Importance drawn from U[0, 1) with a seeded CPU generator (a control for ablations)."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.rand(config.n_layers, config.n_heads, generator=gen)
+    return HeadImportance(scores=scores, head_kind="query",
+                          metadata=_meta(config, "random", {"distribution": "uniform[0,1)"},
+                                         data=None, seed=seed))
+
+
+def block_mass(q: Tensor, k: Tensor, *, block_size: int, key_mask: Tensor | None = None,
+               chunk_bytes: int = 1 << 28) -> Tensor:
+    """Exact block-level attention mass, without materialising (B, H, L, L).
+
+    Args:
+        q: (B, H, L, D) queries (post-RoPE).
+        k: (B, Hkv, L, D) keys (post-RoPE).
+        block_size: bs.
+        key_mask: (B, L) bool, True = real token; padded keys get no mass and padded queries
+            do not count in a block's mean.
+        chunk_bytes: memory bound of the (B, H, rows, L) float32 probabilities per chunk.
+
+    Returns:
+        (B, H, Nq, Nk) float32: for each query block the mean over its (real) queries of the
+        softmax mass falling in each key block; rows sum to 1 (0 for all-padding query blocks).
+    """
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    n_blocks = math.ceil(L / block_size)
+    pad = n_blocks * block_size - L
+    kf = k.float()
+    qmask = torch.ones(B, L, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
+    rows_per_chunk = max(block_size, (chunk_bytes // max(1, B * H * L * 4)) // block_size * block_size)
+    out = torch.zeros(B, H, n_blocks, n_blocks, device=q.device)
+    for r0 in range(0, L, rows_per_chunk):
+        r1 = min(L, r0 + rows_per_chunk)
+        qc = q[:, :, r0:r1].float().view(B, Hkv, G, r1 - r0, D)
+        s = torch.einsum("bkgid,bkjd->bkgij", qc, kf) / math.sqrt(D)  # (B, Hkv, G, rows, L)
+        if key_mask is not None:
+            s = s.masked_fill(~key_mask[:, None, None, None, :], float("-inf"))
+        p = torch.softmax(s, dim=-1).reshape(B, H, r1 - r0, L)
+        p = torch.nn.functional.pad(p, (0, pad)).view(B, H, r1 - r0, n_blocks, block_size).sum(-1)
+        p = p * qmask[:, None, r0:r1, None]  # padded queries contribute nothing
+        qb = torch.arange(r0, r1, device=q.device) // block_size  # query block of each row
+        out.index_add_(2, qb, p)
+    counts = torch.nn.functional.pad(qmask.float(), (0, pad)).view(B, n_blocks, block_size).sum(-1)
+    return out / counts.clamp_min(1)[:, None, :, None]
+
+
+def row_statistics(mass: Tensor, *, top_frac: float = 0.1, coverage: float = 0.9,
+                   select: float = 0.3) -> dict[str, Tensor]:
+    """Per-row statistics of block-mass rows (see the module table).
+
+    Args:
+        mass: (..., Nk) rows summing to 1.
+
+    Returns:
+        {statistic: (...) float32}.
+    """
+    nk = mass.shape[-1]
+    p = mass.clamp_min(0)
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
+    ordered = p.sort(-1, descending=True).values.cumsum(-1)  # (..., Nk) mass of the top j+1
+    k_top = min(nk, max(1, math.ceil(top_frac * nk)))
+    k_sel = min(nk, max(1, round(select * nk)))
+    # Blocks needed: 1 + number of prefixes still below the target (tolerance for rounding).
+    needed = 1 + (ordered < coverage - 1e-6).sum(-1).clamp_max(nk - 1)
+    return {
+        "entropy": entropy / math.log(nk) if nk > 1 else torch.zeros_like(entropy),
+        "effective": entropy.exp() / nk,
+        "topk": 1 - ordered[..., k_top - 1],
+        "coverage": needed.float() / nk,
+        "deficit": 1 - ordered[..., k_sel - 1],
+    }
+
+
+def _switch_state(example: Example, index: int, *, mask_ratio: float, mask_id: int,
+                  logit_shift: bool, seed: int) -> Tensor:
+    """(L,) ids with the completion span masked at ``mask_ratio`` (exactly round(r n), >= 1)."""
+    begin, end = scored_span(example, logit_shift)
+    n = end - begin
+    k = min(n, max(1, round(mask_ratio * n)))
+    gen = torch.Generator().manual_seed(derive_seed("switch", seed, index))
+    where = begin + torch.randperm(n, generator=gen)[:k]
+    ids = example.ids.clone()
+    ids[where] = mask_id
+    return ids
+
+
+class _StatsHook:
+    """Attention hook: dense attention, plus the per-head row statistics of every layer."""
+
+    def __init__(self, n_layers: int, rows: Tensor, *, block_size: int, options: dict[str, float]):
+        self.rows, self.block_size, self.options = rows, block_size, options
+        self.per_layer: list[Tensor] = [torch.empty(0)] * n_layers  # (5, H) per layer
+
+    def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+        mass = block_mass(q, k, block_size=self.block_size, key_mask=key_mask)[0]  # (H, Nq, Nk)
+        stats = row_statistics(mass[:, self.rows.to(mass.device)], **self.options)
+        self.per_layer[layer] = torch.stack([stats[n].mean(-1) for n in STATISTICS]).cpu()
+        return attend(q, k, v, key_mask=key_mask)
+
+
+@torch.no_grad()
+def attention_statistics(
+    model: nn.Module,
+    examples: CalibrationSet | Sequence[Example],
+    *,
+    block_size: int = 64,
+    mask_ratio: float = 0.8,
+    queries: QuerySpan = "all",
+    top_frac: float = 0.1,
+    coverage: float = 0.9,
+    select: float = 0.3,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, HeadImportance]:
+    """All five attention statistics from one forward pass per example.
+
+    Args:
+        model: the transformer.
+        examples: calibration examples.
+        block_size: bs of the sparse plan these scores will budget.
+        mask_ratio: fraction of the completion span masked (the switch-step state).
+        queries: ``all`` query blocks (what the plan covers) or only those holding completion
+            positions.
+        top_frac, coverage, select: parameters of ``topk``, ``coverage`` and ``deficit``.
+        seed: mask seed.
+        progress: progress bar over examples.
+
+    Returns:
+        {statistic: HeadImportance} for every statistic in :data:`STATISTICS`.
+
+    Raises:
+        AdllmError: bad options or no examples.
+    """
+    if block_size < 1:
+        raise AdllmError(f"block size {block_size} must be at least 1")
+    if not 0.0 <= mask_ratio <= 1.0:
+        raise AdllmError(f"mask ratio {mask_ratio} must be in [0, 1]")
+    if queries not in ("all", "completion"):
+        raise AdllmError(f"queries {queries!r} must be 'all' or 'completion'")
+    for name, value in (("top_frac", top_frac), ("coverage", coverage), ("select", select)):
+        if not 0.0 < value <= 1.0:
+            raise AdllmError(f"{name}={value} must be in (0, 1]")
+    exs = list(examples)
+    if not exs:
+        raise AdllmError("attention statistics need at least one calibration example")
+    cfg = model.config
+    family = get_family(cfg.family)
+    device = next(model.parameters()).device
+    totals = {name: torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64) for name in STATISTICS}
+    started = time.perf_counter()
+    iterator: Any = exs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(exs, desc="attention statistics", unit="example")
+    for i, ex in enumerate(iterator):
+        ids = _switch_state(ex, i, mask_ratio=mask_ratio, mask_id=cfg.mask_id,
+                            logit_shift=family.logit_shift, seed=seed)
+        n_blocks = math.ceil(ex.length / block_size)
+        rows = torch.ones(n_blocks, dtype=torch.bool)
+        if queries == "completion":
+            rows[: ex.start // block_size] = False
+        hook = _StatsHook(cfg.n_layers, rows, block_size=block_size,
+                          options={"top_frac": top_frac, "coverage": coverage, "select": select})
+        model(ids[None].to(device), attn=hook)
+        stacked = torch.stack(hook.per_layer, dim=1).double()  # (5, Ly, H)
+        for j, name in enumerate(STATISTICS):
+            totals[name] += stacked[j]
+    settings = {"block_size": block_size, "mask_ratio": mask_ratio, "queries": queries,
+                "top_frac": top_frac, "coverage": coverage, "select": select}
+    data = examples.description if isinstance(examples, CalibrationSet) else {"n": len(exs)}
+    elapsed = round(time.perf_counter() - started, 2)
+    return {
+        name: HeadImportance(
+            scores=(totals[name] / len(exs)).float(), head_kind="query",
+            metadata=_meta(cfg, name, {**settings, "statistic": _CONVERSION[name]}, data=data,
+                           seed=seed, model=getattr(model, "source", None), elapsed_s=elapsed,
+                           forward_passes=len(exs)),
+        )
+        for name in STATISTICS
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing two estimates
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks (ties share the mean rank), float64."""
+    order = x.argsort(stable=True)
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    ranks[order] = torch.arange(x.numel(), dtype=torch.float64)
+    values, inverse = torch.unique(x, return_inverse=True)
+    if values.numel() < x.numel():  # average over ties
+        sums = torch.zeros(values.numel(), dtype=torch.float64).index_add(0, inverse, ranks)
+        counts = torch.zeros(values.numel(), dtype=torch.float64).index_add(
+            0, inverse, torch.ones_like(ranks))
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+def _pearson(a: Tensor, b: Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denom if denom > 0 else float("nan")
+
+
+def compare(a: HeadImportance, b: HeadImportance, *, top_k: int | None = None) -> dict[str, Any]:
+    """Agreement between two estimates of the same model's heads.
+
+    Heads where either score is NaN are left out.
+
+    Args:
+        a, b: estimates with the same shape and head kind.
+        top_k: size of the top / bottom sets compared (default: a quarter of the heads).
+
+    Returns:
+        ``pearson``, ``spearman``, ``top_k``, ``top_overlap`` and ``bottom_overlap`` (fraction of
+        the k most / least important heads in common), ``chance_overlap`` (k / n, the expected
+        overlap of random rankings), ``n_heads`` compared.
+
+    Raises:
+        AdllmError: different shapes or head kinds, or fewer than two comparable heads.
+    """
+    if a.scores.shape != b.scores.shape or a.head_kind != b.head_kind:
+        raise AdllmError(
+            f"cannot compare {a.head_kind} scores of shape {tuple(a.scores.shape)} with "
+            f"{b.head_kind} scores of shape {tuple(b.scores.shape)}"
+        )
+    x, y = a.scores.flatten().double(), b.scores.flatten().double()
+    keep = torch.isfinite(x) & torch.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = x.numel()
+    if n < 2:
+        raise AdllmError(f"only {n} head(s) have finite scores in both files; nothing to compare")
+    k = top_k if top_k is not None else max(1, n // 4)
+    if not 1 <= k <= n:
+        raise AdllmError(f"top-k {k} must be in [1, {n}]")
+    rx, ry = _ranks(x), _ranks(y)
+    top = lambda r: set(r.argsort(descending=True, stable=True)[:k].tolist())  # noqa: E731
+    bottom = lambda r: set(r.argsort(stable=True)[:k].tolist())  # noqa: E731
+    return {
+        "n_heads": n,
+        "pearson": _pearson(x, y),
+        "spearman": _pearson(rx, ry),
+        "top_k": k,
+        "top_overlap": len(top(rx) & top(ry)) / k,
+        "bottom_overlap": len(bottom(rx) & bottom(ry)) / k,
+        "chance_overlap": k / n,
+    }
