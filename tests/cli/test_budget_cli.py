@@ -59,8 +59,8 @@ def test_json_matches_the_allocator(capsys, shape, kind, n):
         assert r["realised_mean"] == int(blocks.sum()) / (u * n)
         assert r["saturated"] == int((blocks == n).sum()) <= u
         assert r["floored"] == int(((blocks == r["k_min"]) & (blocks < n)).sum())
-        assert r["min_keep_ratio"] == int(blocks.min()) / n
-        assert r["max_keep_ratio"] == int(blocks.max()) / n
+        assert r["keep_ratio_min"] == int(blocks.min()) / n
+        assert r["keep_ratio_max"] == int(blocks.max()) / n
         if target >= u:
             assert r["realised_total"] == target and r["exact"] and not r["note"]
         else:
@@ -174,3 +174,15 @@ def test_help_has_examples(capsys):
         main(["budget", "--help"])
     assert exit_.value.code == 0
     assert "adllm budget --shape llada-8b --synthetic lognormal" in capsys.readouterr().out
+
+
+def test_units_per_query_head_and_kv_heads_option(capsys, tmp_path):
+    per_query = _json(capsys, "--shape", "dream-7b", "--synthetic", "lognormal", "--gqa", "q",
+                      "--select", "0.3", "--blocks", "16")
+    assert per_query["units_per_layer"] == 28 and per_query["unit"] == "query-head"
+    path = HeadImportance(torch.randn(28, 28), "query", {}).save(tmp_path / "q.safetensors")
+    grouped = _json(capsys, "--importance", str(path), "--kv-heads", "4", "--select", "0.3",
+                    "--blocks", "16")
+    assert grouped["units_per_layer"] == 4
+    assert "does not divide" in _error(capsys, "--importance", str(path), "--kv-heads", "5",
+                                       "--blocks", "16")

@@ -8,7 +8,7 @@ Given relative weights w (mean 1), the user's ``select`` and N, unit h keeps k_h
 - ``sum_h k_h == K := round(select * U * N)`` exactly, whenever ``K >= U * k_min``;
 - ``1 <= k_min <= k_h <= N``;
 - every k_h non-decreasing in ``select``;
-- equal weights giving equal counts (the remainder goes to the lowest unit indices);
+- equal weights giving equal counts, +-1 (the remainder goes to the lowest unit indices);
 - ``select = 1`` keeping all N blocks.
 
 Two solutions are computed (budget_allocation_survey.md §3.2 and §3.3):
@@ -17,7 +17,7 @@ Two solutions are computed (budget_allocation_survey.md §3.2 and §3.3):
    that ``sum x_h = K``. This is the maximiser of ``sum_h w_h log x_h`` under the budget and the
    box; the keep ratios are ``r_h = clip(lam * w_h, k_min / N, 1)``. Note ``lam != select`` as soon
    as any unit is clipped: that difference is the upstream shortfall this module fixes.
-2. **Integer** (Webster / Sainte-Lagüe divisor method): block j+1 of unit h (j >= k_min) has
+2. **Integer** (Webster / Sainte-Laguë divisor method): block j+1 of unit h (j >= k_min) has
    priority ``w_h / (j + 0.5)``; the ``K - U * k_min`` free blocks go to the highest priorities
    in one global order, ties broken by unit index. Equivalently, ``k_h = clip(round(w_h / t),
    k_min, N)`` for the divisor t that makes the total exact. A larger ``select`` only extends the
@@ -71,7 +71,8 @@ class Allocation:
         k_min: Effective per-unit minimum (after any lowering of the soft floor).
         requested_k_min: The floor that was asked for, ``max(min_blocks, ceil(min_keep_ratio*N))``.
         budget: ``"global"`` (one pool) or ``"per_layer"`` (each layer spends ``select`` itself).
-        lam: Continuous multiplier per budget group, float64, shape (G,): ``r = clip(lam*w, ., 1)``.
+        lam: Continuous multiplier per budget group, float64, shape (G,): ``r = clip(lam*w, ., 1)``
+            for the weights used (all ones when the floor was lowered).
         continuous: Continuous block counts x_h, float64, shape (Ly, Hu).
         target_total: ``round(select * U * N)``.
         realised_keep_ratio: ``blocks.sum() / (U * N)``.
@@ -179,8 +180,8 @@ class Allocation:
             "k_min": self.k_min,
             "requested_k_min": self.requested_k_min,
             "floor_lowered": self.floor_lowered,
-            "min_keep_ratio": float(ratios.min()),
-            "max_keep_ratio": float(ratios.max()),
+            "keep_ratio_min": float(ratios.min()),
+            "keep_ratio_max": float(ratios.max()),
             "lambda": lam[0] if len(lam) == 1 else lam,
             "rounding_gap": self.rounding_gap,
             "note": self.note,
@@ -194,9 +195,9 @@ class Allocation:
             rows.append({
                 "layer": layer,
                 "blocks": int(k.sum()),
-                "mean_keep_ratio": float(r.mean()),
-                "min_keep_ratio": float(r.min()),
-                "max_keep_ratio": float(r.max()),
+                "keep_ratio_mean": float(r.mean()),
+                "keep_ratio_min": float(r.min()),
+                "keep_ratio_max": float(r.max()),
                 "saturated": int((k == n).sum()),
                 "floored": int(((k == self.k_min) & (k < n)).sum()),
                 "units": k.numel(),
@@ -239,7 +240,8 @@ def allocate(
     select = _check_select(select)
     n = _check_int("n_blocks", n_blocks)
     hard = min(_check_int("min_blocks", min_blocks), n)
-    if isinstance(min_keep_ratio, bool) or not 0.0 <= float(min_keep_ratio) <= 1.0:
+    if (isinstance(min_keep_ratio, bool) or not isinstance(min_keep_ratio, numbers.Real)
+            or not 0.0 <= float(min_keep_ratio) <= 1.0):
         raise AdllmError(f"min_keep_ratio={min_keep_ratio!r} must be in [0, 1]")
     if budget not in ("global", "per_layer"):
         raise AdllmError(f"budget={budget!r} must be 'global' or 'per_layer'")

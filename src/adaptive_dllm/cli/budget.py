@@ -46,8 +46,6 @@ class _Source:
     """Where the weights came from, for the report."""
 
     label: str
-    n_layers: int
-    n_heads: int
     unit: str  # "KV-head" or "query-head"
     info: dict[str, Any]
 
@@ -169,49 +167,67 @@ def _weights(args: argparse.Namespace) -> tuple[Tensor, _Source]:
     if not 0.0 <= args.scale < 1.0:  # checked here too: uniform importance never uses it
         raise AdllmError(f"--scale {args.scale:g} must be in [0, 1) so that every weight stays "
                          "positive")
-    options = {"normalize": args.normalize, "scale": args.scale, "invert": args.invert,
-               "gqa": args.gqa}
     shape = _parse_shape(args.shape) if args.shape else None
-    unit = "KV-head" if args.gqa == "kv" else "query-head"
     if args.importance:
-        if args.synthetic:
-            raise AdllmError("--synthetic makes up importance; it cannot be combined with "
-                             "--importance")
-        imp = _load_importance(args, shape)
-        if shape is not None:
-            imp.validate_shape(n_layers=shape[0], n_heads=shape[1], n_kv_heads=shape[2])
-            group = shape[1] // shape[2]
-        elif args.kv_heads is not None:
-            if args.kv_heads < 1:
-                raise AdllmError(f"--kv-heads {args.kv_heads} must be at least 1")
-            group = max(imp.n_heads // args.kv_heads, 1) if imp.head_kind == "query" else 1
-            if imp.head_kind == "query" and imp.n_heads % args.kv_heads:
-                raise AdllmError(f"--kv-heads {args.kv_heads} does not divide the file's "
-                                 f"{imp.n_heads} heads per layer")
-        else:
-            group = imp.group_size or 1
-        weights = imp.weights(group, **options)
-        info = {"kind": "file", "path": str(args.importance), "head_kind": imp.head_kind,
-                "estimator": imp.metadata.get("estimator"), "family": imp.metadata.get("family")}
-        label = f"{args.importance} ({imp.metadata.get('estimator')}, {imp.head_kind} heads)"
-        return weights, _Source(label, imp.n_layers, imp.n_heads, unit, info)
+        return _file_weights(args, shape)
     if shape is None:
         raise AdllmError("give --importance FILE or --shape llada-8b|dream-7b|LAYERSxHEADS")
+    return _synthetic_weights(args, shape)
+
+
+def _weight_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"normalize": args.normalize, "scale": args.scale, "invert": args.invert,
+            "gqa": args.gqa}
+
+
+def _unit(args: argparse.Namespace) -> str:
+    return "KV-head" if args.gqa == "kv" else "query-head"
+
+
+def _file_weights(args: argparse.Namespace, shape: tuple[int, int, int] | None
+                  ) -> tuple[Tensor, _Source]:
+    if args.synthetic:
+        raise AdllmError("--synthetic makes up importance; it cannot be combined with "
+                         "--importance")
+    if args.kv_heads is not None and (shape is not None or args.kv_heads < 1):
+        raise AdllmError(f"--kv-heads {args.kv_heads}: give a positive count, and only "
+                         "without --shape (the shape already says)")
+    imp = _load_importance(args, shape)
+    if shape is not None:
+        imp.validate_shape(n_layers=shape[0], n_heads=shape[1], n_kv_heads=shape[2])
+        group = shape[1] // shape[2]
+    elif args.kv_heads is not None and imp.head_kind == "query":
+        if imp.n_heads % args.kv_heads:
+            raise AdllmError(f"--kv-heads {args.kv_heads} does not divide the file's "
+                             f"{imp.n_heads} heads per layer")
+        group = imp.n_heads // args.kv_heads
+    else:
+        group = imp.group_size or 1
+    weights = imp.weights(group, **_weight_options(args))
+    estimator = imp.metadata.get("estimator")
+    info = {"kind": "file", "path": str(args.importance), "head_kind": imp.head_kind,
+            "estimator": estimator, "family": imp.metadata.get("family"),
+            "negated_on_import": args.negate}
+    label = f"{args.importance} ({estimator}, {imp.head_kind} heads)"
+    return weights, _Source(label, _unit(args), info)
+
+
+def _synthetic_weights(args: argparse.Namespace, shape: tuple[int, int, int]
+                       ) -> tuple[Tensor, _Source]:
     layers, heads, kv = shape
     kind = args.synthetic or "uniform"
-    info = {"kind": "synthetic", "shape": args.shape, "synthetic": kind}
+    info: dict[str, Any] = {"kind": "synthetic", "shape": args.shape, "synthetic": kind}
     if kind == "uniform":
         weights = uniform_weights(layers, kv if args.gqa == "kv" else heads)
-        label = f"{args.shape}, uniform importance"
-    else:
-        if not args.sigma > 0:
-            raise AdllmError(f"--sigma {args.sigma} must be positive")
-        gen = torch.Generator().manual_seed(args.seed)
-        scores = torch.randn(layers, heads, generator=gen, dtype=torch.float64).mul(args.sigma)
-        weights = relative_weights(scores.exp(), group_size=heads // kv, **options)
-        info.update(seed=args.seed, sigma=args.sigma)
-        label = f"{args.shape}, log-normal importance (seed {args.seed}, sigma {args.sigma:g})"
-    return weights, _Source(label, layers, heads, unit, info)
+        return weights, _Source(f"{args.shape}, uniform importance", _unit(args), info)
+    if not args.sigma > 0:
+        raise AdllmError(f"--sigma {args.sigma:g} must be positive")
+    gen = torch.Generator().manual_seed(args.seed)
+    scores = torch.randn(layers, heads, generator=gen, dtype=torch.float64).mul(args.sigma).exp()
+    weights = relative_weights(scores, group_size=heads // kv, **_weight_options(args))
+    info.update(seed=args.seed, sigma=args.sigma)
+    label = f"{args.shape}, log-normal importance (seed {args.seed}, sigma {args.sigma:g})"
+    return weights, _Source(label, _unit(args), info)
 
 
 def _load_importance(args: argparse.Namespace, shape: tuple[int, int, int] | None
@@ -276,7 +292,7 @@ def _print_report(allocations: list[Allocation], source: _Source,
         print(f"{a.select:>7.3g}  {a.target_total:>10d}  {a.realised_total:>10d}  "
               f"{s['realised_mean']:>9.6f}  {s['deviation']:>+10.6f}  "
               f"{saturated:>11}  {floored:>11}  "
-              f"{s['min_keep_ratio']:>8.4f}  {s['max_keep_ratio']:>8.4f}")
+              f"{s['keep_ratio_min']:>8.4f}  {s['keep_ratio_max']:>8.4f}")
     notes = [f"  select {a.select:g}: {a.note}" for a in allocations if a.note]
     if notes:
         print("\nnotes:")
@@ -289,8 +305,8 @@ def _print_report(allocations: list[Allocation], source: _Source,
             for row in a.layer_summary():
                 saturated = f"{row['saturated']}/{row['units']}"
                 floored = f"{row['floored']}/{row['units']}"
-                print(f"{row['layer']:>5}  {row['mean_keep_ratio']:>9.4f}  "
-                      f"{row['min_keep_ratio']:>8.4f}  {row['max_keep_ratio']:>8.4f}  "
+                print(f"{row['layer']:>5}  {row['keep_ratio_mean']:>9.4f}  "
+                      f"{row['keep_ratio_min']:>8.4f}  {row['keep_ratio_max']:>8.4f}  "
                       f"{saturated:>9}  {floored:>7}")
 
 
