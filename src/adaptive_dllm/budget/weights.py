@@ -96,7 +96,7 @@ def relative_weights(
             holds one important head).
 
     Returns:
-        float64 weights, shape (Ly, Hu), all positive, mean 1 up to float rounding.
+        float64 CPU weights, shape (Ly, Hu), all positive, mean 1 up to float rounding.
 
     Raises:
         AdllmError: bad shape or option, or no finite score.
