@@ -33,16 +33,16 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from adaptive_dllm.attention.api import attend
-    from adaptive_dllm.budget.allocator import Allocation, allocate
-    from adaptive_dllm.budget.weights import relative_weights
-    from adaptive_dllm.errors import AdllmError
-    from adaptive_dllm.generation.api import GenerationOutput, generate
-    from adaptive_dllm.importance.artifact import HeadImportance
-    from adaptive_dllm.models.checkpoints import load
-    from adaptive_dllm.models.config import ModelConfig
-    from adaptive_dllm.models.transformer import Transformer
-    from adaptive_dllm.sparsity.config import SparseConfig
+    from adaptive_dllm.attention.api import attend  # noqa: F401
+    from adaptive_dllm.budget.allocator import Allocation, allocate  # noqa: F401
+    from adaptive_dllm.budget.weights import relative_weights  # noqa: F401
+    from adaptive_dllm.errors import AdllmError  # noqa: F401
+    from adaptive_dllm.generation.api import GenerationOutput, generate  # noqa: F401
+    from adaptive_dllm.importance.artifact import HeadImportance  # noqa: F401
+    from adaptive_dllm.models.checkpoints import load  # noqa: F401
+    from adaptive_dllm.models.config import ModelConfig  # noqa: F401
+    from adaptive_dllm.models.transformer import Transformer  # noqa: F401
+    from adaptive_dllm.sparsity.config import SparseConfig  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

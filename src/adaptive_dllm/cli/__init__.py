@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"adllm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `adllm budget ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
