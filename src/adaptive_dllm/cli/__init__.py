@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adllm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `adllm budget ... | head`
-        sys.stderr.close()
+        # Python would complain again when flushing stdout at exit; point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
