@@ -15,6 +15,7 @@ from adaptive_dllm.importance.estimators import (
     attention_statistics,
     block_mass,
     compare,
+    estimate_importance,
     random_importance,
     row_statistics,
     uniform_importance,
@@ -136,3 +137,21 @@ def test_compare_correlations_and_overlaps():
     assert -1 <= ties["spearman"] <= 1
     with pytest.raises(AdllmError, match="cannot compare"):
         compare(_imp(x), _imp(x.view(4, 4)))
+
+
+def test_estimate_importance_dispatches_by_name():
+    model = tiny()
+    ex = [Example(torch.arange(1, 20), 3, "e")]
+    hig = estimate_importance(model, ex, method="headig", steps=2, path_samples=1, mask_samples=1, seed=5)
+    assert hig.metadata["estimator"] == "headig" and hig.metadata["settings"]["steps"] == 2
+    assert hig.metadata["seed"] == 5
+    cov = estimate_importance(model, ex, method="coverage", block_size=4)
+    assert cov.metadata["estimator"] == "coverage"
+    assert estimate_importance(model, method="random", seed=2).metadata["seed"] == 2
+    for kwargs, message in ((dict(method="nope"), "unknown importance method"),
+                            (dict(method="entropy"), "needs calibration examples"),
+                            (dict(method="uniform", steps=2), "takes no options")):
+        with pytest.raises(AdllmError, match=message):
+            estimate_importance(model, **kwargs)
+    with pytest.raises(AdllmError, match="steps"):
+        estimate_importance(model, ex, method="entropy", steps=3)

@@ -43,7 +43,7 @@ from adaptive_dllm.attention.api import attend
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
-from adaptive_dllm.importance.headig import derive_seed
+from adaptive_dllm.importance.headig import HeadIGSettings, derive_seed, headig
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import get_family
 
@@ -257,6 +257,56 @@ def attention_statistics(
         )
         for name in STATISTICS
     }
+
+
+METHODS: tuple[str, ...] = ("headig", *STATISTICS, "uniform", "random")
+
+
+def estimate_importance(
+    model: nn.Module,
+    examples: CalibrationSet | Sequence[Example] | None = None,
+    *,
+    method: str = "headig",
+    seed: int = 0,
+    progress: bool = False,
+    **options: Any,
+) -> HeadImportance:
+    """Any estimator by name: ``headig``, one of :data:`STATISTICS`, ``uniform`` or ``random``.
+
+    Args:
+        model: the transformer (only its config for ``uniform`` / ``random``).
+        examples: calibration examples (not needed for ``uniform`` / ``random``).
+        method: the estimator.
+        seed: masks / thresholds / random draw.
+        progress: progress bar.
+        **options: :class:`~adaptive_dllm.importance.headig.HeadIGSettings` fields plus
+            ``checkpointing`` and ``resume`` for HeadIG; :func:`attention_statistics` options
+            for the statistics.
+
+    Raises:
+        AdllmError: unknown method, missing data or options the method does not take.
+    """
+    if method not in METHODS:
+        raise AdllmError(f"unknown importance method {method!r}; choose one of {', '.join(METHODS)}")
+    if method in ("uniform", "random"):
+        if options:
+            raise AdllmError(f"importance method {method!r} takes no options, got {', '.join(options)}")
+        if method == "uniform":
+            return uniform_importance(model.config)
+        return random_importance(model.config, seed=seed)
+    if examples is None:
+        raise AdllmError(f"importance method {method!r} needs calibration examples")
+    if method == "headig":
+        run = {k: options.pop(k) for k in ("checkpointing", "resume") if k in options}
+        try:
+            settings = HeadIGSettings(seed=seed, **options)
+        except TypeError as err:
+            raise AdllmError(f"HeadIG: {err}") from None
+        return headig(model, examples, settings, progress=progress, **run)
+    try:
+        return attention_statistics(model, examples, seed=seed, progress=progress, **options)[method]
+    except TypeError as err:
+        raise AdllmError(f"{method}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
 from adaptive_dllm.models.families import get_family
 
@@ -366,7 +367,7 @@ def headig(
     checkpointing: bool | None = None,
     resume: str | Path | None = None,
     progress: bool = False,
-) -> Any:
+) -> HeadImportance:
     """Estimate head importance with HeadIG.
 
     Args:
@@ -387,8 +388,6 @@ def headig(
     Raises:
         AdllmError: bad settings, layer range, empty data, or a resume file for another run.
     """
-    from adaptive_dllm.importance.artifact import HeadImportance
-
     settings = settings or HeadIGSettings()
     exs = list(examples)
     if not exs:
