@@ -6,7 +6,8 @@ Shape legend:
 Model code never picks a kernel. A transformer layer calls ``attend(q, k, v, ...)`` (or the
 :class:`AttentionHook` the caller passed to the model, which in turn calls ``attend``). Backends
 register by name; ``"sdpa"`` (dense, PyTorch's fused kernels) is the default, ``"reference"`` is
-the eager oracle every other backend is tested against.
+the eager oracle every other backend is tested against, ``"flex"`` runs sparse plans with
+FlexAttention (``adaptive_dllm.attention.flex``, imported on first use).
 
 A backend is a function ``fn(q, k, v, *, key_mask, plan) -> out`` with
     q (B, H, L, D), k and v (B, Hkv, L, D), key_mask (B, L) bool or None (True = real token),
@@ -112,3 +113,11 @@ def _ensure_builtin() -> None:
 
         _BACKENDS.setdefault("sdpa", sdpa_attention)
         _BACKENDS.setdefault("reference", reference.reference_attention)
+        _BACKENDS.setdefault("flex", _flex_attention)
+
+
+def _flex_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN202
+    # Imported on first use: loading FlexAttention costs time and nothing needs it before.
+    from adaptive_dllm.attention.flex import flex_attention_backend
+
+    return flex_attention_backend(q, k, v, key_mask=key_mask, plan=plan)

@@ -5,8 +5,9 @@ Shape legend:
     bs block size, N = ceil(L / bs) key (and query) blocks.
 
 Computes the full (B, H, L, L) score matrix, so it is only for tests, tiny models and CPU runs.
-A sparse plan is expanded to an element mask: query i may see key j iff key block ``j // bs`` is
-among the blocks kept for query block ``i // bs`` of i's head.
+A sparse plan (:class:`~adaptive_dllm.sparsity.plan.SparsePlan`) is expanded to an element mask:
+query i of head h may see key j iff key block ``j // bs`` is among the blocks kept for query block
+``i // bs`` by h's unit (unit ``h // plan.group``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 from typing import Any
 
 import torch
+
+from adaptive_dllm.errors import AdllmError
 
 
 def reference_attention(
@@ -30,8 +33,8 @@ def reference_attention(
     Args:
         q: (B, H, L, D); k, v: (B, Hkv, L, D).
         key_mask: (B, L) bool, True = real key.
-        plan: object with ``block_mask(L) -> (B or 1, H or Hkv, N, N) bool`` and ``block_size``,
-            or None for dense.
+        plan: a SparsePlan (``block_mask() -> (B or 1, U, N, N) bool``, ``block_size``,
+            ``group`` query heads per unit, ``seq_len``), or None for dense.
 
     Returns:
         (B, H, L, D) in q's dtype.
@@ -45,9 +48,11 @@ def reference_attention(
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :].bool()
     if plan is not None:
-        blocks = plan.block_mask(L)  # (B|1, H|Hkv, N, N)
+        if plan.seq_len != L:
+            raise AdllmError(f"plan built for length {plan.seq_len} cannot run on length {L}")
+        blocks = plan.block_mask()  # (B|1, U, N, N)
         if blocks.shape[1] != H:
-            blocks = blocks.repeat_interleave(H // blocks.shape[1], dim=1)
+            blocks = blocks.repeat_interleave(H // blocks.shape[1], dim=1)  # (B|1, H, N, N)
         bs = plan.block_size
         elem = blocks.repeat_interleave(bs, dim=2).repeat_interleave(bs, dim=3)[..., :L, :L]
         allowed = allowed & elem

@@ -1,0 +1,177 @@
+"""FlexAttention backend: executes a :class:`~adaptive_dllm.sparsity.plan.SparsePlan`.
+
+Shape legend:
+    B batch, H query heads, Hkv KV heads, U plan units, L length, D head dim, bs block size,
+    N = ceil(L / bs), kmax = most kept blocks in a row.
+
+The BlockMask is built **directly from the plan's block indices** (``BlockMask.from_kv_blocks``),
+once per plan, and cached in the plan: no mask function is evaluated over L x L to find the
+blocks. Kept blocks are split into
+
+- *full* blocks (every key real): the kernel skips the mask function entirely;
+- *partial* blocks (some key is padding): the mask function ``keep[b, h, q // bs, kv // bs] &
+  valid[b, kv]`` is applied inside those blocks only (left-padded batches; there are none
+  without padding).
+
+K and V are never repeated: the kernel runs GQA-natively (``enable_gqa``); only the small index
+arrays are broadcast from KV-head units to the H query heads (the flex kernel indexes them by
+query head).
+
+On CUDA the kernel is ``torch.compile(flex_attention, dynamic=True)``, compiled once per
+(dtype, head dim, GQA, block size, kernel options) at first use: sequence lengths and batch sizes
+are symbolic, and duck sizing is switched off so that a block count that happens to equal a
+head count is not baked in. A new prompt length therefore reuses the compiled kernel;
+:data:`COMPILE_LOG` records the one-time compilation. On the CPU the eager flex implementation
+runs (it evaluates the mask function everywhere, which the mask function above makes exact), for
+tests and tiny models.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from adaptive_dllm.errors import AdllmError
+
+#: Per block size: Triton tile options (BLOCK_M / BLOCK_N must divide the block size).
+KERNEL_OPTIONS: dict[int, dict[str, Any]] = {
+    128: {"BLOCK_M": 128, "BLOCK_N": 64},
+    64: {"BLOCK_M": 64, "BLOCK_N": 64},
+    32: {"BLOCK_M": 32, "BLOCK_N": 32},
+}
+#: One entry per first call of a new kernel signature: {"signature", "seconds"}.
+COMPILE_LOG: list[dict[str, Any]] = []
+
+_lock = threading.Lock()
+_compiled: Any = None
+_seen: set[tuple[Any, ...]] = set()
+
+
+def flex_attention_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    plan: Any = None,
+) -> torch.Tensor:
+    """Block-sparse attention following ``plan`` (the ``"flex"`` backend of ``attend``).
+
+    Args:
+        q: (B, H, L, D); k, v: (B, Hkv, L, D).
+        key_mask: (B, L) bool; must be the mask the plan was built with (the plan's partial
+            blocks encode it).
+        plan: the layer's SparsePlan (required).
+
+    Returns:
+        (B, H, L, D) in q's dtype.
+    """
+    if plan is None:
+        raise AdllmError("the 'flex' backend needs a sparse plan; dense attention uses 'sdpa'")
+    B, H, L, D = q.shape
+    if plan.seq_len != L or plan.batch not in (1, B):
+        raise AdllmError(f"plan built for length {plan.seq_len} and batch {plan.batch} cannot "
+                         f"run on length {L} and batch {B}")
+    mask = block_mask(plan, H)
+    gqa = H != k.shape[1]
+    if not q.is_cuda:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+    options = KERNEL_OPTIONS[plan.block_size]
+    signature = (q.dtype, D, H // k.shape[1], plan.block_size, tuple(sorted(options.items())))
+    first = signature not in _seen
+    if first:
+        start = time.perf_counter()
+    out = _run_compiled(q, k, v, mask, gqa, options)
+    if first:
+        torch.cuda.synchronize(q.device)  # once per signature: the compile is host-side anyway
+        with _lock:
+            _seen.add(signature)
+            COMPILE_LOG.append({"signature": repr(signature),
+                                "seconds": time.perf_counter() - start})
+    return out
+
+
+def block_mask(plan: Any, n_heads: int) -> Any:
+    """The plan's flex BlockMask for ``n_heads`` query heads, built once and cached in the plan."""
+    key = ("flex_block_mask", n_heads)
+    cached = plan.cache.get(key)
+    if cached is not None:
+        return cached
+    from torch.nn.attention.flex_attention import BlockMask
+
+    keep = plan.block_mask()  # (B, U, N, N)
+    if n_heads != plan.n_units:
+        keep = keep.repeat_interleave(n_heads // plan.n_units, dim=1)  # (B, H, N, N)
+    keep = keep.contiguous()
+    B, _, N, _ = keep.shape
+    bs, L = plan.block_size, plan.seq_len
+    if plan.key_mask is None:
+        valid = torch.ones(B, L, dtype=torch.bool, device=keep.device)
+        partial = torch.zeros_like(keep)
+    else:
+        valid = plan.key_mask.bool()
+        padded_block = F.pad(~valid, (0, N * bs - L), value=False).view(B, N, bs).any(-1)
+        partial = keep & padded_block[:, None, None, :]
+    full = keep & ~partial
+    kmax = plan.indices.shape[-1]
+    has_flag = _has_compute_q_blocks()
+    if not has_flag:
+        kmax = N  # older torch derives the transposed indices, which need all N columns
+    p_num, p_idx = _compact(partial, kmax)
+    f_num, f_idx = _compact(full, kmax)
+    extra = {"compute_q_blocks": False} if has_flag else {}
+    mask = BlockMask.from_kv_blocks(
+        p_num, p_idx, f_num, f_idx, BLOCK_SIZE=bs, mask_mod=_make_mask_mod(keep, valid, bs),
+        seq_lengths=(L, L), **extra,
+    )
+    plan.cache[key] = mask
+    return mask
+
+
+def _compact(blocks: torch.Tensor, kmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, N, N) bool -> counts (B, H, N) int32 and ascending indices (B, H, N, kmax) int32."""
+    num = blocks.sum(-1, dtype=torch.int32)
+    order = torch.sort(blocks.to(torch.uint8), dim=-1, descending=True, stable=True).indices
+    return num.contiguous(), order[..., :kmax].to(torch.int32).contiguous()
+
+
+def _make_mask_mod(keep: torch.Tensor, valid: torch.Tensor, bs: int) -> Any:
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex callback
+        return keep[b, h, q_idx // bs, kv_idx // bs] & valid[b, kv_idx]
+
+    return mask_mod
+
+
+def _run_compiled(q, k, v, mask, gqa, options):  # noqa: ANN001, ANN202 - internal
+    global _compiled
+    import torch.fx.experimental._config as fx_config
+
+    if _compiled is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        with _lock:
+            if _compiled is None:
+                _compiled = torch.compile(flex_attention, dynamic=True, fullgraph=True)
+    with fx_config.patch(use_duck_shape=False):
+        return _compiled(q, k, v, block_mask=mask, enable_gqa=gqa, kernel_options=dict(options))
+
+
+@functools.cache
+def _has_compute_q_blocks() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import BlockMask
+    except ImportError:  # pragma: no cover - torch without flex
+        return False
+    return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
+

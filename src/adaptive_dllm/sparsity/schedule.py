@@ -1,0 +1,71 @@
+"""The SparseD schedule: which denoising steps run dense, when the plan is built, when it is reused.
+
+With T denoising steps and ``skip`` in [0, 1):
+
+- ``dense_steps = min(T, max(1, ceil(skip * T)))``: steps ``[0, dense_steps)`` run dense
+  attention, so at least a ``skip`` fraction of the steps is dense and at least one dense step
+  exists to measure the scores from (``ceil`` with a 1e-9 tolerance, so 0.2 * 10 is 2 steps).
+- The plan is built during the **last dense step** (``dense_steps - 1``) from that step's own
+  post-RoPE queries and keys; the step's output is still the dense one.
+- Steps ``[dense_steps, T)`` run sparse with that plan. A plan is rebuilt (from the current q/k,
+  immediately used) whenever the sequence length or batch size it was built for changes.
+
+Upstream SparseD runs steps ``0 .. int(T * skip) + 1`` dense (``int(T * skip) + 2`` steps: 27 of
+128 at skip 0.2, 53 of 256) and builds at ``int(T * skip) + 1``. Here 128 steps at skip 0.2 give
+26 dense and 102 sparse steps: one dense step fewer, and ``skip = 0`` really means a single dense
+step (upstream: two).
+
+The step index counts across LLaDA's semi-autoregressive blocks (the sequence length is constant
+during a generation), and Dream's single pass is the one-block case.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from adaptive_dllm.errors import AdllmError
+
+StepKind = Literal["dense", "build", "sparse"]
+
+
+def dense_step_count(total_steps: int, skip: float) -> int:
+    """Dense steps before the switch: ``min(T, max(1, ceil(skip * T)))``."""
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise AdllmError(f"total_steps={total_steps!r} must be a positive integer")
+    return min(total_steps, max(1, math.ceil(skip * total_steps - 1e-9)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Dense/build/sparse step kinds for one generation.
+
+    Attributes:
+        total_steps: T, denoising steps of the generation.
+        skip: Fraction of dense steps requested.
+    """
+
+    total_steps: int
+    skip: float
+
+    @property
+    def dense_steps(self) -> int:
+        return dense_step_count(self.total_steps, self.skip)
+
+    @property
+    def sparse_steps(self) -> int:
+        return self.total_steps - self.dense_steps
+
+    @property
+    def build_step(self) -> int | None:
+        """The step whose q/k build the plan, or None when every step is dense."""
+        return self.dense_steps - 1 if self.sparse_steps > 0 else None
+
+    def kind(self, step: int) -> StepKind:
+        """What the session does at ``step`` (0-based)."""
+        if step < self.dense_steps - 1:
+            return "dense"
+        if step == self.dense_steps - 1:
+            return "build" if self.sparse_steps > 0 else "dense"
+        return "sparse"

@@ -1,0 +1,225 @@
+"""SparseSession end to end on the recorded tiny LLaDA and Dream models (CPU, reference/flex)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from adaptive_dllm.budget.allocator import allocate
+from adaptive_dllm.generation.api import generate
+from adaptive_dllm.importance.artifact import HeadImportance
+from adaptive_dllm.sparsity import SparseConfig
+from adaptive_dllm.sparsity.plan import prompt_block_count
+
+FAMILIES = ("llada_tiny", "dream_tiny")
+P, G = 56, 16  # 72 tokens: 9 blocks of 8
+
+
+class WithGen:
+    """What ``generate`` should do: pass the generation length to the session."""
+
+    def __init__(self, cfg: SparseConfig, gen_length: int = G) -> None:
+        self.cfg, self.gen_length, self.sessions = cfg, gen_length, []
+
+    def new_session(self, config, total_steps):  # noqa: ANN001
+        s = self.cfg.new_session(config, total_steps, gen_length=self.gen_length)
+        self.sessions.append(s)
+        return s
+
+
+def _ids(batch=1, seed=0, vocab=120):
+    return torch.randint(0, vocab, (batch, P), generator=torch.Generator().manual_seed(seed))
+
+
+def _gen(model, ids, sparse=None, steps=8):
+    return generate(model, None, ids, sparse=sparse, steps=steps, gen_length=G)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("backend", ["reference", "flex"])
+def test_select_one_is_token_identical_to_dense(fixture_model, name, backend):
+    model = fixture_model(name)
+    ids = _ids(batch=2)
+    dense = _gen(model, ids)
+    cfg = SparseConfig(select=1.0, skip=0.0, block_size=32, backend=backend)
+    out = _gen(model, ids, WithGen(cfg))
+    assert torch.equal(out.ids, dense.ids)
+    st = out.stats["sparse"]
+    assert st["backend"] == "dense" and "select=1" in st["backend_reason"]
+    assert (st["dense_steps"], st["sparse_steps"], st["realized_keep_ratio"]) == (8, 0, None)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_both_families_respond_to_select(fixture_model, name):
+    """Upstream Dream ignored select; here the kept fraction and the output follow it."""
+    model = fixture_model(name)
+    ids = _ids()
+    seen = {}
+    for select in (0.25, 0.6):
+        cfg = SparseConfig(select=select, skip=0.25, block_size=8, backend="reference",
+                           region="joint")
+        spec = WithGen(cfg)
+        out = _gen(model, ids, spec)
+        st = out.stats["sparse"]
+        assert (st["dense_steps"], st["sparse_steps"], st["plan_builds"]) == (2, 6, 2)
+        assert st["backend"] == "reference"
+        units = model.config.n_kv_heads * model.config.n_layers
+        want = round(select * units * 9) / (units * 9)
+        assert st["realized_keep_ratio"] == pytest.approx(want, abs=1e-12)
+        logits = model(torch.cat([ids, out.ids], 1), attn=spec.sessions[0])
+        seen[select] = logits
+    assert not torch.allclose(seen[0.25], seen[0.6])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("region", ["separate", "joint"])
+def test_realized_keep_ratio_equals_allocator_target(fixture_model, name, region):
+    model = fixture_model(name)
+    scores = torch.rand(model.config.n_layers, model.config.n_heads,
+                        generator=torch.Generator().manual_seed(3))
+    imp = HeadImportance(scores=scores, head_kind="query", metadata={})
+    cfg = SparseConfig(select=0.4, skip=0.25, block_size=8, backend="reference", region=region,
+                       importance=imp)
+    out = _gen(model, _ids(), WithGen(cfg))
+    st = out.stats["sparse"]
+    L, bs = P + G, 8
+    n = -(-L // bs)
+    w = cfg.weights(model.config)
+    if region == "joint":
+        a = allocate(w, 0.4, n)
+        want = a.realised_total / (a.n_units * n)
+    else:
+        n_p = prompt_block_count(L, G, bs)
+        ap, ag = allocate(w, 0.4, n_p), allocate(w, 0.4, n - n_p)
+        want = (ap.realised_total + ag.realised_total) / (ap.n_units * n)
+        assert st["realized_keep_ratio_gen"] == ag.realised_total / (ag.n_units * (n - n_p))
+    assert st["allocator_keep_ratio"] == st["realized_keep_ratio"] == pytest.approx(want, abs=0)
+    assert st["region"] == region
+
+
+def test_plans_identical_within_gqa_group(fixture_model):
+    model = fixture_model("dream_tiny")  # 4 query heads, 2 KV heads
+    spec = WithGen(SparseConfig(select=0.3, skip=0.5, block_size=8, backend="reference"))
+    _gen(model, _ids(), spec, steps=4)
+    session = spec.sessions[0]
+    for plan in session._plans:
+        assert plan.n_units == 2 and plan.group == 2  # one plan per KV head
+        from adaptive_dllm.attention.flex import block_mask
+
+        per_head = block_mask(plan, 4)  # what the flex kernel sees, per query head
+        kv = per_head.full_kv_indices
+        cnt = per_head.full_kv_num_blocks
+        assert torch.equal(kv[:, 0], kv[:, 1]) and torch.equal(kv[:, 2], kv[:, 3])
+        assert torch.equal(cnt[:, 0], cnt[:, 1])
+    q_mode = WithGen(SparseConfig(select=0.3, skip=0.5, block_size=8, backend="reference",
+                                  gqa="query"))
+    _gen(model, _ids(), q_mode, steps=4)
+    assert q_mode.sessions[0]._plans[0].n_units == 4
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batch_equals_one_by_one(fixture_model, name):
+    model = fixture_model(name)
+    ids = _ids(batch=2, seed=5)
+    cfg = SparseConfig(select=0.3, skip=0.25, block_size=8, backend="reference")
+    batched = _gen(model, ids, WithGen(cfg))
+    for b in range(2):
+        single = _gen(model, ids[b:b + 1], WithGen(cfg))
+        assert torch.equal(single.ids[0], batched.ids[b])
+
+
+def test_left_padded_batch_runs(fixture_model):
+    model = fixture_model("llada_tiny")
+    rows = [[5] * 40, [7] * 56]
+    cfg = SparseConfig(select=0.3, skip=0.25, block_size=8, backend="reference")
+    out = generate(model, None, rows, sparse=WithGen(cfg), steps=8, gen_length=G)
+    assert out.ids.shape == (2, G)
+    assert out.stats["sparse"]["sparse_steps"] == 6
+
+
+def test_auto_runs_dense_on_cpu_and_says_why(fixture_model):
+    model = fixture_model("llada_tiny")
+    ids = _ids()
+    out = _gen(model, ids, WithGen(SparseConfig(select=0.3, block_size=32)))
+    st = out.stats["sparse"]
+    assert st["backend"] == "dense" and "cpu" in st["backend_reason"]
+    assert torch.equal(out.ids, _gen(model, ids).ids)
+
+
+def test_likelihood_mode_builds_every_forward(fixture_model):
+    model = fixture_model("dream_tiny")
+    session = SparseConfig(select=0.3, block_size=8, backend="reference",
+                           likelihood=True).new_session(model.config, 1)
+    ids = _ids()
+    model(ids, attn=session)
+    model(ids[:, :40], attn=session)  # another length: new plans
+    st = session.stats()
+    assert st["plan_builds"] == 2 * model.config.n_layers and st["forwards"] == 2
+    assert st["time_plan_s"] >= 0
+
+
+def test_length_change_rebuilds_plan(fixture_model):
+    model = fixture_model("llada_tiny")
+    session = SparseConfig(select=0.3, skip=0.5, block_size=8,
+                           backend="reference").new_session(model.config, 2)
+    session.begin_step(0, 2)
+    model(_ids(), attn=session)  # build step
+    assert session.plan_builds == 2
+    session.begin_step(1, 2)
+    model(_ids()[:, :30], attn=session)  # sparse step at another length
+    assert session.plan_builds == 4 and session._plans[0].seq_len == 30
+
+
+@contextlib.contextmanager
+def _no_host_sync(monkeypatch):
+    def boom(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("host sync in a sparse step")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+            m.setattr(torch.Tensor, name, boom)
+        yield
+
+
+def test_sparse_step_does_not_sync(fixture_model, monkeypatch):
+    model = fixture_model("dream_tiny")
+    session = SparseConfig(select=0.3, skip=0.5, block_size=8,
+                           backend="reference").new_session(model.config, 2, gen_length=G)
+    ids = _ids()
+    session.begin_step(0, 2)
+    model(ids, attn=session)
+    session.begin_step(1, 2)
+    captured = {}
+
+    def spy(layer, q, k, v, km):  # noqa: ANN001
+        captured[layer] = (q, k, v, km)
+        return session(layer, q, k, v, km)
+
+    model(ids, attn=spy)  # warm the measured-plan bookkeeping
+    q, k, v, km = captured[0]
+    with _no_host_sync(monkeypatch):
+        session(0, q, k, v, km)
+    assert session.stats()["sparse_steps"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_gpu_generation_flex(fixture_model, name):
+    import copy
+
+    model = copy.deepcopy(fixture_model(name)).to("cuda", torch.bfloat16)
+    ids = torch.randint(0, 120, (2, 500), generator=torch.Generator().manual_seed(0)).cuda()
+    dense = generate(model, None, ids, steps=8, gen_length=G)
+    full = generate(model, None, ids, steps=8, gen_length=G,
+                    sparse=WithGen(SparseConfig(select=1.0, block_size=64, backend="flex")))
+    assert torch.equal(full.ids, dense.ids)
+    out = generate(model, None, ids, steps=8, gen_length=G,
+                   sparse=WithGen(SparseConfig(select=0.3, skip=0.25, block_size=64,
+                                               backend="flex")))
+    st = out.stats["sparse"]
+    assert st["backend"] == "flex" and st["sparse_steps"] == 6
+    assert st["realized_keep_ratio"] == st["allocator_keep_ratio"]
+    assert st["time_sparse_s"] > 0 and st["time_plan_s"] > 0
