@@ -1,0 +1,143 @@
+# ruff: noqa: T201 - a benchmark script reports on stdout
+"""Pick FlexAttention tile options on this GPU, check recompilation and cold calls, then run the
+kernel sweep (and an optional short end-to-end probe) with the chosen options.
+
+    PYTHONPATH=src python benchmarks/tune_flex.py --out runs/tune [--e2e-probe]
+
+Writes ``tune.json`` (variants, choice, cold/warm kernel calls) and ``kernel.jsonl`` (the kernel
+sweep records) under ``--out``; prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from adaptive_dllm.attention import flex
+from adaptive_dllm.bench.sweep import (
+    SweepSettings,
+    e2e_records,
+    model_config,
+    random_model,
+    run_sweep,
+    sparse_config,
+    table,
+    warmup_compile,
+)
+from adaptive_dllm.bench.timing import environment, fastest_dense, time_fn
+
+VARIANTS = [
+    {"BLOCK_M": 128, "BLOCK_N": 64},  # inductor's H100 default tile (8 warps, 3 stages)
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "USE_TMA": True},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "PRESCALE_QK": True},
+]
+
+
+def _inputs(cfg, L, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (1, cfg.n_heads, L, cfg.head_dim)
+    q = torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
+    kv = (1, cfg.n_kv_heads, L, cfg.head_dim)
+    k = torch.randn(*kv, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(*kv, device="cuda", dtype=torch.bfloat16, generator=g)
+    return q, k, v
+
+
+def tune(family: str, L: int, s: SweepSettings) -> dict:
+    cfg = model_config(family, n_layers=1, max_seq_len=L)
+    q, k, v = _inputs(cfg, L)
+    dense = fastest_dense(q, k, v)
+    session = sparse_config("uniform", cfg, s).new_session(cfg, s.steps, gen_length=s.gen_length)
+    plan = session.build_plan(0, q, k, None)
+    ref = session.run(plan, q, k, v, None).float()
+    rows = []
+    for opts in VARIANTS:
+        flex.KERNEL_OPTIONS[128] = opts
+        n_log = len(flex.COMPILE_LOG)
+        try:
+            t = time_fn(lambda: session.run(plan, q, k, v, None), warmup=2, repeats=5)
+            err = float((session.run(plan, q, k, v, None).float() - ref).abs().max())
+            rows.append({"options": opts, "ms": t["median_ms"], "max_diff_vs_first": err,
+                         "compile_s": sum(c["seconds"] for c in flex.COMPILE_LOG[n_log:])})
+        except Exception as exc:  # noqa: BLE001 - a variant this build cannot compile
+            rows.append({"options": opts, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        print(family, L, rows[-1], flush=True)
+    ok = [r for r in rows if "ms" in r and r["max_diff_vs_first"] < 0.05]
+    best = min(ok, key=lambda r: r["ms"])["options"]
+    flex.KERNEL_OPTIONS[128] = best
+    return {"family": family, "seq_len": L, "dense": dense, "variants": rows, "best": best,
+            "keep_ratio": plan.keep_ratio()}
+
+
+def cold_calls(family: str, s: SweepSettings, lengths=(20000, 40000, 65000)) -> list[dict]:
+    """First vs second flex call (plan build excluded) at lengths never seen before."""
+    from torch._dynamo.utils import counters
+
+    out = []
+    cfg = model_config(family, n_layers=1, max_seq_len=max(lengths))
+    for L in lengths:
+        q, k, v = _inputs(cfg, L, seed=L)
+        session = sparse_config("uniform", cfg, s).new_session(cfg, s.steps, gen_length=128)
+        plan = session.build_plan(0, q, k, None)
+        torch.cuda.synchronize()
+        graphs = counters["stats"]["unique_graphs"]
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            session.run(plan, q, k, v, None)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out.append({"family": family, "seq_len": L, "first_s": times[0], "second_s": times[1],
+                    "new_graphs": counters["stats"]["unique_graphs"] - graphs})
+        print(out[-1], flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--tune-length", type=int, default=65536)
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
+    p.add_argument("--e2e-probe", action="store_true")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = SweepSettings(lengths=tuple(args.lengths))
+    result = {"env": environment(), "tune": [tune("llada", args.tune_length, s)]}
+    result["cold_calls"] = cold_calls("llada", s) + cold_calls("dream", s, lengths=(30000, 65000))
+    result["compile_log"] = flex.COMPILE_LOG
+    (out / "tune.json").write_text(json.dumps(result, indent=1, default=str))
+    with open(out / "kernel.jsonl", "w") as f:
+        records = run_sweep(s, what=("kernel",),
+                            emit=lambda r: f.write(json.dumps(r, default=str) + "\n"))
+    print(table(records), flush=True)
+    if args.e2e_probe:  # per-step times for planning the end-to-end run
+        probe = SweepSettings(steps=8, modes=("uniform",), cold=False, n_layers=4)
+        rows = []
+        for family, lengths in (("llada", (16384, 65536)), ("dream", (32768, 65536))):
+            model = random_model(model_config(family, n_layers=4, max_seq_len=65536 + 256),
+                                 device="cuda", dtype=torch.bfloat16)
+            rows.append(warmup_compile(model, probe))
+            for L in lengths:
+                try:
+                    rows += e2e_records(model, L, probe, dense_backend=None, attn_ms_per_layer=None)
+                except torch.cuda.OutOfMemoryError as err:
+                    rows.append({"kind": "error", "family": family, "seq_len": L,
+                                 "error": str(err).splitlines()[0][:200]})
+                torch.cuda.empty_cache()
+            del model
+            torch.cuda.empty_cache()
+        with open(out / "e2e_probe.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, default=str) + "\n")
+        print(table(rows), flush=True)
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():
+        main()

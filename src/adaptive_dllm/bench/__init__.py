@@ -1,0 +1,1 @@
+"""Benchmark harness: timing primitives and sweeps (one JSON record per configuration)."""
