@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -180,9 +178,16 @@ def test_sync_checker_catches_host_reads(sync_pattern):
     ("dream_tiny", dict(steps=16, alg="entropy", top_k=50, top_p=0.9)),
     ("dream_tiny", dict(steps=5, alg="topk_margin")),
 ])
-def test_step_loop_never_synchronises_on_gpu(fixtures_dir, name, kw):
+def test_step_loop_never_synchronises_on_gpu(fixtures_dir, stub_session, name, kw):
+    """From the first step's ``begin_step`` on, any synchronising CUDA call raises."""
     from adaptive_dllm.generation.api import make_options
     from adaptive_dllm.models import load_model
+
+    class Armed(stub_session):
+        def begin_step(self, step, total):
+            super().begin_step(step, total)
+            if step == 0:
+                torch.cuda.set_sync_debug_mode("error")
 
     model = load_model(fixtures_dir / name, device="cuda", dtype="float32")
     opts = make_options(model.config.family, gen_length=16, **kw)
@@ -191,11 +196,9 @@ def test_step_loop_never_synchronises_on_gpu(fixtures_dir, name, kw):
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], device="cuda", dtype=torch.bool)
     sample(model, ids, options=opts, attention_mask=mask)  # warm-up (lazy CUDA init syncs)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.inference_mode():
-            out = sample(model, ids, options=opts, attention_mask=mask)
+            out = sample(model, ids, options=opts, attention_mask=mask, session=Armed())
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert not re.search("nan", str(out))
     assert (out[:, 5:] != model.config.mask_id).all()

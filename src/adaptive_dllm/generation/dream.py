@@ -13,6 +13,9 @@ the row's most confident proposals, ``trunc(m * (1 - s/t))`` of the ``m`` still 
 2025, Dream 7B). Semantics and random-draw order follow the recorded upstream sampler exactly
 (``../shared/reference_fixtures/README.md``).
 
+Sampler arithmetic (filtering, softmax, confidences) runs in float32: identical to upstream for
+float32 models, more precise than upstream's model-dtype arithmetic for bf16/fp16.
+
 Host synchronisation: none in the step loop at ``temperature == 0`` with a ranked algorithm.
 Two documented exceptions keep upstream's random stream, whose draw sizes depend on the data:
 ``origin`` draws ``torch.rand(n_masked)`` per step, and ``temperature > 0`` samples only the

@@ -11,6 +11,9 @@ row's most confident proposals, as many as the step's transfer count, are commit
 Semantics and random-draw order follow the recorded upstream sampler exactly
 (``../shared/reference_fixtures/README.md``), so seeds mean the same thing.
 
+Sampler arithmetic (CFG, softmax) runs in float32 and the Gumbel noise in float64: identical to
+upstream for float32 models, more precise than upstream's model-dtype arithmetic for bf16/fp16.
+
 The step loop never reads a tensor back to the host: transfer counts are known before the
 loop and selection uses :func:`~adaptive_dllm.generation.schedule.select_top`.
 """
@@ -174,25 +177,25 @@ def _step(
 ) -> None:
     """One denoising step: commit ``k[b]`` tokens of block ``x[:, lo:hi]`` in place."""
     o = options
+    # Only the current block is decided, so only its rows are converted and combined.
     if uncond_positions is None:
-        logits = model(x, attention_mask=model_mask, attn=session).float()  # (B, L, V)
+        logits = model(x, attention_mask=model_mask, attn=session)[:, lo:hi].float()  # (B, Lb, V)
     else:
         uncond = torch.where(uncond_positions, mask_id, x)
-        both = model(torch.cat([x, uncond]), attention_mask=model_mask, attn=session).float()
-        cond, unc = both.chunk(2, dim=0)
-        logits = unc + (o.cfg_scale + 1) * (cond - unc)  # (B, L, V)
+        both = model(torch.cat([x, uncond]), attention_mask=model_mask, attn=session)
+        cond, unc = both[:, lo:hi].float().chunk(2, dim=0)
+        logits = unc + (o.cfg_scale + 1) * (cond - unc)  # (B, Lb, V)
 
-    block_logits = logits[:, lo:hi]  # (B, Lb, V)
     if o.temperature > 0:
-        # Drawn over the whole sequence, as upstream, so the random stream matches.
-        u = torch.rand_like(logits, dtype=torch.float64)
-        noisy = block_logits.double().exp() / (-torch.log(u[:, lo:hi])) ** o.temperature
+        # Drawn over the whole (B, L, V), as upstream, so the random stream matches.
+        u = torch.rand((*x.shape, logits.shape[-1]), dtype=torch.float64, device=x.device)
+        noisy = logits.double().exp() / (-torch.log(u[:, lo:hi])) ** o.temperature
         x0 = noisy.argmax(-1)  # (B, Lb)
     else:
-        x0 = block_logits.argmax(-1)
+        x0 = logits.argmax(-1)
 
     if o.remasking == "low_confidence":
-        probs = torch.softmax(block_logits, dim=-1)
+        probs = torch.softmax(logits, dim=-1)
         confidence = probs.gather(-1, x0[..., None]).squeeze(-1)  # (B, Lb)
     else:
         confidence = torch.rand(x.shape, device=x.device)[:, lo:hi]
