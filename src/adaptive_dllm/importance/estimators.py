@@ -46,6 +46,7 @@ from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored
 from adaptive_dllm.importance.headig import HeadIGSettings, derive_seed, headig
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import get_family
+from adaptive_dllm.sparsity import scoring
 
 Statistic = Literal["entropy", "effective", "topk", "coverage", "deficit"]
 STATISTICS: tuple[str, ...] = ("entropy", "effective", "topk", "coverage", "deficit")
@@ -81,44 +82,25 @@ def random_importance(config: ModelConfig, *, seed: int = 0) -> HeadImportance:
                                          data=None, seed=seed))
 
 
-def block_mass(q: Tensor, k: Tensor, *, block_size: int, key_mask: Tensor | None = None,
-               chunk_bytes: int = 1 << 28) -> Tensor:
-    """Exact block-level attention mass, without materialising (B, H, L, L).
+def block_mass(q: Tensor, k: Tensor, *, block_size: int, key_mask: Tensor | None = None) -> Tensor:
+    """Exact block-level attention mass per query head, as row distributions.
+
+    :func:`adaptive_dllm.sparsity.scoring.block_mass` (Triton on CUDA, chunked torch elsewhere;
+    nothing of size (B, H, L, L)) sums the mass over the queries of a block; dividing each row by
+    its total (the number of real queries in the block) gives the mean over those queries.
 
     Args:
         q: (B, H, L, D) queries (post-RoPE).
         k: (B, Hkv, L, D) keys (post-RoPE).
         block_size: bs.
         key_mask: (B, L) bool, True = real token; padded keys get no mass and padded queries
-            do not count in a block's mean.
-        chunk_bytes: memory bound of the (B, H, rows, L) float32 probabilities per chunk.
+            do not count.
 
     Returns:
-        (B, H, Nq, Nk) float32: for each query block the mean over its (real) queries of the
-        softmax mass falling in each key block; rows sum to 1 (0 for all-padding query blocks).
+        (B, H, Nq, Nk) float32 rows summing to 1 (0 for query blocks that are all padding).
     """
-    B, H, L, D = q.shape
-    Hkv = k.shape[1]
-    G = H // Hkv
-    n_blocks = math.ceil(L / block_size)
-    pad = n_blocks * block_size - L
-    kf = k.float()
-    qmask = torch.ones(B, L, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
-    rows_per_chunk = max(block_size, (chunk_bytes // max(1, B * H * L * 4)) // block_size * block_size)
-    out = torch.zeros(B, H, n_blocks, n_blocks, device=q.device)
-    for r0 in range(0, L, rows_per_chunk):
-        r1 = min(L, r0 + rows_per_chunk)
-        qc = q[:, :, r0:r1].float().view(B, Hkv, G, r1 - r0, D)
-        s = torch.einsum("bkgid,bkjd->bkgij", qc, kf) / math.sqrt(D)  # (B, Hkv, G, rows, L)
-        if key_mask is not None:
-            s = s.masked_fill(~key_mask[:, None, None, None, :], float("-inf"))
-        p = torch.softmax(s, dim=-1).reshape(B, H, r1 - r0, L)
-        p = torch.nn.functional.pad(p, (0, pad)).view(B, H, r1 - r0, n_blocks, block_size).sum(-1)
-        p = p * qmask[:, None, r0:r1, None]  # padded queries contribute nothing
-        qb = torch.arange(r0, r1, device=q.device) // block_size  # query block of each row
-        out.index_add_(2, qb, p)
-    counts = torch.nn.functional.pad(qmask.float(), (0, pad)).view(B, n_blocks, block_size).sum(-1)
-    return out / counts.clamp_min(1)[:, None, :, None]
+    mass = scoring.block_mass(q, k, block_size=block_size, key_mask=key_mask, units="query")
+    return mass / mass.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
 def row_statistics(mass: Tensor, *, top_frac: float = 0.1, coverage: float = 0.9,
