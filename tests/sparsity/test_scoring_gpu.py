@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.gpu,
 @pytest.mark.parametrize("H,Hkv,L,D,bs", [(8, 8, 1000, 128, 128), (8, 2, 777, 128, 64),
                                           (4, 2, 300, 16, 32), (4, 4, 513, 64, 128)])
 @pytest.mark.parametrize("padded", [False, True])
-def test_triton_mass_matches_torch(H, Hkv, L, D, bs, padded):
+@pytest.mark.parametrize("method", ["onepass", "twopass"])
+def test_triton_mass_matches_torch(H, Hkv, L, D, bs, padded, method):
     from adaptive_dllm.sparsity.mass_kernel import block_mass_triton
 
     g = torch.Generator(device="cuda").manual_seed(L)
@@ -24,9 +25,12 @@ def test_triton_mass_matches_torch(H, Hkv, L, D, bs, padded):
     if padded:
         km = torch.ones(2, L, dtype=torch.bool, device="cuda")
         km[1, :L // 4] = False
-    got = block_mass_triton(q, k, block_size=bs, key_mask=km)
+    # a small scratch forces several head chunks in the one-pass kernel
+    got = block_mass_triton(q, k, block_size=bs, key_mask=km, method=method,
+                            scratch_bytes=3 * 2 * L * (-(-L // bs)) * 4)
     ref = block_mass_torch(q, k, block_size=bs, key_mask=km)
     torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3)
     # strided (B, L, H, D)-major queries, as the model produces them
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)
-    torch.testing.assert_close(block_mass_triton(qt, k, block_size=bs, key_mask=km), got)
+    torch.testing.assert_close(block_mass_triton(qt, k, block_size=bs, key_mask=km,
+                                                 method=method), got)

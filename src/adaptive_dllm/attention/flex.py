@@ -9,9 +9,8 @@ once per plan, and cached in the plan: no mask function is evaluated over L x L 
 blocks. Kept blocks are split into
 
 - *full* blocks (every key real): the kernel skips the mask function entirely;
-- *partial* blocks (some key is padding): the mask function ``keep[b, h, q // bs, kv // bs] &
-  valid[b, kv]`` is applied inside those blocks only (left-padded batches; there are none
-  without padding).
+- *partial* blocks (some key is padding): the mask function (``kv >= start[b]`` for the model's
+  left padding) is applied inside those blocks only; there are none without padding.
 
 K and V are never repeated: the kernel runs GQA-natively (``enable_gqa``); only the small index
 arrays are broadcast from KV-head units to the H query heads (the flex kernel indexes them by
@@ -22,8 +21,9 @@ On CUDA the kernel is ``torch.compile(flex_attention, dynamic=True)``, compiled 
 are symbolic, and duck sizing is switched off so that a block count that happens to equal a
 head count is not baked in. A new prompt length therefore reuses the compiled kernel;
 :data:`COMPILE_LOG` records the one-time compilation. On the CPU the eager flex implementation
-runs (it evaluates the mask function everywhere, which the mask function above makes exact), for
-tests and tiny models.
+runs; it ignores the block indices and evaluates the mask function everywhere, so there the mask
+function also encodes the kept blocks (``keep[b, h, q // bs, kv // bs] & valid[b, kv]``). Tests and
+tiny models only.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from adaptive_dllm.errors import AdllmError
 
 #: Per block size: Triton tile options (BLOCK_M / BLOCK_N must divide the block size).
 KERNEL_OPTIONS: dict[int, dict[str, Any]] = {
-    128: {"BLOCK_M": 128, "BLOCK_N": 64},
+    128: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},  # tuned, H100
     64: {"BLOCK_M": 64, "BLOCK_N": 64},
     32: {"BLOCK_M": 32, "BLOCK_N": 32},
 }
@@ -131,8 +131,15 @@ def block_mask(plan: Any, n_heads: int) -> Any:
     p_num, p_idx = _compact(partial, kmax)
     f_num, f_idx = _compact(full, kmax)
     extra = {"compute_q_blocks": False} if has_flag else {}
+    if keep.is_cuda:
+        # The compiled kernel applies the mask only inside partial blocks and takes the block
+        # structure from the indices: the mask needs nothing but key validity.
+        mask_mod = _key_mask_mod(valid)
+    else:
+        # Eager flex ignores the indices and evaluates the mask everywhere: encode the blocks.
+        mask_mod = _block_mask_mod(keep, valid, bs)
     mask = BlockMask.from_kv_blocks(
-        p_num, p_idx, f_num, f_idx, BLOCK_SIZE=bs, mask_mod=_make_mask_mod(keep, valid, bs),
+        p_num, p_idx, f_num, f_idx, BLOCK_SIZE=bs, mask_mod=mask_mod,
         seq_lengths=(L, L), **extra,
     )
     plan.cache[key] = mask
@@ -146,9 +153,28 @@ def _compact(blocks: torch.Tensor, kmax: int) -> tuple[torch.Tensor, torch.Tenso
     return num.contiguous(), order[..., :kmax].to(torch.int32).contiguous()
 
 
-def _make_mask_mod(keep: torch.Tensor, valid: torch.Tensor, bs: int) -> Any:
+def _block_mask_mod(keep: torch.Tensor, valid: torch.Tensor, bs: int) -> Any:
     def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex callback
         return keep[b, h, q_idx // bs, kv_idx // bs] & valid[b, kv_idx]
+
+    return mask_mod
+
+
+def _key_mask_mod(valid: torch.Tensor) -> Any:
+    """Key validity as a flex mask: a per-row start index for left padding (the model's layout:
+    one 1-D lookup), else a (B, L) lookup."""
+    B, L = valid.shape
+    start = torch.where(valid.any(-1), valid.int().argmax(-1), L).to(torch.int32)  # (B,)
+    arange = torch.arange(L, device=valid.device)
+    left_padded = bool(torch.equal(valid, arange[None, :] >= start[:, None]))  # one host read
+    if left_padded:
+        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex callback
+            return kv_idx >= start[b]
+    else:
+        lookup = valid.to(torch.int32).contiguous()
+
+        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex callback
+            return lookup[b, kv_idx] != 0
 
     return mask_mod
 

@@ -66,6 +66,7 @@ class SweepSettings:
     device: str = "cuda"
     dtype: str = "bfloat16"
     deadline: float | None = None  # time.monotonic() after which no generation starts
+    largest_modes: tuple[str, ...] | None = None  # sparse modes at the largest e2e length
 
 
 def model_config(family: str, *, n_layers: int, max_seq_len: int, tiny: bool = False) -> ModelConfig:
@@ -147,6 +148,13 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
                       repeats=max(1, s.repeats // 2))
     t_pooled = time_fn(lambda: block_mass(q, k, block_size=s.block_size, estimator="pooled"),
                        warmup=1, repeats=max(1, s.repeats // 2))
+    t_twopass = None
+    if q.is_cuda:
+        from adaptive_dllm.sparsity.mass_kernel import block_mass_triton
+
+        t_twopass = time_fn(functools.partial(block_mass_triton, q, k, block_size=s.block_size,
+                                              method="twopass"),
+                            warmup=1, repeats=max(1, s.repeats // 2))["median_ms"]
     for mode in s.modes:
         sc = sparse_config(mode, cfg, s)
 
@@ -163,7 +171,7 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
             "keep_ratio": ratio, "ideal_speedup": 1.0 / ratio,
             "achieved_over_ideal": dense["best_ms"] / t["median_ms"] * ratio,
             "plan_build_ms": t_build["median_ms"], "scoring_exact_ms": t_exact["median_ms"],
-            "scoring_pooled_ms": t_pooled["median_ms"],
+            "scoring_pooled_ms": t_pooled["median_ms"], "scoring_twopass_ms": t_twopass,
         })
         del session, plan
     return records
@@ -223,9 +231,14 @@ def warmup_compile(model: Any, s: SweepSettings, *, length: int = 2048) -> dict[
 
 
 def e2e_records(model: Any, length: int, s: SweepSettings, *, dense_backend: str | None,
-                attn_ms_per_layer: float | None) -> list[dict[str, Any]]:
-    """End-to-end generation at a ``length``-token prompt: dense, then each sparse mode (cold =
-    first sparse generation at this length, warm = the next one)."""
+                attn_ms_per_layer: float | None,
+                estimate_s: float | None = None) -> list[dict[str, Any]]:
+    """End-to-end generation at a ``length``-token prompt.
+
+    Order: the first sparse mode *cold* (the first generation at this length in the process,
+    before anything else touched this shape), a short dense warm-up, dense, then every sparse
+    mode warm. ``estimate_s`` (a guess of one generation) guards the cold run's deadline.
+    """
     config = model.config
     g = torch.Generator(device=s.device).manual_seed(length)
     ids = torch.randint(0, min(config.vocab_size, config.mask_id), (1, length), device=s.device,
@@ -234,8 +247,17 @@ def e2e_records(model: Any, length: int, s: SweepSettings, *, dense_backend: str
             "seq_len": length + s.gen_length, "n_layers": config.n_layers, "steps": s.steps,
             "gen_length": s.gen_length, "select": s.select, "skip": s.skip,
             "block_size": s.block_size, "dense_backend": dense_backend}
-    records = []
+    modes = s.modes
+    if s.largest_modes is not None and length == max(s.e2e_lengths):
+        modes = s.largest_modes
+    if not _fits_deadline(s, 2 * (estimate_s or 0.0)):
+        return [{**base, "kind": "skipped", "reason": f"deadline (~{estimate_s:.0f} s a run)"}]
     with sdpa_backend(dense_backend):
+        cold = None
+        if s.cold and modes:
+            graphs = _dynamo_graphs()
+            cold = (_generate(model, ids, s, sparse=sparse_config(modes[0], config, s)),
+                    _dynamo_graphs() - graphs)
         warm_steps = 4 if config.family == "llada" else 2
         t0 = time.monotonic()
         _generate(model, ids, s, steps=warm_steps)  # cuDNN/cuBLAS plans for this shape
@@ -243,39 +265,45 @@ def e2e_records(model: Any, length: int, s: SweepSettings, *, dense_backend: str
         if not _fits_deadline(s, estimate):
             return [{**base, "kind": "skipped", "reason": f"deadline (dense ~{estimate:.0f} s)"}]
         dense = _generate(model, ids, s)
-        dense_step = dense["step_median_s"]
-        records.append({**base, "mode": "dense", **_e2e_fields(dense)})
-        for mode in s.modes:
-            runs = ["cold", "warm"] if (s.cold and mode == s.modes[0]) else ["warm"]
-            for run in runs:
-                if not _fits_deadline(s, dense["total_s"]):
-                    records.append({**base, "kind": "skipped", "mode": mode, "run": run,
-                                    "reason": f"deadline (~{dense['total_s']:.0f} s)"})
-                    continue
-                graphs = _dynamo_graphs()
-                sc = sparse_config(mode, config, s)
-                st = _generate(model, ids, s, sparse=sc)
-                sp = st["sparse"]
-                auto = CostModel().decide(select=s.select, seq_len=length + s.gen_length,
-                                          device_type=s.device, sparse_steps=sp["sparse_steps"])
-                rec = {**base, "mode": mode, "run": run, **_e2e_fields(st),
-                       "speedup": dense["total_s"] / st["total_s"],
-                       "new_graphs": _dynamo_graphs() - graphs,
-                       "plan_build_s": sp["time_plan_s"], "dense_step_s": dense_step,
-                       "plan_over_dense_step": (sp["time_plan_s"] or 0) / dense_step,
-                       "peak_over_dense": st["peak_memory_gb"] / dense["peak_memory_gb"]
-                       if "peak_memory_gb" in st else None,
-                       "same_tokens_as_dense": st["ids_head"] == dense["ids_head"],
-                       "auto_decision": auto.backend, "auto_reason": auto.reason,
-                       "sparse_stats": {k: v for k, v in sp.items() if not isinstance(v, dict)}}
-                if attn_ms_per_layer is not None and sp["realized_keep_ratio"] is not None:
-                    ideal = _ideal_e2e(dense_step, attn_ms_per_layer / 1000 * config.n_layers,
-                                       sp["realized_keep_ratio"], sp["dense_steps"],
-                                       sp["sparse_steps"])
-                    rec["ideal_speedup"] = ideal
-                    rec["achieved_over_ideal"] = rec["speedup"] / ideal
-                records.append(rec)
+        records = [{**base, "mode": "dense", **_e2e_fields(dense)}]
+        if cold is not None:
+            records.append(_sparse_record(base, modes[0], "cold", cold[0], cold[1], dense, s,
+                                          length, attn_ms_per_layer))
+        for mode in modes:
+            if not _fits_deadline(s, dense["total_s"]):
+                records.append({**base, "kind": "skipped", "mode": mode, "run": "warm",
+                                "reason": f"deadline (~{dense['total_s']:.0f} s)"})
+                continue
+            graphs = _dynamo_graphs()
+            st = _generate(model, ids, s, sparse=sparse_config(mode, config, s))
+            records.append(_sparse_record(base, mode, "warm", st, _dynamo_graphs() - graphs,
+                                          dense, s, length, attn_ms_per_layer))
     return records
+
+
+def _sparse_record(base: dict[str, Any], mode: str, run: str, st: dict[str, Any], new_graphs: int,
+                   dense: dict[str, Any], s: SweepSettings, length: int,
+                   attn_ms_per_layer: float | None) -> dict[str, Any]:
+    sp = st["sparse"]
+    dense_step = dense["step_median_s"]
+    n_layers = base["n_layers"]
+    auto = CostModel().decide(select=s.select, seq_len=length + s.gen_length,
+                              device_type=s.device, sparse_steps=sp["sparse_steps"])
+    rec = {**base, "mode": mode, "run": run, **_e2e_fields(st),
+           "speedup": dense["total_s"] / st["total_s"], "new_graphs": new_graphs,
+           "plan_build_s": sp["time_plan_s"], "dense_step_s": dense_step,
+           "plan_over_dense_step": (sp["time_plan_s"] or 0) / dense_step,
+           "peak_over_dense": st["peak_memory_gb"] / dense["peak_memory_gb"]
+           if st.get("peak_memory_gb") and dense.get("peak_memory_gb") else None,
+           "same_tokens_as_dense": st["ids_head"] == dense["ids_head"],
+           "auto_decision": auto.backend, "auto_reason": auto.reason,
+           "sparse_stats": {k: v for k, v in sp.items() if not isinstance(v, dict)}}
+    if attn_ms_per_layer is not None and sp["realized_keep_ratio"] is not None:
+        ideal = _ideal_e2e(dense_step, attn_ms_per_layer / 1000 * n_layers,
+                           sp["realized_keep_ratio"], sp["dense_steps"], sp["sparse_steps"])
+        rec["ideal_speedup"] = ideal
+        rec["achieved_over_ideal"] = rec["speedup"] / ideal
+    return rec
 
 
 def _fits_deadline(s: SweepSettings, seconds: float) -> bool:
@@ -328,26 +356,38 @@ def _run_sweep(s: SweepSettings, *, what: Iterable[str],
                     if rec["kind"] == "kernel":
                         dense_at[(family, length)] = (rec["dense_backend"], rec["dense_ms"])
                 _free()
-        if "e2e" in what:
-            top = max(s.e2e_lengths) + s.gen_length
+    if "e2e" in what:
+        top = max(s.e2e_lengths) + s.gen_length
+        models = {}
+        for family in s.families:
             config = model_config(family, n_layers=s.n_layers, max_seq_len=top, tiny=s.tiny)
-            model = random_model(config, device=s.device, dtype=getattr(torch, s.dtype))
+            models[family] = random_model(config, device=s.device, dtype=getattr(torch, s.dtype))
             warm_len = min(2048, max(1, min(s.e2e_lengths) // 2 + 1))  # a length not measured
-            warm = functools.partial(warmup_compile, model, s, length=warm_len)
+            warm = functools.partial(warmup_compile, models[family], s, length=warm_len)
             for rec in _guarded(lambda warm=warm: [warm()], family, 0):
                 add(rec)
-            for length in s.e2e_lengths:
+        last: dict[str, tuple[int, float]] = {}  # family -> (length, dense total s)
+        for length in sorted(s.e2e_lengths):  # length-major: every family at each length
+            for family in s.families:
+                config = models[family].config
                 backend, attn_ms = dense_at.get((family, length + s.gen_length),
                                                 dense_at.get((family, length), (None, None)))
                 if attn_ms is None and "kernel" not in what and s.device == "cuda":
                     backend, attn_ms = _dense_attention(config, length + s.gen_length, s)
-                case = functools.partial(e2e_records, model, length, s, dense_backend=backend,
-                                         attn_ms_per_layer=attn_ms)
+                estimate = None
+                if family in last:  # between linear and quadratic growth
+                    prev_len, prev_s = last[family]
+                    estimate = prev_s * (length / prev_len) ** 1.6
+                case = functools.partial(e2e_records, models[family], length, s,
+                                         dense_backend=backend, attn_ms_per_layer=attn_ms,
+                                         estimate_s=estimate)
                 for rec in _guarded(case, family, length):
                     add(rec)
+                    if rec.get("mode") == "dense" and rec["kind"] == "e2e":
+                        last[family] = (length, rec["total_s"])
                 _free()
-            del model
-            _free()
+        models.clear()
+        _free()
     return records
 
 
@@ -361,13 +401,14 @@ def _dense_attention(config: ModelConfig, length: int, s: SweepSettings) -> tupl
 
 def _guarded(fn: Callable[[], list[dict[str, Any]]], family: str,
              length: int) -> list[dict[str, Any]]:
-    """Run one case; an out-of-memory error becomes an error record instead of ending the sweep."""
+    """Run one case; a failure (out of memory, a kernel that does not build) becomes an error
+    record instead of ending the sweep."""
     try:
         return fn()
-    except torch.cuda.OutOfMemoryError as err:
+    except Exception as err:  # noqa: BLE001 - reported in the record, the sweep goes on
         _free()
         return [{"kind": "error", "family": family, "seq_len": length,
-                 "error": "out of memory: " + str(err).splitlines()[0][:200]}]
+                 "error": f"{type(err).__name__}: " + str(err).splitlines()[0][:200]}]
 
 
 def _free() -> None:

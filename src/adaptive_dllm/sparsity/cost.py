@@ -40,8 +40,8 @@ class CostModel:
     """
 
     min_seq_len: int = 8192
-    efficiency: float = 0.75
-    build_cost: float = 2.0
+    efficiency: float = 0.6
+    build_cost: float = 1.5
 
     def decide(self, *, select: float, seq_len: int, device_type: str,
                sparse_steps: int) -> Decision:

@@ -1,21 +1,27 @@
-"""Triton kernel: exact block attention mass without materialising any L x L tensor.
+"""Triton kernels: exact block attention mass without materialising any L x L tensor.
 
 Shape legend: B batch, H query heads, Hkv KV heads, G = H // Hkv, L length, D head dim,
-bs block size, N = ceil(L / bs).
+bs block size, N = ceil(L / bs), Hc heads per chunk.
 
-One program per (query block i, batch b, query head h) holds its bs x D query tile and makes two
-passes over the keys of its KV head ``h // G`` (K is never repeated):
+Scores are ``s = (q . k) * log2(e) / sqrt(D)`` (float32 accumulation, hardware ``exp2``); the mass
+of key block j for query block i is ``M[i, j] = sum_{r in i} sum_{c in j} exp2(s_rc - lse_r)``
+with ``lse_r`` the row's base-2 logsumexp over all valid keys. K is never repeated: query head h
+reads KV head ``h // G``.
 
-1. online row maximum and sum of ``exp2(s)`` over all valid keys -> per-row logsumexp (base 2);
-2. for every key block j: ``sum_rows sum_cols exp2(s - lse)`` over valid rows -> M[b, h, i, j].
+Default, **one pass over the keys** (:func:`block_mass_triton`):
 
-Scores use ``s = (q . k) * log2(e) / sqrt(D)`` with float32 accumulation, so both passes use the
-hardware ``exp2``. FLOPs: two Q K^T products (the dense attention forward does Q K^T and P V), no
-P V; memory: the (B, H, N, N) float32 output only. The pure-torch twin is
-:func:`adaptive_dllm.sparsity.scoring.block_mass_torch`.
+1. ``_block_lse_kernel``, one program per (query block i, head): for every key block j it computes
+   the tile's scores once and stores each row's *block* logsumexp ``b[r, j] = log2 sum_{c in j}
+   exp2(s_rc)`` (one exp per score, like the softmax of a dense attention forward without P V).
+   The (Hc, N, L) float32 scratch is reused chunk by chunk over heads (``scratch_bytes``).
+2. ``_mass_from_block_lse_kernel``: ``lse_r = log2 sum_j exp2(b[r, j])`` and
+   ``M[i, j] = sum_{r in i} exp2(b[r, j] - lse_r)``: N exps per row instead of L.
 
-Sequence lengths are runtime arguments marked ``do_not_specialize`` so a new prompt length does not
-recompile the kernel.
+``method="twopass"`` (``_block_mass_kernel``) recomputes the scores in a second pass instead of
+storing block logsumexps: no scratch, twice the Q K^T work and exps.
+
+The pure-torch twin is :func:`adaptive_dllm.sparsity.scoring.block_mass_torch`. Sequence lengths are
+runtime arguments marked ``do_not_specialize`` so a new prompt length does not recompile.
 """
 
 from __future__ import annotations
@@ -91,12 +97,101 @@ def _block_mass_kernel(
         tl.store(out_base + j, tl.sum(tl.sum(p, 1), 0))
 
 
+@triton.jit(do_not_specialize=["L", "N", "h0"])
+def _block_lse_kernel(
+    Q, K, VALID, BUF,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb,
+    Hc, h0, G, L, N, qk_scale,
+    HEAD_DIM: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+    BS: tl.constexpr,
+    D: tl.constexpr,
+):
+    i = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // Hc).to(tl.int64)
+    h = (bh % Hc + h0).to(tl.int64)
+    hk = h // G
+    offs_m = i * BS + tl.arange(0, BS)
+    offs_d = tl.arange(0, D)
+    d_ok = offs_d < HEAD_DIM
+    in_len_m = offs_m < L
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    buf_base = BUF + bh.to(tl.int64) * N * L
+    for j in range(0, N):
+        offs_n = j * BS + tl.arange(0, BS)
+        in_len_n = offs_n < L
+        col_ok = in_len_n
+        if HAS_VALID:
+            col_ok = col_ok & (tl.load(VALID + b * stride_vb + offs_n, mask=in_len_n, other=0) != 0)
+        k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None],
+                    mask=in_len_n[None, :] & d_ok[:, None], other=0.0)  # (D, BS)
+        s = tl.dot(q, k) * qk_scale
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m = tl.max(s, 1)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        l_blk = tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+        blk = tl.where(l_blk > 0.0, m_safe + tl.log2(l_blk), float("-inf"))
+        tl.store(buf_base + j * L + offs_m, blk, mask=in_len_m)
+
+
+@triton.jit(do_not_specialize=["L", "N", "h0"])
+def _mass_from_block_lse_kernel(
+    BUF, VALID, OUT,
+    stride_vb,
+    H, Hc, h0, L, N,
+    HAS_VALID: tl.constexpr,
+    BS: tl.constexpr,
+    JB: tl.constexpr,
+):
+    i = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // Hc).to(tl.int64)
+    h = (bh % Hc + h0).to(tl.int64)
+    offs_m = i * BS + tl.arange(0, BS)
+    in_len_m = offs_m < L
+    row_ok = in_len_m
+    if HAS_VALID:
+        row_ok = row_ok & (tl.load(VALID + b * stride_vb + offs_m, mask=in_len_m, other=0) != 0)
+    buf_base = BUF + bh.to(tl.int64) * N * L
+    m_r = tl.full([BS], float("-inf"), dtype=tl.float32)
+    s_r = tl.zeros([BS], dtype=tl.float32)
+    for j0 in range(0, N, JB):
+        offs_j = j0 + tl.arange(0, JB)
+        tile = tl.load(buf_base + offs_j[:, None] * L + offs_m[None, :],
+                       mask=(offs_j < N)[:, None] & in_len_m[None, :], other=float("-inf"))
+        m_new = tl.maximum(m_r, tl.max(tile, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s_r = s_r * tl.exp2(m_r - m_safe) + tl.sum(tl.exp2(tile - m_safe[None, :]), 0)
+        m_r = m_new
+    lse = tl.where((s_r > 0.0) & row_ok, m_r + tl.log2(s_r), float("inf"))
+    out_base = OUT + ((b * H + h) * N + i) * N
+    for j0 in range(0, N, JB):
+        offs_j = j0 + tl.arange(0, JB)
+        tile = tl.load(buf_base + offs_j[:, None] * L + offs_m[None, :],
+                       mask=(offs_j < N)[:, None] & in_len_m[None, :], other=float("-inf"))
+        mass = tl.sum(tl.exp2(tile - lse[None, :]), 1)
+        tl.store(out_base + offs_j, mass, mask=offs_j < N)
+
+
+#: Scratch memory the one-pass kernel may use for block logsumexps (heads are chunked to fit).
+SCRATCH_BYTES = 512 * 2**20
+#: Kernel used when none is named: ``"onepass"`` or ``"twopass"``.
+DEFAULT_METHOD = "onepass"
+
+
 def block_mass_triton(
     q: torch.Tensor,
     k: torch.Tensor,
     *,
     block_size: int,
     key_mask: torch.Tensor | None = None,
+    method: str | None = None,
+    scratch_bytes: int = SCRATCH_BYTES,
 ) -> torch.Tensor:
     """Exact block mass per query head, float32 (B, H, N, N), on the GPU.
 
@@ -105,7 +200,60 @@ def block_mass_triton(
         k: (B, Hkv, L, D) keys.
         block_size: bs, a power of two >= 16.
         key_mask: (B, L) bool, True = real token.
+        method: ``"onepass"`` (block logsumexps in a scratch buffer, then the masses) or
+            ``"twopass"`` (recompute the scores; no scratch); None = :data:`DEFAULT_METHOD`.
+        scratch_bytes: Upper bound of the one-pass scratch; heads are processed in chunks.
     """
+    if (method or DEFAULT_METHOD) == "twopass":
+        return _block_mass_twopass(q, k, block_size=block_size, key_mask=key_mask)
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    bs = block_size
+    N = -(-L // bs)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    out = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
+    if key_mask is None:
+        valid, stride_vb = q, 0  # unused pointer
+    else:
+        valid = key_mask.to(torch.int8).contiguous()
+        stride_vb = valid.stride(0)
+    per_head = B * N * L * 4
+    hc = max(1, min(H, scratch_bytes // max(1, per_head)))
+    buf = torch.empty(B * hc * N * L, device=q.device, dtype=torch.float32)
+    d_pow2 = max(16, triton.next_power_of_2(D))
+    scale = math.log2(math.e) / math.sqrt(D)
+    for h0 in range(0, H, hc):
+        n_h = min(hc, H - h0)
+        _block_lse_kernel[(N, B * n_h)](
+            q, k, valid, buf,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            stride_vb,
+            n_h, h0, H // Hkv, L, N, scale,
+            HEAD_DIM=D, HAS_VALID=key_mask is not None, BS=bs, D=d_pow2,
+            num_warps=8 if bs >= 128 else 4, num_stages=3,
+        )
+        _mass_from_block_lse_kernel[(N, B * n_h)](
+            buf, valid, out,
+            stride_vb,
+            H, n_h, h0, L, N,
+            HAS_VALID=key_mask is not None, BS=bs, JB=32,
+            num_warps=4, num_stages=2,
+        )
+    return out
+
+
+def _block_mass_twopass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    block_size: int,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Two passes over the keys per query block (no scratch); see the module docstring."""
     B, H, L, D = q.shape
     Hkv = k.shape[1]
     bs = block_size

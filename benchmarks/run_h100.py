@@ -1,11 +1,13 @@
 # ruff: noqa: T201 - a benchmark script reports on stdout
-"""Pick FlexAttention tile options on this GPU, check recompilation and cold calls, then run the
-kernel sweep (and an optional short end-to-end probe) with the chosen options.
+"""The H100 run behind benchmarks/README.md: tune the flex tile options on this GPU, check
+that new lengths do not recompile, then the kernel sweep and the end-to-end sweep with the chosen
+options, all in one process (the compiled kernels are reused).
 
-    PYTHONPATH=src python benchmarks/tune_flex.py --out runs/tune [--e2e-probe]
+    PYTHONPATH=src python benchmarks/run_h100.py --out runs/h100 --budget-s 500
 
-Writes ``tune.json`` (variants, choice, cold/warm kernel calls) and ``kernel.jsonl`` (the kernel
-sweep records) under ``--out``; prints the tables.
+Writes ``tune.json`` (variants, choice, cold/warm kernel calls, compile log) and ``bench.jsonl``
+(one record per configuration) under ``--out``; prints the tables. ``--budget-s`` is the wall
+time after which no further generation starts (the rest is recorded as skipped).
 """
 
 from __future__ import annotations
@@ -20,21 +22,18 @@ import torch
 from adaptive_dllm.attention import flex
 from adaptive_dllm.bench.sweep import (
     SweepSettings,
-    e2e_records,
     model_config,
-    random_model,
     run_sweep,
     sparse_config,
     table,
-    warmup_compile,
 )
 from adaptive_dllm.bench.timing import environment, fastest_dense, time_fn
 
 VARIANTS = [
-    {"BLOCK_M": 128, "BLOCK_N": 64},  # inductor's H100 default tile (8 warps, 3 stages)
-    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "USE_TMA": True},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "PRESCALE_QK": True},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},  # the library default
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "USE_TMA": True},  # inductor's H100 tile (8 warps, 3 stages)
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 4, "USE_TMA": True},
 ]
 
 
@@ -101,41 +100,41 @@ def cold_calls(family: str, s: SweepSettings, lengths=(20000, 40000, 65000)) -> 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--tune-length", type=int, default=65536)
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
-    p.add_argument("--e2e-probe", action="store_true")
+    p.add_argument("--e2e-lengths", type=int, nargs="+", default=[4096, 16384, 65536])
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--largest-modes", nargs="*", default=["uniform"])
+    p.add_argument("--mass-kernel", choices=("onepass", "twopass"), default="onepass")
     args = p.parse_args()
+    from adaptive_dllm.sparsity import mass_kernel
+
+    mass_kernel.DEFAULT_METHOD = args.mass_kernel
+    start = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    s = SweepSettings(lengths=tuple(args.lengths))
-    result = {"env": environment(), "tune": [tune("llada", args.tune_length, s)]}
+    deadline = None if args.budget_s is None else start + args.budget_s
+    s = SweepSettings(lengths=tuple(args.lengths), e2e_lengths=tuple(args.e2e_lengths),
+                      n_layers=args.layers, deadline=deadline,
+                      largest_modes=tuple(args.largest_modes) or None)
+    result = {"env": environment(), "mass_kernel": args.mass_kernel,
+              "tune": [tune("llada", args.tune_length, s)]}
     result["cold_calls"] = cold_calls("llada", s) + cold_calls("dream", s, lengths=(30000, 65000))
     result["compile_log"] = flex.COMPILE_LOG
     (out / "tune.json").write_text(json.dumps(result, indent=1, default=str))
-    with open(out / "kernel.jsonl", "w") as f:
-        records = run_sweep(s, what=("kernel",),
-                            emit=lambda r: f.write(json.dumps(r, default=str) + "\n"))
+    print(f"tuning done at {time.monotonic() - start:.0f} s", flush=True)
+    with open(out / "bench.jsonl", "w") as f:
+        def emit(r: dict) -> None:
+            f.write(json.dumps(r, default=str) + "\n")
+            f.flush()
+            print(f"[{time.monotonic() - start:.0f} s] {r.get('kind')} {r.get('family')} "
+                  f"{r.get('seq_len')} {r.get('mode', '')} {r.get('run', '')}", flush=True)
+
+        records = run_sweep(s, what=("kernel", "e2e"), emit=emit)
     print(table(records), flush=True)
-    if args.e2e_probe:  # per-step times for planning the end-to-end run
-        probe = SweepSettings(steps=8, modes=("uniform",), cold=False, n_layers=4)
-        rows = []
-        for family, lengths in (("llada", (16384, 65536)), ("dream", (32768, 65536))):
-            model = random_model(model_config(family, n_layers=4, max_seq_len=65536 + 256),
-                                 device="cuda", dtype=torch.bfloat16)
-            rows.append(warmup_compile(model, probe))
-            for L in lengths:
-                try:
-                    rows += e2e_records(model, L, probe, dense_backend=None, attn_ms_per_layer=None)
-                except torch.cuda.OutOfMemoryError as err:
-                    rows.append({"kind": "error", "family": family, "seq_len": L,
-                                 "error": str(err).splitlines()[0][:200]})
-                torch.cuda.empty_cache()
-            del model
-            torch.cuda.empty_cache()
-        with open(out / "e2e_probe.jsonl", "w") as f:
-            for r in rows:
-                f.write(json.dumps(r, default=str) + "\n")
-        print(table(rows), flush=True)
+    result["compile_log"] = flex.COMPILE_LOG
+    (out / "tune.json").write_text(json.dumps(result, indent=1, default=str))
 
 
 if __name__ == "__main__":
