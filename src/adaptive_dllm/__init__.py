@@ -24,6 +24,7 @@ _EXPORTS = {
     "generate": "adaptive_dllm.generation.api",
     "GenerationOutput": "adaptive_dllm.generation.api",
     "HeadImportance": "adaptive_dllm.importance.artifact",
+    "estimate_importance": "adaptive_dllm.importance.estimators",
     "relative_weights": "adaptive_dllm.budget.weights",
     "allocate": "adaptive_dllm.budget.allocator",
     "Allocation": "adaptive_dllm.budget.allocator",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from adaptive_dllm.errors import AdllmError  # noqa: F401
     from adaptive_dllm.generation.api import GenerationOutput, generate  # noqa: F401
     from adaptive_dllm.importance.artifact import HeadImportance  # noqa: F401
+    from adaptive_dllm.importance.estimators import estimate_importance  # noqa: F401
     from adaptive_dllm.models.checkpoints import load  # noqa: F401
     from adaptive_dllm.models.config import ModelConfig  # noqa: F401
     from adaptive_dllm.models.transformer import Transformer  # noqa: F401

@@ -1,5 +1,33 @@
-"""Head importance: the artifact that stores scores with their provenance."""
+"""Head importance: estimators (attention statistics, HeadIG), pruning tests, and the artifact
+that stores scores with their provenance (higher = more important, always)."""
 
 from adaptive_dllm.importance.artifact import HeadImportance, HeadKind, library_version
+from adaptive_dllm.importance.calibration import CalibrationSet, Example, load_calibration
+from adaptive_dllm.importance.estimators import (
+    attention_statistics,
+    compare,
+    estimate_importance,
+    random_importance,
+    uniform_importance,
+)
+from adaptive_dllm.importance.headig import HeadIGSettings, headig
+from adaptive_dllm.importance.pruning import GatedModel, prune_gates, pruning_test
 
-__all__ = ["HeadImportance", "HeadKind", "library_version"]
+__all__ = [
+    "CalibrationSet",
+    "Example",
+    "GatedModel",
+    "HeadIGSettings",
+    "HeadImportance",
+    "HeadKind",
+    "attention_statistics",
+    "compare",
+    "estimate_importance",
+    "headig",
+    "library_version",
+    "load_calibration",
+    "prune_gates",
+    "pruning_test",
+    "random_importance",
+    "uniform_importance",
+]
