@@ -10,7 +10,7 @@ from adaptive_dllm.importance.estimators import (
     random_importance,
     uniform_importance,
 )
-from adaptive_dllm.importance.headig import HeadIGSettings, headig
+from adaptive_dllm.importance.headig import HeadIGSettings
 from adaptive_dllm.importance.pruning import GatedModel, prune_gates, pruning_test
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "attention_statistics",
     "compare",
     "estimate_importance",
-    "headig",
     "library_version",
     "load_calibration",
     "prune_gates",
