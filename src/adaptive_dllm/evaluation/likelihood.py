@@ -27,12 +27,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.families import get_family
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adaptive_dllm.attention.api import AttentionHook
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ def masked_nll(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = False,
+    attn: AttentionHook | None = None,
 ) -> list[NLLResult]:
     """Masked-token NLL of ``model`` on ``passages`` at each mask ratio (see the module docstring).
 
@@ -104,6 +109,10 @@ def masked_nll(
         seed: mask seed.
         batch_size: passages per forward; does not change the result beyond float rounding.
         progress: show a progress bar on stderr.
+        attn: attention hook passed to every forward as ``model(ids, attn=attn)``, e.g. a
+            :class:`~adaptive_dllm.sparsity.session.SparseSession` of a
+            ``SparseConfig(likelihood=True)`` (a fresh plan from each forward's own q/k; its
+            ``stats()`` then report the realised keep ratio). None: the model's dense attention.
 
     Returns:
         One :class:`NLLResult` per ratio, in the order given.
@@ -137,7 +146,8 @@ def masked_nll(
             x = passages[start : start + batch_size]  # (B, L)
             where = orders[start : start + batch_size, :k]  # (B, K)
             inputs = x.scatter(1, where, config.mask_id)
-            logits = family.align_logits(model(inputs.to(device)))  # (B, L, V)
+            kwargs = {} if attn is None else {"attn": attn}
+            logits = family.align_logits(model(inputs.to(device), **kwargs))  # (B, L, V)
             picked = logits.gather(1, where.to(device)[..., None].expand(-1, -1, logits.shape[-1]))
             logp = torch.log_softmax(picked.float(), dim=-1)  # (B, K, V)
             target = x.gather(1, where).to(device)[..., None]  # (B, K, 1)
