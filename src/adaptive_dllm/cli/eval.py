@@ -1,4 +1,7 @@
-"""``adllm eval``: evaluate a model. Subcommands: ``nll`` (held-out masked-token likelihood).
+"""``adllm eval``: evaluate a model.
+
+Subcommands: ``nll`` (held-out masked-token likelihood) and ``fidelity`` (dense vs uniform vs
+adaptive block-sparse attention: likelihood and generation fidelity per select).
 
 Each subcommand has a ``_register_<name>(sub)`` that adds its parser and sets ``eval_func``.
 """
@@ -29,11 +32,12 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate a model (held-out likelihood)",
+        help="evaluate a model (held-out likelihood, sparse-attention fidelity)",
         description="Evaluate a model. Run `adllm eval SUBCOMMAND --help` for details.",
     )
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
     _register_nll(sub)
+    _register_fidelity(sub)
     parser.set_defaults(func=run, eval_parser=parser)
 
 
@@ -136,3 +140,191 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as err:
         raise AdllmError(f"cannot read {str(path)!r} as UTF-8 text ({err})") from None
+
+
+FIDELITY_EPILOG = """\
+For each mode and select value, on held-out passages of --text (default: the
+model's heldout.txt, cut into passages of --length tokens):
+  likelihood  masked-token NLL at each --mask-ratios (same seeded masks in every
+              row; sparse rows build a plan from every forward's own q/k),
+              and its difference to dense;
+  generation  --prompts prompts (the first --prompt-length tokens of passages)
+              generate --gen-length tokens greedily, dense and sparse (dense for
+              the first --skip of the steps, then the plan): token agreement
+              with dense, mean KL(dense || sparse) of the final-step logits
+              (KL final) and of the logits that committed each token (KL commit);
+  keep        realised keep ratio of the plans that ran (1 = dense).
+Sparse attention is forced (reference kernel on CPU, flex on CUDA): the cost
+model behind backend=auto would run dense there. Evaluation passages and
+prompts are even-numbered passages; adaptive importance, unless --importance is
+given, is estimated with an attention statistic on odd-numbered ones.
+
+examples:
+  adllm eval fidelity                                  # bundled model, defaults
+  adllm eval fidelity --select 0.1,0.3 --modes dense,uniform --passages 2 --prompts 1
+  adllm eval fidelity --importance headig.safetensors --json --plot fidelity.png
+"""
+
+
+def _float_list(flag: str, text: str, *, what: str = "in (0, 1]") -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AdllmError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise AdllmError(f"{flag} {text!r}: each value must be {what}")
+    return values
+
+
+def _register_fidelity(sub: argparse._SubParsersAction) -> None:
+    from adaptive_dllm.evaluation.fidelity import MODES, STATISTIC_METHODS, FidelitySettings
+
+    d = FidelitySettings()
+    p = sub.add_parser(
+        "fidelity",
+        help="dense vs uniform vs adaptive sparse attention: NLL, token agreement, KL",
+        description="Fidelity of block-sparse attention to dense attention on held-out text.",
+        epilog=FIDELITY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
+    p.add_argument("--text", type=Path, default=None,
+                   help="UTF-8 held-out text (default: heldout.txt of the model directory)")
+    p.add_argument("--length", type=int, default=None,
+                   help="passage length in tokens (default: min(1024, the model's maximum))")
+    p.add_argument("--select", default=",".join(f"{v:g}" for v in d.selects), metavar="S[,S...]",
+                   help="target keep ratios in (0, 1] (default: %(default)s; 1 = exactness check)")
+    p.add_argument("--modes", default=",".join(MODES), metavar="M[,M...]",
+                   help="dense, uniform, adaptive (default: all; dense always runs as reference)")
+    p.add_argument("--importance", default=None, metavar="FILE",
+                   help="head importance file for adaptive (default: estimated, see --importance-method)")
+    p.add_argument("--importance-method", default=d.importance_method, choices=STATISTIC_METHODS,
+                   help="attention statistic estimated on calibration passages when no "
+                        "--importance is given (default: %(default)s)")
+    p.add_argument("--calibration", type=int, default=d.calibration, metavar="N",
+                   help="calibration passages for the estimated importance (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=d.block_size, metavar="B",
+                   help="sparse block size in tokens (default: %(default)s)")
+    p.add_argument("--skip", type=float, default=d.skip, metavar="K",
+                   help="dense fraction of the denoising steps (default: %(default)s)")
+    p.add_argument("--region", choices=("separate", "joint"), default=d.region,
+                   help="generation budgets for prompt and generated keys (default: %(default)s)")
+    p.add_argument("--sparse-backend", choices=("reference", "flex"), default=None,
+                   help="sparse kernel (default: reference on CPU, flex on CUDA)")
+    p.add_argument("--mask-ratios", default=",".join(f"{r:g}" for r in d.mask_ratios),
+                   metavar="R[,R...]", help="likelihood mask ratios (default: %(default)s)")
+    p.add_argument("--passages", type=int, default=d.passages, metavar="N",
+                   help="likelihood passages (default: %(default)s; 0 skips the likelihood part)")
+    p.add_argument("--prompts", type=int, default=d.prompts, metavar="N",
+                   help="generation prompts (default: %(default)s; 0 skips generation)")
+    p.add_argument("--prompt-length", type=int, default=d.prompt_length, metavar="N",
+                   help="prompt tokens (default: %(default)s)")
+    p.add_argument("--gen-length", type=int, default=d.gen_length, metavar="N",
+                   help="generated tokens (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)")
+    p.add_argument("--block-length", type=int, default=d.block_length, metavar="N",
+                   help="sampler block length (LLaDA; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="mask, sampler and estimator seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="passages per likelihood forward (default: %(default)s)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="write a PNG of quality vs select per mode")
+    p.set_defaults(eval_func=run_fidelity)
+
+
+def run_fidelity(args: argparse.Namespace) -> int:
+    import importlib.util
+    import platform
+    import time
+
+    import torch
+
+    from adaptive_dllm.evaluation.data import split_passages
+    from adaptive_dllm.evaluation.fidelity import (
+        MODES,
+        FidelitySettings,
+        evaluate_fidelity,
+        format_table,
+        plot_fidelity,
+    )
+    from adaptive_dllm.models.checkpoints import load
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise AdllmError(f"--modes {args.modes!r}: unknown mode(s) {', '.join(map(repr, bad))}; "
+                         f"choose from {', '.join(MODES)}" if bad else "--modes is empty")
+    if args.importance is not None and "adaptive" not in modes:
+        raise AdllmError("--importance is only used by the adaptive mode (add it to --modes)")
+    settings = FidelitySettings(
+        selects=tuple(_float_list("--select", args.select)), modes=tuple(modes),
+        block_size=args.block_size, skip=args.skip, region=args.region,
+        mask_ratios=tuple(_float_list("--mask-ratios", args.mask_ratios)),
+        backend=args.sparse_backend, passages=args.passages, prompts=args.prompts,
+        prompt_length=args.prompt_length, gen_length=args.gen_length, steps=args.steps,
+        block_length=args.block_length, calibration=args.calibration,
+        importance_method=args.importance_method, seed=args.seed, batch_size=args.batch_size,
+    )
+    if args.plot is not None:
+        if args.plot.suffix.lower() != ".png":
+            raise AdllmError(f"--plot {str(args.plot)!r} must end in .png")
+        if not args.plot.parent.is_dir():
+            raise AdllmError(f"--plot: directory {str(args.plot.parent)!r} does not exist")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise AdllmError("--plot needs matplotlib: pip install matplotlib")
+    if args.text is not None:
+        _read_text(args.text)
+    importance = None
+    if args.importance is not None:
+        from adaptive_dllm.importance.artifact import HeadImportance
+
+        importance = HeadImportance.load(args.importance)
+    model, tok = load(args.model, device=torch.device(args.device) if args.device else None,
+                      dtype=args.dtype)
+    directory = Path(model.source)
+    if tok is None:
+        raise AdllmError(f"model {str(directory)!r} has no tokenizer; it cannot read a text file")
+    length = args.length if args.length is not None else min(1024, model.config.max_seq_len)
+    if not 1 <= length <= model.config.max_seq_len:
+        raise AdllmError(f"--length {length} must be in [1, {model.config.max_seq_len}] for this model")
+    text_path = args.text if args.text is not None else directory / "heldout.txt"
+    if args.text is None and not text_path.is_file():
+        raise AdllmError(f"model {str(directory)!r} ships no heldout.txt; pass --text FILE")
+    passages = split_passages(tok.encode(_read_text(text_path), add_special_tokens=False), length)
+    report = evaluate_fidelity(model, passages, settings, importance=importance, tokenizer=tok,
+                               progress=sys.stderr.isatty())
+    param = next(model.parameters())
+    record = {
+        "command": "adllm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
+        "model": str(directory), "text": str(text_path), "importance_file": args.importance,
+        "passage_length": length, "n_text_passages": int(passages.shape[0]),
+        "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch."),
+        "cpu_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        **report.to_dict(),
+    }
+    if args.plot is not None:
+        plot_fidelity(record, args.plot)
+    if args.json:
+        print(json.dumps(record, indent=1))
+        return 0
+    print(f"model {directory}, {record['device']} {record['dtype']}")
+    parts = []
+    if settings.passages:
+        parts.append(f"likelihood on {settings.passages} passages of {length} tokens "
+                     f"(mask seed {settings.seed})")
+    if settings.prompts:
+        parts.append(f"generation from {settings.prompts} prompts of {settings.prompt_length} "
+                     f"tokens, {settings.gen_length} generated in {settings.steps} steps")
+    print(f"text  {text_path}: {'; '.join(parts)}")
+    print(f"sparse: block {settings.block_size}, skip {settings.skip:g}; {report.backend_note}")
+    if report.importance is not None:
+        print(f"adaptive importance: {report.importance}")
+    print(format_table(record))
+    if args.plot is not None:
+        print(f"plot written to {args.plot}")
+    return 0
