@@ -136,6 +136,17 @@ class StubSparse:
         return self.session
 
 
+def test_gen_length_is_passed_when_new_session_accepts_it(scripted, stub_session):
+    class WithLength:
+        def new_session(self, model_config, total_steps, *, gen_length=None):
+            self.args = (total_steps, gen_length)
+            return stub_session()
+
+    sparse = WithLength()
+    generate(scripted(2, 8), None, [1, 2], sparse=sparse, gen_length=8, steps=4)
+    assert sparse.args == (4, 8)
+
+
 @pytest.mark.parametrize("name, kw", [
     ("llada_tiny", dict(steps=8, block_length=8, cfg_scale=1.0)),
     ("dream_tiny", dict(steps=8, alg="entropy")),

@@ -12,6 +12,7 @@ masked, so a batch generates what its rows generate one by one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,11 @@ _RENAMED = {"max_new_tokens": "gen_length", "sampling_alg": "alg", "mask_id": No
 
 
 class SparseSpec(Protocol):
-    """What ``generate(sparse=...)`` needs: a factory of per-generation sessions."""
+    """What ``generate(sparse=...)`` needs: a factory of per-generation sessions.
+
+    ``new_session`` may also take a keyword ``gen_length`` (the generated tokens at the end of
+    the sequence); :func:`generate` passes it when the method's signature has it.
+    """
 
     def new_session(self, model_config: ModelConfig, total_steps: int) -> StepSession: ...
 
@@ -109,7 +114,8 @@ def generate(
             of token ids, a list of such lists (left-padded), or an int64 tensor (B, P) / (P,).
         sparse: None for dense attention, or an object whose ``new_session(config, steps)``
             returns the attention session used for this generation (see
-            :class:`~adaptive_dllm.generation.schedule.StepSession`).
+            :class:`~adaptive_dllm.generation.schedule.StepSession`); ``gen_length=`` is
+            passed too when ``new_session`` accepts it.
         chat: wrap each string prompt in the tokenizer's chat template (one user turn).
         seed: ``torch.manual_seed(seed)`` right before the denoising loop.
         attention_mask: (B, P) 0/1 for a pre-padded tensor or list-of-lists prompt, 0 at the
@@ -142,7 +148,7 @@ def generate(
     device = _model_device(model, input_ids)
     input_ids = input_ids.to(device)
     mask = None if mask is None else mask.to(device)
-    session = None if sparse is None else sparse.new_session(config, opts.steps)
+    session = None if sparse is None else _new_session(sparse, config, opts)
 
     clock = _StepClock(device)
 
@@ -179,6 +185,14 @@ def generate(
         texts = decode(tokenizer, ids, eos_id=_eos_id(tokenizer, config), mask_id=config.mask_id)
         text = texts[0] if single else texts
     return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats)
+
+
+def _new_session(sparse: SparseSpec, config: ModelConfig,
+                 opts: LladaOptions | DreamOptions) -> StepSession:
+    extra = {}
+    if "gen_length" in inspect.signature(sparse.new_session).parameters:
+        extra["gen_length"] = opts.gen_length
+    return sparse.new_session(config, opts.steps, **extra)
 
 
 def decode(tokenizer: Any, ids: torch.Tensor, *, eos_id: int | None, mask_id: int) -> list[str]:
