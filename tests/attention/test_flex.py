@@ -170,7 +170,7 @@ def test_gpu_flex_matches_reference_on_fixture_models(fixture_model, name, bs):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_new_lengths_do_not_recompile(gpu_mark):
+def test_gpu_new_lengths_do_not_recompile():
     from torch._dynamo.utils import counters
 
     q, k, v = _inputs(1, 4, 2, 700, 64, device="cuda", dtype=torch.bfloat16)

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["L", "N"])
+@triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "H", "L", "N"])
 def _block_mass_kernel(
     Q, K, VALID, OUT,
     stride_qb, stride_qh, stride_ql,
@@ -97,7 +97,7 @@ def _block_mass_kernel(
         tl.store(out_base + j, tl.sum(tl.sum(p, 1), 0))
 
 
-@triton.jit(do_not_specialize=["L", "N", "h0"])
+@triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "Hc", "h0", "L", "N"])
 def _block_lse_kernel(
     Q, K, VALID, BUF,
     stride_qb, stride_qh, stride_ql,
@@ -139,7 +139,7 @@ def _block_lse_kernel(
         tl.store(buf_base + j * L + offs_m, blk, mask=in_len_m)
 
 
-@triton.jit(do_not_specialize=["L", "N", "h0"])
+@triton.jit(do_not_specialize=["stride_vb", "H", "Hc", "h0", "L", "N"])
 def _mass_from_block_lse_kernel(
     BUF, VALID, OUT,
     stride_vb,
