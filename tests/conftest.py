@@ -96,13 +96,13 @@ class ScriptedModel(torch.nn.Module):
         self.tokens, self.scores = tokens, scores
         self.calls: list[tuple[Any, ...]] = []
 
-    def forward(self, ids, *, attention_mask=None, attn=None):  # noqa: ANN001 - test double
+    def forward(self, ids, *, attention_mask=None, attn=None, logits_from=0):  # noqa: ANN001
         mask = None if attention_mask is None else attention_mask.clone()
         self.calls.append((ids.clone(), mask, attn))
         B, L = ids.shape
         logits = torch.zeros(B, L, SCRIPTED_VOCAB)
         logits[:, torch.arange(L), self.tokens[:L]] = self.scores[:L]
-        return logits
+        return logits[:, logits_from:]
 
 
 @pytest.fixture

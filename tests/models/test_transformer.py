@@ -128,3 +128,9 @@ def test_config_validation(kw, match):
                 n_kv_heads=2, intermediate_size=64, mask_id=1)
     with pytest.raises(AdllmError, match=match):
         ModelConfig(**{**base, **kw})
+
+
+def test_logits_from_skips_the_head_before_it():
+    model = tiny()
+    ids = torch.randint(0, 49, (2, 9))
+    torch.testing.assert_close(model(ids, logits_from=4), model(ids)[:, 4:])

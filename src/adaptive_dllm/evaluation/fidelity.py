@@ -351,13 +351,16 @@ class _LogitTap(nn.Module):
         self.final: torch.Tensor | None = None
         self.commit: torch.Tensor | None = None
 
-    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        logits = self.model(input_ids, **kwargs)
-        gen = self.align(logits)[:, self.start :].float()  # (K, G, V)
+    def forward(self, input_ids: torch.Tensor, *, logits_from: int = 0, **kwargs: Any) -> torch.Tensor:
+        # The sampler may skip the output head before its block; the recorder needs the whole
+        # generated region (and, for a shifted family, the row before it).
+        first = min(logits_from, max(self.start - 1, 0))
+        logits = self.model(input_ids, logits_from=first, **kwargs)
+        gen = self.align(logits)[:, self.start - first :].float()  # (K, G, V)
         masked = input_ids[:, self.start :, None] == self.config.mask_id  # (K, G, 1)
         self.commit = gen if self.commit is None else torch.where(masked, gen, self.commit)
         self.final = gen
-        return logits
+        return logits[:, logits_from - first :]
 
 
 class _WithGenLength:

@@ -109,7 +109,8 @@ def sample_dream(
     Mask tokens inside a prompt are filled too (infilling), as upstream.
 
     Args:
-        model: returns (B, L, V) logits from ``model(ids, attention_mask=..., attn=...)``;
+        model: returns (B, L - s, V) logits from
+            ``model(ids, attention_mask=..., attn=..., logits_from=s)``;
             ``model.config`` gives the mask id and the family (for the logit shift).
         input_ids: (B, P) int64 prompts, left-padded when rows differ in length.
         options: sampler settings.
@@ -157,7 +158,9 @@ def sample_dream(
             history.append(x.clone())
         region = x[:, lo:]  # (B, L - lo)
         maskable = _maskable(region, mask_id, region_real)
-        logits = _decision_logits(model(x, attention_mask=real, attn=session), align, lo)
+        start = max(lo - 1, 0)  # Dream decides position i from row i-1
+        out = model(x, attention_mask=real, attn=session, logits_from=start)
+        logits = _decision_logits(out, align, lo - start)
         probs = torch.softmax(_filter(logits.float(), o), dim=-1)  # (B, L - lo, V)
         if o.alg == "origin":
             region = _origin_step(region, probs, maskable, reveal_p[i], o)
@@ -173,14 +176,15 @@ def sample_dream(
 
 
 def _decision_logits(logits: torch.Tensor, align: Callable[[torch.Tensor], torch.Tensor],
-                     lo: int) -> torch.Tensor:
-    """(B, L, V) model output -> (B, L - lo, V) rows scoring positions lo..L-1.
+                     lead: int) -> torch.Tensor:
+    """Model rows from ``start`` on -> rows scoring the decided positions ``start + lead`` on.
 
-    Aligns (Dream: position i reads row i-1) only the rows needed, without copying the rest.
+    ``lead`` is 1 when the model also returned the row just before the first decided position
+    (Dream: position i reads row i-1), 0 when decisions start at position 0.
     """
-    if lo == 0:
+    if lead == 0:
         return align(logits)
-    return align(logits[:, lo - 1:])[:, 1:]
+    return align(logits)[:, lead:]
 
 
 def _maskable(x: torch.Tensor, mask_id: int, real: torch.Tensor | None) -> torch.Tensor:

@@ -109,7 +109,8 @@ def sample_llada(
     """Generate ``options.gen_length`` tokens after each prompt.
 
     Args:
-        model: returns (B, L, V) logits from ``model(ids, attention_mask=..., attn=...)``;
+        model: returns (B, L - s, V) logits from
+            ``model(ids, attention_mask=..., attn=..., logits_from=s)``;
             ``model.config.mask_id`` is the mask token.
         input_ids: (B, P) int64 prompts, left-padded when rows differ in length.
         options: sampler settings.
@@ -177,13 +178,17 @@ def _step(
 ) -> None:
     """One denoising step: commit ``k[b]`` tokens of block ``x[:, lo:hi]`` in place."""
     o = options
-    # Only the current block is decided, so only its rows are converted and combined.
+    # Only the current block is decided: the model skips the output head before it, and only
+    # the block's rows are converted and combined.
+    width = hi - lo
     if uncond_positions is None:
-        logits = model(x, attention_mask=model_mask, attn=session)[:, lo:hi].float()  # (B, Lb, V)
+        out = model(x, attention_mask=model_mask, attn=session, logits_from=lo)
+        logits = out[:, :width].float()  # (B, Lb, V)
     else:
         uncond = torch.where(uncond_positions, mask_id, x)
-        both = model(torch.cat([x, uncond]), attention_mask=model_mask, attn=session)
-        cond, unc = both[:, lo:hi].float().chunk(2, dim=0)
+        both = model(torch.cat([x, uncond]), attention_mask=model_mask, attn=session,
+                     logits_from=lo)
+        cond, unc = both[:, :width].float().chunk(2, dim=0)
         logits = unc + (o.cfg_scale + 1) * (cond - unc)  # (B, Lb, V)
 
     if o.temperature > 0:

@@ -148,8 +148,9 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         attn: AttentionHook | None = None,
         head_gates: torch.Tensor | None = None,
+        logits_from: int = 0,
     ) -> torch.Tensor:
-        """Logits for every position.
+        """Logits for every position from ``logits_from`` on.
 
         Args:
             input_ids: (B, L) token ids.
@@ -158,9 +159,12 @@ class Transformer(nn.Module):
             attn: optional hook that takes over attention (e.g. a sparse session).
             head_gates: optional (n_layers, H) multipliers on each head's attention output
                 (1 = unchanged, 0 = head removed); differentiable.
+            logits_from: first position whose logits are computed. Samplers that only decide
+                the generated region skip the output head over the prompt (at 64k prompt
+                tokens that head costs as much as a large share of a step).
 
         Returns:
-            (B, L, V) logits in the model dtype.
+            (B, L - logits_from, V) logits in the model dtype.
         """
         B, L = input_ids.shape
         if L > self.config.max_seq_len:
@@ -188,4 +192,4 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, rope, key_mask, attn, gate, use_reentrant=False)
             else:
                 x = block(x, rope, key_mask, attn, gate)
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.norm(x[:, logits_from:]))
