@@ -17,6 +17,8 @@ examples:
       --gen-length 128 --steps 128 --block-length 32
   adllm generate "Write a haiku." --model ~/ckpt/Dream-v0-Instruct-7B --chat \\
       --alg entropy --temperature 0.2 --top-p 0.95 --json
+  adllm generate "ROMEO:" --sparse uniform --select 0.3 --skip 0.2 --block-size 32 --json
+  adllm generate "ROMEO:" --sparse adaptive --importance heads.safetensors --select 0.3
   adllm generate "31 64 68 121" --ids --model ../shared/reference_fixtures/llada_tiny \\
       --gen-length 16 --block-length 8 --steps 8
 
@@ -24,6 +26,10 @@ LLaDA options: --steps --gen-length --block-length --temperature --cfg-scale --r
 Dream options: --steps --gen-length --alg --alg-temp --eps --temperature --top-p --top-k
 An option the model's sampler does not have is an error.
 """
+
+# LLaDA's published chat examples decode in 32-token blocks; one block over the whole generation
+# (the library default, as upstream's generate()) degrades into repetition on the bundled model.
+DEFAULT_BLOCK = 32
 
 # CLI flag dest -> generate() option name; only flags the user set are passed on.
 _OPTIONS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
@@ -34,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from adaptive_dllm.generation.dream import Algorithm
     from adaptive_dllm.generation.llada import Remasking
     from adaptive_dllm.models.checkpoints import DTYPES
+    from adaptive_dllm.sparsity.cli_args import add_sparse_arguments
 
     p = subparsers.add_parser(
         "generate",
@@ -51,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default gen-length)")
     p.add_argument("--gen-length", type=int, metavar="N", help="tokens to generate (default 128)")
     p.add_argument("--block-length", type=int, metavar="N",
-                   help="LLaDA semi-autoregressive block (default gen-length)")
+                   help=f"LLaDA semi-autoregressive block (default {DEFAULT_BLOCK} when it divides "
+                        "the generation length, else the whole generation)")
     p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default)")
     p.add_argument("--remasking", choices=get_args(Remasking), help="LLaDA remasking")
     p.add_argument("--cfg-scale", type=float, metavar="S", help="LLaDA classifier-free guidance")
@@ -65,16 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object {ids, text, stats} and no progress bar")
+    add_sparse_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from adaptive_dllm.generation.api import generate
     from adaptive_dllm.models.checkpoints import load
+    from adaptive_dllm.models.families import get_family
+    from adaptive_dllm.sparsity.cli_args import sparse_config_from_args, summary_stats
 
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
     prompt: Any = _parse_ids(prompt_text) if args.ids else prompt_text
     options = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
+    sparse = sparse_config_from_args(args)
     try:
         model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
     except CheckpointError as err:
@@ -84,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         raise
     if tokenizer is None and not args.ids:
         raise AdllmError(f"model {args.model!r} has no tokenizer; pass token ids with --ids")
+    if get_family(model.config.family).sampler == "llada" and "block_length" not in options:
+        gen_length = options.get("gen_length", 128)
+        if gen_length % DEFAULT_BLOCK == 0:
+            options["block_length"] = DEFAULT_BLOCK
     warning = None
     if getattr(model, "untrained", False):
         warning = "the model is untrained: its output is noise"
@@ -91,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     bar = _progress_bar(enabled=not args.json and sys.stderr.isatty())
     try:
-        out = generate(model, tokenizer, prompt, chat=args.chat, seed=args.seed,
+        out = generate(model, tokenizer, prompt, chat=args.chat, seed=args.seed, sparse=sparse,
                        on_step=bar.update_to if bar else None, **options)
     finally:
         if bar:
@@ -99,15 +115,25 @@ def run(args: argparse.Namespace) -> int:
 
     ids = out.ids[0].tolist()
     if args.json:
-        record: dict[str, Any] = {"ids": ids, "text": out.text, "stats": out.stats}
+        stats = {**out.stats, **summary_stats(out.stats.get("sparse"), out.stats["steps"])}
+        record: dict[str, Any] = {"ids": ids, "text": out.text, "stats": stats}
         if warning:
             record["warning"] = warning
         print(json.dumps(record, default=_to_json))
     else:
         print(out.text if out.text is not None else " ".join(map(str, ids)))
         s = out.stats
+        summary = summary_stats(s.get("sparse"), s["steps"])
+        attention = "dense attention"
+        if sparse is not None:
+            realised = summary["realized_keep_ratio"]
+            kept = "no plan used" if realised is None else f"realised keep ratio {realised:.3f}"
+            attention = (f"{sparse.mode} sparse via {summary['backend']} ({summary['dense_steps']} "
+                         f"dense + {summary['sparse_steps']} sparse steps, {kept})")
+            if summary.get("backend_reason"):
+                attention += f"; {summary['backend_reason']}"
         print(f"[{s['steps']} steps, {s['gen_length']} tokens, {s['total_s']:.2f} s, "
-              f"{s['step_median_s'] * 1000:.1f} ms/step]", file=sys.stderr)
+              f"{s['step_median_s'] * 1000:.1f} ms/step, {attention}]", file=sys.stderr)
     return 0
 
 
