@@ -108,6 +108,7 @@ def test_importance_file(capsys, tiny_dir, text_file, tmp_path):
     (["--skip", "1"], "skip"),
     (["--block-size", "48"], "block_size"),
     (["--length", "100"], "--length 100"),
+    (["--steps", "3"], "not a multiple of the number of blocks"),
 ])
 def test_errors_are_one_line(capsys, tiny_dir, text_file, argv, message):
     rc, out, err = run(capsys, "--model", str(tiny_dir), "--text", str(text_file), *FAST, *argv)

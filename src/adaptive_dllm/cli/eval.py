@@ -221,7 +221,8 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                    help="prompt tokens (default: %(default)s)")
     p.add_argument("--gen-length", type=int, default=d.gen_length, metavar="N",
                    help="generated tokens (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: --gen-length, one token per step)")
     p.add_argument("--block-length", type=int, default=d.block_length, metavar="N",
                    help="sampler block length (LLaDA; default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed,

@@ -80,7 +80,9 @@ class FidelitySettings:
         prompts: Prompts K of the generation part (0 skips it).
         prompt_length: Lp, tokens of each prompt (a passage prefix).
         gen_length: G, generated tokens.
-        steps: Denoising steps of a generation.
+        steps: Denoising steps of a generation; None = ``gen_length`` (one token per step, the
+            LLaDA default: with a quarter of that, the bundled model's greedy output collapses
+            into runs of spaces, and agreement would mostly count spaces).
         block_length: Semi-autoregressive block length of the sampler (LLaDA).
         calibration: Calibration passages for the estimated importance.
         importance_method: Attention statistic used when no importance is given.
@@ -99,7 +101,7 @@ class FidelitySettings:
     prompts: int = 4
     prompt_length: int = 512
     gen_length: int = 128
-    steps: int = 32
+    steps: int | None = None
     block_length: int = 32
     calibration: int = 4
     importance_method: str = "entropy"
@@ -109,6 +111,8 @@ class FidelitySettings:
     def __post_init__(self) -> None:
         for name in ("selects", "modes", "mask_ratios"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.steps is None and isinstance(self.gen_length, int):
+            object.__setattr__(self, "steps", self.gen_length)
         if not self.selects or any(not _real(s) or not 0.0 < s <= 1.0 for s in self.selects):
             raise AdllmError(f"select values {list(self.selects)} must each be in (0, 1]")
         bad = [m for m in self.modes if m not in MODES]
@@ -262,6 +266,10 @@ def evaluate_fidelity(
                          f"exceeds the model context of {config.max_seq_len} tokens")
     if s.prompts and s.prompt_length > L:
         raise AdllmError(f"prompt length {s.prompt_length} exceeds the passage length {L}")
+    if s.prompts:
+        from adaptive_dllm.generation.api import make_options
+
+        make_options(config.family, **_sampler_options(model, s))  # fail before any work
     adaptive = "adaptive" in s.modes
     if importance is not None and not adaptive:
         raise AdllmError("an importance file is only used by the adaptive mode; add it to the modes")
