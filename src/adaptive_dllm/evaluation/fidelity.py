@@ -371,25 +371,14 @@ class _LogitTap(nn.Module):
         return logits[:, logits_from - first :]
 
 
-class _WithGenLength:
-    """``generate(sparse=...)`` adapter that tells the session the generation length (so the
-    ``separate`` prompt / generation budgets apply)."""
-
-    def __init__(self, config: SparseConfig, gen_length: int) -> None:
-        self.config, self.gen_length = config, gen_length
-
-    def new_session(self, model_config: Any, total_steps: int) -> Any:
-        return self.config.new_session(model_config, total_steps, gen_length=self.gen_length)
-
-
 def _generate(model: nn.Module, tokenizer: Any, prompts: torch.Tensor, cfg: SparseConfig | None,
               s: FidelitySettings, progress: bool) -> _Generation:
     from adaptive_dllm.generation.api import generate
 
     tap = _LogitTap(model, prompts.shape[1])
     bar = _bar(s.steps, progress, desc="denoising steps", leave=False)
-    sparse = None if cfg is None else _WithGenLength(cfg, s.gen_length)
-    out = generate(tap, tokenizer, prompts, sparse=sparse, seed=s.seed,
+    # generate() tells the session the generation length (region="separate" budgets).
+    out = generate(tap, tokenizer, prompts, sparse=cfg, seed=s.seed,
                    on_step=(lambda done, total: _tick(bar)) if bar is not None else None,
                    **_sampler_options(model, s))
     if bar is not None:
