@@ -55,7 +55,7 @@ def test_nll_report_json(ckpt, importance, tmp_path, capsys):
     assert set(report["baseline"]) == {"nll@0.15", "nll@0.5", "nll@0.9", "nll_mean"}
     assert report["settings"]["metric"]["passages"] == 4  # 261 bytes / 64
     assert "most: 2 heads pruned" in err  # progress lines go to stderr with --json
-    assert report["summary"]["nll_mean"]["random_std"] >= 0
+    assert report["summary"]["nll_mean"]["random_std"] > 0  # seeds prune different heads
 
 
 def test_table_output_and_per_layer(ckpt, importance, capsys):

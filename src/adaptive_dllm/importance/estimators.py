@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from adaptive_dllm.attention.api import attend
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.evaluation.likelihood import mask_count
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
 from adaptive_dllm.importance.headig import HeadIGSettings, derive_seed, headig
@@ -133,10 +134,11 @@ def row_statistics(mass: Tensor, *, top_frac: float = 0.1, coverage: float = 0.9
 
 def _switch_state(example: Example, index: int, *, mask_ratio: float, mask_id: int,
                   logit_shift: bool, seed: int) -> Tensor:
-    """(L,) ids with the completion span masked at ``mask_ratio`` (exactly round(r n), >= 1)."""
+    """(L,) ids with the completion span masked at ``mask_ratio`` (``mask_count``: floor(r n + 1/2),
+    clamped to [1, n], the rule of the likelihood evaluation)."""
     begin, end = scored_span(example, logit_shift)
     n = end - begin
-    k = min(n, max(1, round(mask_ratio * n)))
+    k = mask_count(n, mask_ratio)
     gen = torch.Generator().manual_seed(derive_seed("switch", seed, index))
     where = begin + torch.randperm(n, generator=gen)[:k]
     ids = example.ids.clone()

@@ -28,9 +28,13 @@ exact mass its choices keep.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
+
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.sparsity.config import Estimator, GqaUnit
 
 #: Bytes of float32 scores one chunk of :func:`block_mass_torch` may hold.
 CHUNK_BYTES = 256 * 2**20
@@ -42,8 +46,8 @@ def block_mass(
     *,
     block_size: int,
     key_mask: torch.Tensor | None = None,
-    units: str = "kv",
-    estimator: str = "exact",
+    units: GqaUnit = "kv",
+    estimator: Estimator = "exact",
 ) -> torch.Tensor:
     """Block scores per allocation unit, float32 (B, U, N, N).
 
@@ -56,6 +60,8 @@ def block_mass(
         units: ``"kv"`` sums each GQA group's query heads (U = Hkv); ``"query"`` keeps them (U = H).
         estimator: ``"exact"`` mass or ``"pooled"`` estimate.
     """
+    _check_mode("units", units, get_args(GqaUnit))
+    _check_mode("estimator", estimator, get_args(Estimator))
     if estimator == "pooled":
         per_head = pooled_block_scores(q, k, block_size=block_size, key_mask=key_mask)
     elif q.is_cuda and _triton_usable():
@@ -67,8 +73,14 @@ def block_mass(
     return reduce_units(per_head, k.shape[1], units)
 
 
-def reduce_units(per_head: torch.Tensor, n_kv_heads: int, units: str) -> torch.Tensor:
+def _check_mode(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise AdllmError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def reduce_units(per_head: torch.Tensor, n_kv_heads: int, units: GqaUnit) -> torch.Tensor:
     """(B, H, N, N) per query head -> (B, U, N, N): sum over each KV head's group for ``kv``."""
+    _check_mode("units", units, get_args(GqaUnit))
     if units == "query" or per_head.shape[1] == n_kv_heads:
         return per_head
     B, H, N, _ = per_head.shape
