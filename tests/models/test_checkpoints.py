@@ -156,3 +156,15 @@ def test_bf16_load(fixtures_dir):
     assert model.embed.weight.dtype == torch.bfloat16
     logits = model(torch.randint(0, 120, (1, 8)))
     assert logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("device, match", [("tpu", "unknown device|not supported"),
+                                           ("cuda:7", "CUDA|does not exist")])
+def test_bad_device_is_a_one_line_error(fixtures_dir, device, match):
+    from adaptive_dllm.errors import AdllmError
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(AdllmError, match=match) as info:
+        load_model(fixtures_dir / "llada_tiny", device=device)
+    assert "\n" not in str(info.value)

@@ -90,3 +90,13 @@ def test_pooled_respects_padding():
     s = pooled_block_scores(q, k, block_size=8, key_mask=km)
     assert torch.all(s[..., :2] == 0)  # no score for padding keys
     assert torch.all(s[:, :, :2] == 0)  # padding query rows contribute nothing
+
+
+@pytest.mark.parametrize("kw", [{"units": "q"}, {"estimator": "poold"}])
+def test_unknown_scoring_mode_is_an_error(kw):
+    from adaptive_dllm.errors import AdllmError
+    from adaptive_dllm.sparsity.scoring import block_mass
+
+    q, k = torch.randn(1, 4, 16, 8), torch.randn(1, 2, 16, 8)
+    with pytest.raises(AdllmError, match="not valid"):
+        block_mass(q, k, block_size=8, **kw)

@@ -84,7 +84,6 @@ def _register_nll(sub: argparse._SubParsersAction) -> None:
 
 
 def run_nll(args: argparse.Namespace) -> int:
-    import torch
 
     from adaptive_dllm.evaluation.data import split_passages
     from adaptive_dllm.evaluation.likelihood import masked_nll
@@ -98,7 +97,7 @@ def run_nll(args: argparse.Namespace) -> int:
         raise AdllmError(f"--max-passages {args.max_passages} must be at least 1")
     if args.text is not None:
         _read_text(args.text)  # fail on a bad path before loading a large model
-    model, tok = load(args.model, device=torch.device(args.device) if args.device else None,
+    model, tok = load(args.model, device=args.device,
                       dtype=args.dtype)
     directory = Path(model.source)
     if tok is None:
@@ -284,7 +283,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
         from adaptive_dllm.importance.artifact import HeadImportance
 
         importance = HeadImportance.load(args.importance)
-    model, tok = load(args.model, device=torch.device(args.device) if args.device else None,
+    model, tok = load(args.model, device=args.device,
                       dtype=args.dtype)
     directory = Path(model.source)
     if tok is None:

@@ -125,11 +125,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    import torch
 
     from adaptive_dllm.models.checkpoints import load
 
-    return load(args.model, device=torch.device(args.device) if args.device else None, dtype=args.dtype)
+    return load(args.model, device=args.device, dtype=args.dtype)
 
 
 def out_stream(args: argparse.Namespace) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from adaptive_dllm.errors import CheckpointError
+from adaptive_dllm.errors import AdllmError, CheckpointError
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import FamilySpec, family_for_model_type, get_family
 from adaptive_dllm.models.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
@@ -32,6 +32,29 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device to load onto: ``device``, or CUDA when available, else CPU.
+
+    Raises:
+        AdllmError: an unknown device string, or CUDA asked for on a machine without it.
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AdllmError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AdllmError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AdllmError(f"device {device!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu" and dev.type != "mps":
+        raise AdllmError(f"device {device!r} is not supported; use cpu or cuda")
+    return dev
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
@@ -81,6 +104,7 @@ def _download_from_hub(repo_id: str) -> Path:
             f"{repo_id!r} is not a local directory and huggingface_hub is not installed; download "
             "the checkpoint and pass its local directory with --model"
         ) from None
+    log.warning("%r is not a local directory; fetching it from the Hugging Face hub", repo_id)
     try:
         return Path(snapshot_download(repo_id))
     except Exception as err:  # network, auth, missing repo: all end the same way for the user
@@ -175,7 +199,7 @@ def load_model(
     """Build the transformer from a checkpoint directory (weights only, no tokenizer)."""
     directory = _resolve_directory(path)
     config, family = read_config(directory)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     with torch.device("meta"):
         model = Transformer(config)
