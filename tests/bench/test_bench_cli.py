@@ -55,3 +55,12 @@ def test_full_size_needs_a_gpu(capsys):
     assert main(["bench"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "GPU" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--select", "5"), ("--skip", "1.5"), ("--select", "0")])
+def test_invalid_sparse_settings_fail_before_the_sweep(capsys, flag, value):
+    code = main(["bench", "--tiny", "--device", "cpu", "--lengths", "256", flag, value, "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""  # nothing ran
+    assert len(captured.err.strip().splitlines()) == 1

@@ -35,11 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-lengths", nargs="+", type=int, default=[4096, 16384, 65536],
                    help="prompt lengths for end-to-end generation")
     p.add_argument("--layers", type=int, default=4, help="layers of the random model (e2e)")
-    p.add_argument("--select", type=float, default=0.3)
-    p.add_argument("--skip", type=float, default=0.2)
+    p.add_argument("--select", type=float, default=0.3,
+                   help="mean fraction of key blocks kept, in (0, 1] (default 0.3)")
+    p.add_argument("--skip", type=float, default=0.2,
+                   help="fraction of steps run dense before the plan (default 0.2)")
     p.add_argument("--block-size", type=int, default=128, choices=(32, 64, 128))
-    p.add_argument("--steps", type=int, default=128)
-    p.add_argument("--gen-length", type=int, default=128)
+    p.add_argument("--steps", type=int, default=128, help="denoising steps (default 128)")
+    p.add_argument("--gen-length", type=int, default=128, help="generated tokens (default 128)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel (median)")
     p.add_argument("--modes", nargs="+", choices=("uniform", "adaptive"),
                    default=["uniform", "adaptive"])
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
             raise AdllmError(f"--{name.replace('_', '-')} must be at least 1")
     if any(n < 1 for n in args.lengths + args.e2e_lengths):
         raise AdllmError("lengths must be positive")
+    from adaptive_dllm.sparsity.config import SparseConfig
+
+    SparseConfig(select=args.select, skip=args.skip, block_size=args.block_size)  # validates
     settings = SweepSettings(
         families=tuple(args.family), lengths=tuple(args.lengths),
         e2e_lengths=tuple(args.e2e_lengths), n_layers=args.layers, select=args.select,
