@@ -223,3 +223,23 @@ def test_gpu_generation_flex(fixture_model, name):
     assert st["backend"] == "flex" and st["sparse_steps"] == 6
     assert st["realized_keep_ratio"] == st["allocator_keep_ratio"]
     assert st["time_sparse_s"] > 0 and st["time_plan_s"] > 0
+
+
+def test_allocation_notes_name_their_region():
+    from adaptive_dllm.models import ModelConfig, Transformer
+    from adaptive_dllm.sparsity.config import SparseConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(family="llada", vocab_size=40, hidden_size=16, n_layers=1, n_heads=2,
+                      n_kv_heads=1, intermediate_size=32, max_seq_len=256, mask_id=39)
+    model = Transformer(cfg).eval()
+    # 32 prompt + 32 generated tokens, blocks of 32: each region is one block, below the
+    # one-block floor at select 0.3, so both allocations carry a note.
+    session = SparseConfig(select=0.3, skip=0.0, block_size=32, backend="reference").new_session(
+        cfg, 2, gen_length=32)
+    ids = torch.randint(0, 39, (1, 64))
+    for step in range(2):
+        session.begin_step(step, 2)
+        model(ids, attn=session)
+    note = session.stats()["allocation_note"]
+    assert note.startswith("prompt keys: ") and "; generation keys: " in note
