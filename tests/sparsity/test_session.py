@@ -137,6 +137,10 @@ def test_left_padded_batch_runs(fixture_model):
     out = generate(model, None, rows, sparse=WithGen(cfg), steps=8, gen_length=G)
     assert out.ids.shape == (2, G)
     assert out.stats["sparse"]["sparse_steps"] == 6
+    # Rows of different lengths share one block grid and budget: said, not hidden.
+    assert "left padding [16, 0]" in out.stats["batch_note"]
+    equal = generate(model, None, [[5] * 40, [7] * 40], sparse=WithGen(cfg), steps=8, gen_length=G)
+    assert equal.stats["batch_note"] is None
 
 
 def test_auto_runs_dense_on_cpu_and_says_why(fixture_model):

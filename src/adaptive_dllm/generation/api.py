@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from adaptive_dllm.generation.llada import LladaOptions, sample_llada
 from adaptive_dllm.generation.schedule import StepSession
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import get_family
+
+logger = logging.getLogger(__name__)
 
 Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 
@@ -149,6 +152,7 @@ def generate(
     input_ids = input_ids.to(device)
     mask = None if mask is None else mask.to(device)
     session = None if sparse is None else _new_session(sparse, config, opts)
+    grid_note = None if session is None else _block_grid_note(mask)
 
     clock = _StepClock(device)
 
@@ -179,6 +183,7 @@ def generate(
         "step_s": step_s,
         "tokens_per_s": B * opts.gen_length / total_s if total_s > 0 else float("inf"),
         "sparse": None if session is None else session.stats(),
+        "batch_note": grid_note,
     }
     text = None
     if tokenizer is not None:
@@ -193,6 +198,27 @@ def _new_session(sparse: SparseSpec, config: ModelConfig,
     if "gen_length" in inspect.signature(sparse.new_session).parameters:
         extra["gen_length"] = opts.gen_length
     return sparse.new_session(config, opts.steps, **extra)
+
+
+def _block_grid_note(mask: torch.Tensor | None) -> str | None:
+    """Why a padded sparse batch may differ from one-by-one runs, or None when it cannot.
+
+    Sparse plans cut every row of the batch into the same key blocks from position 0, and the
+    budget counts the padded sequence's blocks. A left-padded row therefore groups its tokens and
+    sizes its budget differently than when run alone, so its kept blocks (and output) can differ.
+    Padded keys still get no attention, and dense attention is unaffected. Rows without padding
+    (a batch of equal-length prompts) are exact.
+    """
+    if mask is None:
+        return None
+    pads = (~mask.bool()).sum(1)  # (B,) read once, before the loop
+    if not bool(pads.any()):
+        return None
+    note = (f"sparse batch with left padding {pads.tolist()}: padded rows share the batch's block "
+            "grid and budget, so they may differ from one-by-one runs; batch prompts of equal "
+            "length for identical results")
+    logger.warning("%s", note)
+    return note
 
 
 def decode(tokenizer: Any, ids: torch.Tensor, *, eos_id: int | None, mask_id: int) -> list[str]:

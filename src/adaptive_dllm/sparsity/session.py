@@ -237,7 +237,7 @@ class SparseSession:
             slots = ap.n_units * (ap.n_blocks + (0 if ag is None else ag.n_blocks))
             allocator = total / slots
             labels = ("joint", None) if ag is None else ("prompt keys", "generation keys")
-            note = "; ".join(f"{label}: {a.note}" for label, a in zip(labels, (ap, ag))
+            note = "; ".join(f"{label}: {a.note}" for label, a in zip(labels, (ap, ag), strict=True)
                              if a is not None and a.note)
         times = self._clock.phases() if self._clock is not None else {}
         compiles = _compile_log_since(self._compile_log_start)
