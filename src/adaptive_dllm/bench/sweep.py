@@ -466,12 +466,11 @@ def _f(value: Any, digits: int = 2) -> str:
 
 def plot(records: list[dict[str, Any]], path: str) -> None:
     """PNG of speedup over the fastest dense SDPA vs sequence length (kernel and end-to-end)."""
-    import matplotlib
+    # Figure without pyplot: no process-wide backend switch in library code.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, kind, xkey, title in ((axes[0], "kernel", "seq_len", "attention kernel (one layer)"),
                                   (axes[1], "e2e", "prompt_len", "end-to-end generation")):
         rows = [r for r in records if r.get("kind") == kind and r.get("mode") not in ("dense",)
@@ -490,7 +489,6 @@ def plot(records: list[dict[str, Any]], path: str) -> None:
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
