@@ -500,11 +500,8 @@ def plot_fidelity(report: dict[str, Any], path: str | Path) -> Path:
     Raises:
         AdllmError: matplotlib missing or the file cannot be written.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure of its own: no pyplot state, no process-wide backend switch
+        from matplotlib.figure import Figure
     except ImportError:
         raise AdllmError("plotting needs matplotlib: pip install matplotlib") from None
     rows = report["rows"]
@@ -517,7 +514,8 @@ def plot_fidelity(report: dict[str, Any], path: str | Path) -> Path:
     if dense["token_agreement"] is not None:
         panels += [("token agreement with dense", lambda row: row["token_agreement"]),
                    ("KL(dense || sparse), nats", lambda row: row["kl_final"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     modes = [m for m in dict.fromkeys(r["mode"] for r in rows) if m != "dense"]
     colors = {m: f"C{i}" for i, m in enumerate(modes)}
     for ax, (title, get) in zip(axes[0], panels, strict=True):
@@ -545,6 +543,4 @@ def plot_fidelity(report: dict[str, Any], path: str | Path) -> Path:
         fig.savefig(out, dpi=120)
     except OSError as err:
         raise AdllmError(f"cannot write plot {str(out)!r} ({err})") from None
-    finally:
-        plt.close(fig)
     return out
