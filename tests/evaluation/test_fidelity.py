@@ -88,6 +88,13 @@ def test_realised_keep_ratio_matches_target_and_sparse_really_runs(report, mode,
     assert row.kl_commit > 0.0
 
 
+def test_region_joint_reaches_the_generation_session(model, passages):
+    rep = evaluate_fidelity(model, passages, small(selects=(0.5,), modes=("uniform",), passages=0,
+                                                   region="joint"))
+    assert rep.rows[1].sparse_stats["gen"]["region"] == "joint"
+    assert rep.rows[1].keep_gen == pytest.approx(0.5, abs=1e-12)
+
+
 def test_report_json_structure(report):
     record = json.loads(json.dumps(report.to_dict()))
     assert set(record) == {"settings", "backend", "backend_note", "importance", "passages",

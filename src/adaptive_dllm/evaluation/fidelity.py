@@ -302,7 +302,7 @@ def evaluate_fidelity(
         row = FidelityRow(mode=mode, select=select)
         cfg = None if mode == "dense" else SparseConfig(
             select=select, skip=s.skip, block_size=s.block_size, backend=backend,
-            importance=importance if mode == "adaptive" else None)
+            region=s.region, importance=importance if mode == "adaptive" else None)
         if s.passages:
             _set(bar, f"NLL {mode} {select:g}")
             _likelihood(model, eval_passages, cfg, s, row, rows[0] if rows else None, progress)
