@@ -232,3 +232,15 @@ def test_table_markdown_and_plot(report, tmp_path):
     assert md.splitlines()[1].startswith("|---|") and md.count("\n") == len(record["rows"]) + 1
     out = plot_fidelity(record, tmp_path / "f.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dream_family_select_one_equals_dense(passages):
+    torch.manual_seed(0)
+    config = ModelConfig(family="dream", vocab_size=V, hidden_size=32, n_layers=2, n_heads=4,
+                         n_kv_heads=2, intermediate_size=48, max_seq_len=64, mask_id=MASK)
+    rep = evaluate_fidelity(Transformer(config).eval(), passages,
+                            small(selects=(0.5, 1.0), modes=("uniform",), mask_ratios=(0.5,)))
+    dense, half, full = rep.rows
+    assert full.nll[0]["bits"] == dense.nll[0]["bits"]
+    assert (full.token_agreement, full.kl_final, full.kl_commit) == (1.0, 0.0, 0.0)
+    assert half.keep_gen == pytest.approx(0.5, abs=1e-12) and half.kl_commit > 0
