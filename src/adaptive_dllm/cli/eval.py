@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from adaptive_dllm.errors import AdllmError
 
@@ -85,9 +86,7 @@ def _register_nll(sub: argparse._SubParsersAction) -> None:
 
 def run_nll(args: argparse.Namespace) -> int:
 
-    from adaptive_dllm.evaluation.data import split_passages
     from adaptive_dllm.evaluation.likelihood import masked_nll
-    from adaptive_dllm.models.checkpoints import load
     from adaptive_dllm.models.tokenizer import ByteTokenizer
 
     ratios = _ratios(args.mask_ratios)
@@ -97,19 +96,8 @@ def run_nll(args: argparse.Namespace) -> int:
         raise AdllmError(f"--max-passages {args.max_passages} must be at least 1")
     if args.text is not None:
         _read_text(args.text)  # fail on a bad path before loading a large model
-    model, tok = load(args.model, device=args.device,
-                      dtype=args.dtype)
+    model, tok, passages, text_path, length = _model_and_passages(args)
     directory = Path(model.source)
-    if tok is None:
-        raise AdllmError(f"model {str(directory)!r} has no tokenizer; it cannot score a text file")
-    length = args.length if args.length is not None else min(1024, model.config.max_seq_len)
-    if not 1 <= length <= model.config.max_seq_len:
-        raise AdllmError(f"--length {length} must be in [1, {model.config.max_seq_len}] for this model")
-    text_path = args.text if args.text is not None else directory / "heldout.txt"
-    if args.text is None and not text_path.is_file():
-        raise AdllmError(f"model {str(directory)!r} ships no heldout.txt; pass --text FILE")
-    text = _read_text(text_path)
-    passages = split_passages(tok.encode(text, add_special_tokens=False), length)
     if args.max_passages is not None:
         passages = passages[: args.max_passages]
     results = masked_nll(model, passages, ratios, seed=args.seed, batch_size=args.batch_size,
@@ -130,6 +118,26 @@ def run_nll(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r.mask_ratio:>10g}  {r.bits_per_token:>10.4f}  {r.stderr:>7.4f}  {r.n_masked:>8}")
     return 0
+
+
+def _model_and_passages(args: argparse.Namespace) -> tuple[Any, Any, Any, Path, int]:
+    """Load the model and cut the evaluation text (default: the model's heldout.txt) into
+    (n, length) token passages; shared by ``nll`` and ``fidelity``."""
+    from adaptive_dllm.evaluation.data import split_passages
+    from adaptive_dllm.models.checkpoints import load
+
+    model, tok = load(args.model, device=args.device, dtype=args.dtype)
+    directory = Path(model.source)
+    if tok is None:
+        raise AdllmError(f"model {str(directory)!r} has no tokenizer; it cannot read a text file")
+    length = args.length if args.length is not None else min(1024, model.config.max_seq_len)
+    if not 1 <= length <= model.config.max_seq_len:
+        raise AdllmError(f"--length {length} must be in [1, {model.config.max_seq_len}] for this model")
+    text_path = args.text if args.text is not None else directory / "heldout.txt"
+    if args.text is None and not text_path.is_file():
+        raise AdllmError(f"model {str(directory)!r} ships no heldout.txt; pass --text FILE")
+    passages = split_passages(tok.encode(_read_text(text_path), add_special_tokens=False), length)
+    return model, tok, passages, Path(text_path), length
 
 
 def _read_text(path: Path) -> str:
@@ -243,7 +251,6 @@ def run_fidelity(args: argparse.Namespace) -> int:
 
     import torch
 
-    from adaptive_dllm.evaluation.data import split_passages
     from adaptive_dllm.evaluation.fidelity import (
         MODES,
         FidelitySettings,
@@ -251,7 +258,6 @@ def run_fidelity(args: argparse.Namespace) -> int:
         format_table,
         plot_fidelity,
     )
-    from adaptive_dllm.models.checkpoints import load
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -283,18 +289,8 @@ def run_fidelity(args: argparse.Namespace) -> int:
         from adaptive_dllm.importance.artifact import HeadImportance
 
         importance = HeadImportance.load(args.importance)
-    model, tok = load(args.model, device=args.device,
-                      dtype=args.dtype)
+    model, tok, passages, text_path, length = _model_and_passages(args)
     directory = Path(model.source)
-    if tok is None:
-        raise AdllmError(f"model {str(directory)!r} has no tokenizer; it cannot read a text file")
-    length = args.length if args.length is not None else min(1024, model.config.max_seq_len)
-    if not 1 <= length <= model.config.max_seq_len:
-        raise AdllmError(f"--length {length} must be in [1, {model.config.max_seq_len}] for this model")
-    text_path = args.text if args.text is not None else directory / "heldout.txt"
-    if args.text is None and not text_path.is_file():
-        raise AdllmError(f"model {str(directory)!r} ships no heldout.txt; pass --text FILE")
-    passages = split_passages(tok.encode(_read_text(text_path), add_special_tokens=False), length)
     report = evaluate_fidelity(model, passages, settings, importance=importance, tokenizer=tok,
                                progress=sys.stderr.isatty())
     param = next(model.parameters())

@@ -43,8 +43,9 @@ _RENAMED = {"max_new_tokens": "gen_length", "sampling_alg": "alg", "mask_id": No
 class SparseSpec(Protocol):
     """What ``generate(sparse=...)`` needs: a factory of per-generation sessions.
 
-    ``new_session`` may also take a keyword ``gen_length`` (the generated tokens at the end of
-    the sequence); :func:`generate` passes it when the method's signature has it.
+    ``new_session`` may also take keywords ``gen_length`` (the generated tokens at the end of
+    the sequence) and ``block_starts`` (first steps of LLaDA's later semi-autoregressive blocks);
+    :func:`generate` passes them when the method's signature has them.
     """
 
     def new_session(self, model_config: ModelConfig, total_steps: int) -> StepSession: ...
@@ -194,9 +195,13 @@ def generate(
 
 def _new_session(sparse: SparseSpec, config: ModelConfig,
                  opts: LladaOptions | DreamOptions) -> StepSession:
-    extra = {}
-    if "gen_length" in inspect.signature(sparse.new_session).parameters:
+    accepted = inspect.signature(sparse.new_session).parameters
+    extra: dict[str, Any] = {}
+    if "gen_length" in accepted:
         extra["gen_length"] = opts.gen_length
+    if "block_starts" in accepted and isinstance(opts, LladaOptions):
+        # The first step of every later semi-autoregressive block (the plan may be refreshed).
+        extra["block_starts"] = tuple(b * opts.steps_per_block for b in range(1, opts.num_blocks))
     return sparse.new_session(config, opts.steps, **extra)
 
 

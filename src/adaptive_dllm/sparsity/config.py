@@ -37,6 +37,7 @@ GqaUnit = Literal["kv", "query"]
 BackendName = Literal["auto", "flex", "reference"]
 Estimator = Literal["exact", "pooled"]
 Budget = Literal["global", "per_layer"]
+Refresh = Literal["block", "never"]
 
 #: Block sizes every backend supports (the flex kernel tiles must divide the block).
 BLOCK_SIZES: tuple[int, ...] = (32, 64, 128)
@@ -71,6 +72,10 @@ class SparseConfig:
         budget: ``"global"``: budget moves between layers; ``"per_layer"``: each layer keeps
             ``select`` of its blocks.
         weight_scale: Spread of the importance weights (``relative_weights(scale=...)``).
+        refresh: ``"block"``: the first step of every later LLaDA semi-autoregressive block runs
+            dense and rebuilds the plan, so blocks that were all masks when the plan was built
+            are planned from their text (one extra dense step per block); ``"never"``: the
+            upstream SparseD schedule, one plan for the rest of the generation.
     """
 
     select: float = 0.3
@@ -85,6 +90,7 @@ class SparseConfig:
     estimator: Estimator = "exact"
     budget: Budget = "global"
     weight_scale: float = 2 / 3
+    refresh: Refresh = "block"
 
     def __post_init__(self) -> None:
         _check_real("select", self.select, low=0.0, high=1.0, low_open=True)
@@ -92,7 +98,7 @@ class SparseConfig:
         _check_real("min_keep_ratio", self.min_keep_ratio, low=0.0, high=1.0)
         _check_real("weight_scale", self.weight_scale, low=0.0, high=1.0, high_open=True)
         for name, kind in (("region", Region), ("gqa", GqaUnit), ("backend", BackendName),
-                           ("estimator", Estimator), ("budget", Budget)):
+                           ("estimator", Estimator), ("budget", Budget), ("refresh", Refresh)):
             value = getattr(self, name)
             choices = get_args(kind)
             if value not in choices:
@@ -149,7 +155,8 @@ class SparseConfig:
         return self.importance.weights(config, scale=self.weight_scale, gqa=gqa)
 
     def new_session(self, model_config: ModelConfig, total_steps: int, *,
-                    gen_length: int | None = None) -> SparseSession:
+                    gen_length: int | None = None,
+                    block_starts: tuple[int, ...] = ()) -> SparseSession:
         """A fresh per-generation session (the model's attention hook).
 
         Args:
@@ -158,10 +165,14 @@ class SparseConfig:
             gen_length: Generated tokens at the end of the sequence (the generation region).
                 Needed for ``region="separate"``; without it the session budgets jointly and
                 says so in its stats.
+            block_starts: First steps of the sampler's later semi-autoregressive blocks (LLaDA);
+                with ``refresh="block"`` those in the sparse phase rebuild the plan.
         """
         from adaptive_dllm.sparsity.session import SparseSession
 
-        return SparseSession(self, model_config, total_steps, gen_length=gen_length)
+        refresh = tuple(block_starts) if self.refresh == "block" else ()
+        return SparseSession(self, model_config, total_steps, gen_length=gen_length,
+                             refresh_steps=refresh)
 
     def describe(self) -> dict[str, object]:
         """JSON-ready summary of the settings (importance as its provenance, not its tensor)."""
@@ -175,7 +186,8 @@ class SparseConfig:
                 "block_size": self.block_size, "min_keep_ratio": self.min_keep_ratio,
                 "region": self.region, "gqa": self.gqa, "backend": self.backend,
                 "likelihood": self.likelihood, "estimator": self.estimator,
-                "budget": self.budget, "weight_scale": self.weight_scale, "importance": imp}
+                "budget": self.budget, "weight_scale": self.weight_scale, "refresh": self.refresh,
+                "importance": imp}
 
 
 def _check_real(name: str, value: object, *, low: float, high: float, low_open: bool = False,

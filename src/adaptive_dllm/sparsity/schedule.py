@@ -17,6 +17,11 @@ step (upstream: two).
 
 The step index counts across LLaDA's semi-autoregressive blocks (the sequence length is constant
 during a generation), and Dream's single pass is the one-block case.
+
+**Refresh.** Upstream reuses the plan until the end, across LLaDA's blocks, although a block that
+was all mask tokens when the plan was built holds text later (upstream_reference.md §4 item 10).
+With ``refresh_steps`` (the first step of every later semi-autoregressive block), each such step
+in the sparse phase is again a "build" step: it runs dense and rebuilds the plan from its own q/k.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ class Schedule:
     Attributes:
         total_steps: T, denoising steps of the generation.
         skip: Fraction of dense steps requested.
+        refresh_steps: Steps of the sparse phase that run dense and rebuild the plan.
     """
 
     total_steps: int
     skip: float
+    refresh_steps: tuple[int, ...] = ()
 
     @property
     def dense_steps(self) -> int:
@@ -68,4 +75,4 @@ class Schedule:
             return "dense"
         if step == self.dense_steps - 1:
             return "build" if self.sparse_steps > 0 else "dense"
-        return "sparse"
+        return "build" if step in self.refresh_steps else "sparse"

@@ -59,10 +59,12 @@ class SparseSession:
     """
 
     def __init__(self, config: SparseConfig, model_config: ModelConfig, total_steps: int, *,
-                 gen_length: int | None = None, cost_model: CostModel | None = None) -> None:
+                 gen_length: int | None = None, cost_model: CostModel | None = None,
+                 refresh_steps: tuple[int, ...] = ()) -> None:
         self.config = config
         self.model_config = model_config
-        self.schedule = Schedule(total_steps, config.skip)
+        self.refresh_steps = tuple(refresh_steps)
+        self.schedule = Schedule(total_steps, config.skip, self.refresh_steps)
         if gen_length is not None and (isinstance(gen_length, bool) or not isinstance(
                 gen_length, int) or gen_length < 0):
             raise AdllmError(f"gen_length={gen_length!r} must be a non-negative integer")
@@ -93,7 +95,7 @@ class SparseSession:
     def begin_step(self, step: int, total: int) -> None:
         """Called before the model call of every denoising step (0-based ``step``)."""
         if total != self.schedule.total_steps:
-            self.schedule = Schedule(total, self.config.skip)
+            self.schedule = Schedule(total, self.config.skip, self.refresh_steps)
         self._kind = self.schedule.kind(step)
         self._step_kinds.append(self._kind)
         if self._clock is not None:
@@ -251,6 +253,8 @@ class SparseSession:
             "dense_steps": dense_steps,
             "sparse_steps": sparse_steps,
             "switch_step": None if dense_run else self.schedule.dense_steps,
+            "refresh_steps": 0 if dense_run else sum(
+                s >= self.schedule.dense_steps for s in self.schedule.refresh_steps),
             "forwards": self._forwards,
             "plan_builds": self.plan_builds,
             "target_keep_ratio": cfg.select,
