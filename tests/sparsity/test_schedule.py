@@ -33,3 +33,11 @@ def test_kinds():
 def test_bad_steps():
     with pytest.raises(AdllmError):
         dense_step_count(0, 0.2)
+
+
+def test_refresh_steps_rebuild_only_in_the_sparse_phase():
+    s = Schedule(16, 0.25, refresh_steps=(2, 8, 12))
+    kinds = [s.kind(i) for i in range(16)]
+    assert kinds[:4] == ["dense", "dense", "dense", "build"]  # step 2 is still dense
+    assert kinds[8] == kinds[12] == "build"
+    assert kinds.count("sparse") == 16 - 4 - 2

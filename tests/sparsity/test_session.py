@@ -247,3 +247,15 @@ def test_allocation_notes_name_their_region():
         model(ids, attn=session)
     note = session.stats()["allocation_note"]
     assert note.startswith("prompt keys: ") and "; generation keys: " in note
+
+
+@pytest.mark.parametrize("refresh, builds", [("block", 2), ("never", 1)])
+def test_plan_refreshes_at_llada_block_boundaries(fixture_model, refresh, builds):
+    model = fixture_model("llada_tiny")
+    cfg = SparseConfig(select=0.5, skip=0.25, block_size=8, backend="reference", refresh=refresh)
+    # 8 steps over 2 blocks of 16: dense steps 0-1 (plan built at 1), block 2 starts at step 4.
+    out = generate(model, None, _ids(), sparse=cfg, steps=8, gen_length=32, block_length=16)
+    st = out.stats["sparse"]
+    assert st["plan_builds"] == builds * model.config.n_layers
+    assert st["refresh_steps"] == builds - 1
+    assert st["dense_steps"] == 2 + (builds - 1) and st["sparse_steps"] == 8 - st["dense_steps"]

@@ -19,7 +19,7 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity.config import BLOCK_SIZES, SparseConfig
 
 _SPARSE_ONLY = ("select", "skip", "block_size", "importance", "min_keep_ratio", "region",
-                "gqa_unit", "sparse_backend", "estimator")
+                "gqa_unit", "sparse_backend", "estimator", "refresh")
 
 
 def add_sparse_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +48,8 @@ def add_sparse_arguments(parser: argparse.ArgumentParser) -> None:
                    help="one budget per KV head (default) or per query head")
     g.add_argument("--sparse-backend", choices=("auto", "flex", "reference"), default=None,
                    help="auto (default): flex on a GPU where it pays off, dense otherwise")
+    g.add_argument("--refresh", choices=("block", "never"), default=None,
+                   help="rebuild the plan at every later LLaDA block (default) or never (upstream)")
     g.add_argument("--estimator", choices=("exact", "pooled"), default=None,
                    help="block scores: exact attention mass (default) or pooled q/k estimate")
 
@@ -80,7 +82,7 @@ def sparse_config_from_args(args: argparse.Namespace) -> SparseConfig | None:
     for flag, field in (("select", "select"), ("skip", "skip"), ("block_size", "block_size"),
                         ("min_keep_ratio", "min_keep_ratio"), ("region", "region"),
                         ("gqa_unit", "gqa"), ("sparse_backend", "backend"),
-                        ("estimator", "estimator")):
+                        ("estimator", "estimator"), ("refresh", "refresh")):
         if flag in given:
             options[field] = given[flag]
     return SparseConfig(importance=importance, **options)
