@@ -415,7 +415,7 @@ def _keep(stats: dict[str, Any] | None) -> float:
     return float(stats["realized_keep_ratio"])
 
 
-_SUMMARY_KEYS = ("backend", "backend_reason", "dense_steps", "sparse_steps", "plan_builds",
+_SUMMARY_KEYS = ("backend", "backend_reason", "dense_steps", "sparse_steps", "refresh_steps", "plan_builds",
                  "target_keep_ratio", "allocator_keep_ratio", "realized_keep_ratio",
                  "realized_keep_ratio_prompt", "realized_keep_ratio_gen", "allocation_note",
                  "region", "region_note", "seq_len")
