@@ -82,9 +82,9 @@ def test_realised_keep_ratio_matches_target_and_sparse_really_runs(report, mode,
     assert row.keep_gen == pytest.approx(select, abs=1e-12)
     gen = row.sparse_stats["gen"]
     assert gen["backend"] == "reference" and gen["region"] == "separate"
-    # ceil(0.2 * 8) = 2 dense steps, plus one refresh at the start of the second LLaDA block.
-    assert gen["refresh_steps"] == 1
-    assert gen["dense_steps"] == 3 and gen["sparse_steps"] == 5
+    # ceil(0.2 * 8) = 2 dense steps; one plan for the rest (refresh="never", the default).
+    assert gen["refresh_steps"] == 0
+    assert gen["dense_steps"] == 2 and gen["sparse_steps"] == 6
     assert row.sparse_stats["nll"]["region"] == "joint"
     assert any(e["delta"] != 0.0 for e in row.nll)  # sparsity changes the numbers
     assert row.kl_commit > 0.0

@@ -49,7 +49,7 @@ def add_sparse_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sparse-backend", choices=("auto", "flex", "reference"), default=None,
                    help="auto (default): flex on a GPU where it pays off, dense otherwise")
     g.add_argument("--refresh", choices=("block", "never"), default=None,
-                   help="rebuild the plan at every later LLaDA block (default) or never (upstream)")
+                   help="rebuild the plan at every later LLaDA block, or never (default, SparseD)")
     g.add_argument("--estimator", choices=("exact", "pooled"), default=None,
                    help="block scores: exact attention mass (default) or pooled q/k estimate")
 
