@@ -3,7 +3,7 @@
     import adaptive_dllm as ad
     model, tok = ad.load()                      # the bundled Shakespeare model (or a checkpoint dir)
     out = ad.generate(model, tok, "ROMEO:", steps=64, gen_length=128)
-    print(out.text, out.stats)
+    out.text, out.stats
 
 Names are resolved lazily so that ``import adaptive_dllm`` stays cheap and has no side effects.
 """

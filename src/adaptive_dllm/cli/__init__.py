@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"adaptive_dllm.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"adaptive_dllm.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"adaptive_dllm.cli.{name}").register(sub)
     return parser
 
 
