@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a model (held-out likelihood, sparse-attention fidelity)",
         description="Evaluate a model. Run `adllm eval SUBCOMMAND --help` for details.",
+        epilog="examples:\n"
+               "  adllm eval nll                     # reproduces the bundled model card\n"
+               "  adllm eval fidelity --select 0.1,0.2,0.3,0.5 --modes dense,uniform,adaptive "
+               "--block-size 32 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
     _register_nll(sub)

@@ -72,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "importance",
         help="estimate, show, compare and import head-importance files",
         description="Head importance. Run `adllm importance SUBCOMMAND --help` for details.",
+        epilog="examples:\n"
+               "  adllm importance estimate --method entropy --data texts/ --block-size 32 "
+               "--out heads.safetensors\n"
+               "  adllm importance show heads.safetensors --plot heads.png\n"
+               "  adllm importance compare a.safetensors b.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="importance_command", metavar="SUBCOMMAND")
     _register_estimate(sub)
