@@ -76,8 +76,8 @@ def test_bundled_model_defaults_to_its_heldout_text(capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--mask-ratios", "0"], "each ratio must be in (0, 1]"),
-    (["--mask-ratios", "1.5"], "each ratio must be in (0, 1]"),
+    (["--mask-ratios", "0"], "each value must be in (0, 1]"),
+    (["--mask-ratios", "1.5"], "each value must be in (0, 1]"),
     (["--mask-ratios", "a,b"], "not a comma-separated list"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--max-passages", "0"], "--max-passages 0"),

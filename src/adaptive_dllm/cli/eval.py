@@ -55,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
     return func(args)
 
 
-def _ratios(text: str) -> list[float]:
+def _float_list(flag: str, text: str, *, what: str = "in (0, 1]") -> list[float]:
     try:
-        ratios = [float(part) for part in text.split(",") if part.strip()]
+        values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise AdllmError(f"--mask-ratios {text!r} is not a comma-separated list of numbers") from None
-    if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
-        raise AdllmError(f"--mask-ratios {text!r}: each ratio must be in (0, 1]")
-    return ratios
+        raise AdllmError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise AdllmError(f"{flag} {text!r}: each value must be {what}")
+    return values
 
 
 def _register_nll(sub: argparse._SubParsersAction) -> None:
@@ -94,7 +94,7 @@ def run_nll(args: argparse.Namespace) -> int:
     from adaptive_dllm.evaluation.likelihood import masked_nll
     from adaptive_dllm.models.tokenizer import ByteTokenizer
 
-    ratios = _ratios(args.mask_ratios)
+    ratios = _float_list("--mask-ratios", args.mask_ratios)
     if args.batch_size < 1:
         raise AdllmError(f"--batch-size {args.batch_size} must be at least 1")
     if args.max_passages is not None and args.max_passages < 1:
@@ -178,14 +178,6 @@ examples:
 """
 
 
-def _float_list(flag: str, text: str, *, what: str = "in (0, 1]") -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise AdllmError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
-    if not values or any(not 0.0 < v <= 1.0 for v in values):
-        raise AdllmError(f"{flag} {text!r}: each value must be {what}")
-    return values
 
 
 def _register_fidelity(sub: argparse._SubParsersAction) -> None:
