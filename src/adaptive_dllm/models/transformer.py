@@ -12,6 +12,12 @@ computes what the same row computes alone.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
+import logging
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +26,40 @@ from torch.utils.checkpoint import checkpoint
 from adaptive_dllm.attention.api import AttentionHook, attend
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+_fused_enabled = True
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool) -> Iterator[None]:
+    """Switch the Triton RMSNorm/RoPE kernels (:mod:`adaptive_dllm.models.fused`) on or off.
+
+    They are on by default and only ever run for CUDA tensors outside autograd; off, CUDA runs
+    the eager float32 code too (the reference, for tests and benchmarks).
+    """
+    global _fused_enabled
+    previous, _fused_enabled = _fused_enabled, enabled
+    try:
+        yield
+    finally:
+        _fused_enabled = previous
+
+
+def _use_fused(*tensors: torch.Tensor) -> bool:
+    if not (_fused_enabled and tensors[0].is_cuda):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False  # the kernels have no backward: training and gradient estimators run eager
+    return _have_triton()
+
+
+@functools.cache
+def _have_triton() -> bool:
+    found = importlib.util.find_spec("triton") is not None
+    if not found:
+        logger.info("triton is not installed: RMSNorm and RoPE run the eager float32 code on CUDA")
+    return found
 
 
 class RMSNorm(nn.Module):
@@ -31,6 +71,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_fused(x, self.weight):
+            from adaptive_dllm.models import fused
+
+            return fused.rms_norm(x, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -82,10 +126,15 @@ class Attention(nn.Module):
         gate: torch.Tensor | None,
     ) -> torch.Tensor:
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,L,D)
-        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,L,D)
+        if _use_fused(q, k):
+            from adaptive_dllm.models import fused
+
+            q, k = fused.rotary(q, *rope), fused.rotary(k, *rope)  # (B,H,L,D), (B,Hkv,L,D)
+        else:
+            q, k = apply_rotary(q.transpose(1, 2), *rope), apply_rotary(k.transpose(1, 2), *rope)
         if hook is None:
             out = attend(q, k, v, key_mask=key_mask)
         else:

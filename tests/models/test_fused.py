@@ -1,0 +1,118 @@
+"""Triton RMSNorm / RoPE kernels against the eager float32 code, and when the model uses them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaptive_dllm.models.config import ModelConfig
+from adaptive_dllm.models.transformer import (
+    RMSNorm,
+    Transformer,
+    _use_fused,
+    apply_rotary,
+    fused_kernels,
+    rotary_tables,
+)
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _mostly_identical(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Same dtype and shape, within one bf16 rounding, and bit-identical almost everywhere (the
+    same float32 arithmetic; only a reduction order may differ)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=1e-5)
+    assert (got == want).float().mean() > 0.99
+
+
+def test_cpu_and_autograd_use_the_eager_code():
+    x = torch.randn(2, 3)
+    assert not _use_fused(x)
+    with fused_kernels(False):
+        assert not _use_fused(x)
+
+
+@pytest.mark.parametrize("d", [4096, 3584, 256])
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.bfloat16, torch.bfloat16),
+                                             (torch.float32, torch.float32),
+                                             (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("sliced", [False, True])
+@pytest.mark.gpu
+@needs_gpu
+def test_rms_norm_matches_eager(d, x_dtype, w_dtype, sliced):
+    from adaptive_dllm.models import fused
+
+    g = torch.Generator(device="cuda").manual_seed(d)
+    x = torch.randn(2, 50, d, device="cuda", generator=g).mul(3).to(x_dtype)
+    if sliced:
+        x = x[:, 7:]  # the final norm runs on x[:, logits_from:]
+    norm = RMSNorm(d, 1e-5).to("cuda", w_dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3, generator=g)
+        with fused_kernels(False):
+            want = norm(x)
+        got = fused.rms_norm(x, norm.weight, 1e-5)
+    _mostly_identical(got, want)
+
+
+@pytest.mark.parametrize("B,L,h,D", [(2, 300, 4, 128), (1, 77, 8, 32), (3, 40, 2, 96), (1, 1, 1, 2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("per_row_positions", [False, True])
+@pytest.mark.gpu
+@needs_gpu
+def test_rotary_matches_eager(B, L, h, D, dtype, per_row_positions):
+    from adaptive_dllm.models import fused
+
+    g = torch.Generator(device="cuda").manual_seed(L * D)
+    # as the model lays it out: a (B, L, h * D) projection viewed as (B, L, h, D)
+    x = torch.randn(B, L, h * D, device="cuda", generator=g).to(dtype).view(B, L, h, D)
+    positions = torch.arange(L, device="cuda").expand(B if per_row_positions else 1, L)
+    if per_row_positions:  # left padding: rows start at different positions
+        positions = (positions - torch.arange(B, device="cuda")[:, None] * 5).clamp_min(0)
+    cos, sin = rotary_tables(positions, D, 500000.0)
+    got = fused.rotary(x, cos, sin)
+    want = apply_rotary(x.transpose(1, 2), cos, sin)
+    assert got.is_contiguous()
+    _mostly_identical(got, want)
+
+
+def _tiny_model(family: str) -> Transformer:
+    kv = 2 if family == "dream" else 4
+    config = ModelConfig(family=family, vocab_size=96, hidden_size=128, n_heads=4, n_kv_heads=kv,
+                         intermediate_size=256, n_layers=2, max_seq_len=512, mask_id=95, eos_id=94,
+                         pad_id=94, qkv_bias=family == "dream")
+    torch.manual_seed(0)
+    return Transformer(config).to("cuda", torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.gpu
+@needs_gpu
+def test_model_takes_the_fused_path_and_matches_eager(family, monkeypatch):
+    from adaptive_dllm.models import fused
+
+    calls = {"rotary": 0, "rms_norm": 0}
+    for name in calls:
+        original = getattr(fused, name)
+
+        def counted(*args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(fused, name, counted)
+    model = _tiny_model(family)
+    ids = torch.randint(0, 94, (2, 200), device="cuda")
+    mask = torch.ones(2, 200, dtype=torch.bool, device="cuda")
+    mask[1, :30] = False
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask)
+        assert calls == {"rotary": 2 * 2, "rms_norm": 2 * 2 + 1}
+        with fused_kernels(False):
+            want = model(ids, attention_mask=mask)
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.02, atol=0.02)
+    # with gradients (training, HeadIG) the eager code runs
+    calls.update(rotary=0, rms_norm=0)
+    model.requires_grad_(True)
+    model(ids).float().sum().backward()
+    assert calls == {"rotary": 0, "rms_norm": 0}
