@@ -180,3 +180,18 @@ def test_gpu_new_lengths_do_not_recompile():
         q, k, v = _inputs(1, 4, 2, L, 64, device="cuda", dtype=torch.bfloat16, seed=L)
         attend(q, k, v, plan=_plan(q, k, 128), backend="flex")
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_more_kernel_signatures_than_dynamos_default_limit():
+    """A process that meets more than 8 kernel signatures (head dims, GQA, block sizes) must not
+    hit dynamo's recompile limit (an error under fullgraph): it did before the limit was scoped."""
+    for D in (16, 32, 64):
+        for Hkv in (4, 2):
+            for bs in (32, 64):
+                q, k, v = _inputs(1, 4, Hkv, 256, D, device="cuda", dtype=torch.bfloat16, seed=D)
+                plan = _plan(q, k, bs)
+                out = attend(q, k, v, plan=plan, backend="flex")
+                ref = reference_attention(q.float(), k.float(), v.float(), plan=plan)
+                assert _max_err(out, ref) < 0.05

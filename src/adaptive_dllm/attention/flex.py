@@ -190,7 +190,10 @@ def _run_compiled(q, k, v, mask, gqa, options):  # noqa: ANN001, ANN202 - intern
         with _lock:
             if _compiled is None:
                 _compiled = torch.compile(flex_attention, dynamic=True, fullgraph=True)
-    with fx_config.patch(use_duck_shape=False):
+    # One compiled graph per kernel signature (dtype, head dim, GQA, block size, options): a
+    # process that serves several models needs more than dynamo's default of 8, and fullgraph
+    # turns hitting that limit into an error. Scoped to this call, not set globally.
+    with fx_config.patch(use_duck_shape=False), torch._dynamo.config.patch(recompile_limit=64):
         return _compiled(q, k, v, block_mask=mask, enable_gqa=gqa, kernel_options=dict(options))
 
 
