@@ -81,6 +81,19 @@ def test_rotary_matches_eager(B, L, h, D, dtype, per_row_positions):
     _mostly_identical(got, want)
 
 
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(2, 77, 512), (1, 3, 18944), (5,)])
+def test_silu_mul_matches_eager(dtype, shape):
+    from adaptive_dllm.models import fused
+
+    g = torch.Generator(device="cuda").manual_seed(len(shape))
+    gate = (torch.randn(*shape, device="cuda", generator=g) * 4).to(dtype)
+    up = torch.randn(*shape, device="cuda", generator=g).to(dtype)
+    _mostly_identical(fused.silu_mul(gate, up), torch.nn.functional.silu(gate) * up)
+
+
 def _tiny_model(family: str) -> Transformer:
     kv = 2 if family == "dream" else 4
     config = ModelConfig(family=family, vocab_size=96, hidden_size=128, n_heads=4, n_kv_heads=kv,
@@ -96,7 +109,7 @@ def _tiny_model(family: str) -> Transformer:
 def test_model_takes_the_fused_path_and_matches_eager(family, monkeypatch):
     from adaptive_dllm.models import fused
 
-    calls = {"rotary": 0, "rms_norm": 0}
+    calls = {"rotary": 0, "rms_norm": 0, "silu_mul": 0}
     for name in calls:
         original = getattr(fused, name)
 
@@ -111,12 +124,12 @@ def test_model_takes_the_fused_path_and_matches_eager(family, monkeypatch):
     mask[1, :30] = False
     with torch.no_grad():
         got = model(ids, attention_mask=mask)
-        assert calls == {"rotary": 2 * 2, "rms_norm": 2 * 2 + 1}
+        assert calls == {"rotary": 2 * 2, "rms_norm": 2 * 2 + 1, "silu_mul": 2}
         with fused_kernels(False):
             want = model(ids, attention_mask=mask)
     torch.testing.assert_close(got.float(), want.float(), rtol=0.02, atol=0.02)
     # with gradients (training, HeadIG) the eager code runs
-    calls.update(rotary=0, rms_norm=0)
+    calls.update(rotary=0, rms_norm=0, silu_mul=0)
     model.requires_grad_(True)
     model(ids).float().sum().backward()
-    assert calls == {"rotary": 0, "rms_norm": 0}
+    assert calls == {"rotary": 0, "rms_norm": 0, "silu_mul": 0}

@@ -189,7 +189,11 @@ def _run_compiled(q, k, v, mask, gqa, options):  # noqa: ANN001, ANN202 - intern
 
         with _lock:
             if _compiled is None:
-                _compiled = torch.compile(flex_attention, dynamic=True, fullgraph=True)
+                # No FX graph cache: with torch 2.11 it served a graph compiled for one block
+                # size to a later call with another (MHA; silently wrong outputs, seen on an
+                # H100 and reproduced in a fresh process). Compiling costs a few seconds once.
+                _compiled = torch.compile(flex_attention, dynamic=True, fullgraph=True,
+                                          options={"fx_graph_cache": False})
     # One compiled graph per kernel signature (dtype, head dim, GQA, block size, options): a
     # process that serves several models needs more than dynamo's default of 8, and fullgraph
     # turns hitting that limit into an error. Scoped to this call, not set globally.

@@ -9,7 +9,8 @@ five to eight separate kernels each, every one a full pass over a float32 copy o
 here reads its input once and writes its output once, with the same float32 arithmetic and the
 same roundings as the eager code, which stays the reference (CPU, training, autograd).
 
-Nothing here is imported unless a CUDA tensor reaches :func:`rms_norm` / :func:`rotary`.
+Nothing here is imported unless a CUDA tensor reaches :func:`rms_norm`, :func:`rotary` or
+:func:`silu_mul`.
 """
 
 from __future__ import annotations
@@ -113,4 +114,29 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
             x, cos, sin, out, x.stride(0), x.stride(1), x.stride(2), stride_cb, cos.stride(2),
             L, H, HALF=D // 2, HALF_P2=triton.next_power_of_2(D // 2), BLOCK_L=block_l, num_warps=4,
         )
+    return out
+
+
+@triton.jit
+def _silu_mul_kernel(G, U, Y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)
+    # As eager: silu in float32 rounded to the input dtype, then the product rounded again.
+    a = (g / (1.0 + tl.exp(-g))).to(Y.dtype.element_ty).to(tl.float32)
+    tl.store(Y + offs, (a * u).to(Y.dtype.element_ty), mask=ok)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's ``silu(gate) * up`` (Shazeer 2020) in one pass; both (..., F), same dtype."""
+    if gate.shape != up.shape or gate.dtype != up.dtype:
+        raise ValueError(f"silu_mul needs equal shapes and dtypes, got {tuple(gate.shape)} "
+                         f"{gate.dtype} and {tuple(up.shape)} {up.dtype}")
+    gate, up = gate.contiguous(), up.contiguous()
+    out = torch.empty_like(gate)
+    n = gate.numel()
+    if n:
+        block = 2048
+        _silu_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=8)
     return out

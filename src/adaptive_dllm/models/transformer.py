@@ -33,7 +33,7 @@ _fused_enabled = True
 
 @contextlib.contextmanager
 def fused_kernels(enabled: bool) -> Iterator[None]:
-    """Switch the Triton RMSNorm/RoPE kernels (:mod:`adaptive_dllm.models.fused`) on or off.
+    """Switch the Triton RMSNorm/RoPE/SwiGLU kernels (:mod:`adaptive_dllm.models.fused`) on or off.
 
     They are on by default and only ever run for CUDA tensors outside autograd; off, CUDA runs
     the eager float32 code too (the reference, for tests and benchmarks).
@@ -58,7 +58,7 @@ def _use_fused(*tensors: torch.Tensor) -> bool:
 def _have_triton() -> bool:
     found = importlib.util.find_spec("triton") is not None
     if not found:
-        logger.info("triton is not installed: RMSNorm and RoPE run the eager float32 code on CUDA")
+        logger.info("triton is not installed: RMSNorm, RoPE and SwiGLU run the eager code on CUDA")
     return found
 
 
@@ -155,7 +155,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, L, F)
+        if _use_fused(gate, up):
+            from adaptive_dllm.models import fused
+
+            return self.down_proj(fused.silu_mul(gate, up))
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
