@@ -42,11 +42,8 @@ from adaptive_dllm.errors import AdllmError
 
 #: Per block size: Triton tile options (BLOCK_M / BLOCK_N must divide the block size).
 KERNEL_OPTIONS: dict[int, dict[str, Any]] = {
-    # Tuned on an H100 (benchmarks/README.md): 47 ms vs 61 ms for inductor's default tile at 64k;
-    # PRESCALE_QK (q scaled once, before the tile loop) 46 ms. Within the bf16 tolerance rule
-    # (tests/attention/test_flex.py), like every option here.
-    128: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True,
-          "PRESCALE_QK": True},
+    # Tuned on an H100 (benchmarks/README.md): 47 ms vs 61 ms for inductor's default tile at 64k.
+    128: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True},
     64: {"BLOCK_M": 64, "BLOCK_N": 64},
     32: {"BLOCK_M": 32, "BLOCK_N": 32},
 }
