@@ -128,3 +128,16 @@ def test_json_is_serialisable_with_session_tensors(fixtures_dir, monkeypatch, ca
     code, out, _ = _run(capsys, ["generate", LLADA_PROMPT, "--ids", "--model",
                                  str(fixtures_dir / "llada_tiny"), *LLADA_ARGS, "--json"])
     assert code == 0 and json.loads(out)["stats"]["sparse"]["keep_ratio"] == 0.5
+
+
+def test_default_generation_from_romeo_reads_like_a_play(capsys):
+    """Issue #3: `adllm generate "ROMEO:"` with default settings prints play text: a speaker line
+    in the corpus layout (`NAME:` alone on a line) and lines of words, not byte noise."""
+    import re
+
+    code, out, _ = _run(capsys, ["generate", "ROMEO:", "--device", "cpu"])
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert any(re.fullmatch(r"[A-Z][A-Z' ]+:", line) for line in lines), out
+    verse = [line for line in lines if re.fullmatch(r"[A-Za-z][A-Za-z ,;:.'!?-]+", line)]
+    assert len(verse) >= 2 and sum(len(line) for line in verse) > 60, out
