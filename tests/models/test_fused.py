@@ -30,7 +30,7 @@ def _mostly_identical(got: torch.Tensor, want: torch.Tensor) -> None:
         assert (got == want).float().mean() > 0.99
 
 
-def test_cpu_and_autograd_use_the_eager_code():
+def test_cpu_tensors_use_the_eager_code():
     x = torch.randn(2, 3)
     assert not _use_fused(x)
     with fused_kernels(False):
