@@ -1,4 +1,4 @@
-"""Triton RMSNorm / RoPE kernels against the eager float32 code, and when the model uses them."""
+"""Triton RMSNorm / RoPE / SwiGLU kernels against the eager code, and when the model uses them."""
 
 from __future__ import annotations
 

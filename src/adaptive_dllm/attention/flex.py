@@ -191,7 +191,8 @@ def _run_compiled(q, k, v, mask, gqa, options):  # noqa: ANN001, ANN202 - intern
             if _compiled is None:
                 # No FX graph cache: with torch 2.11 it served a graph compiled for one block
                 # size to a later call with another (MHA; silently wrong outputs, seen on an
-                # H100 and reproduced in a fresh process). Compiling costs a few seconds once.
+                # H100 and reproduced in a fresh process). Without it every process compiles
+                # each kernel signature once (2-8 s at first use, reported in COMPILE_LOG).
                 _compiled = torch.compile(flex_attention, dynamic=True, fullgraph=True,
                                           options={"fx_graph_cache": False})
     # One compiled graph per kernel signature (dtype, head dim, GQA, block size, options): a

@@ -71,6 +71,11 @@ def normalize_work(text: bytes) -> bytes:
     spaces longer than :data:`MAX_INDENT` (shared verse lines indented 20-30 spaces) are cut to
     :data:`MAX_INDENT`, so that the model never learns that long runs of spaces are likely.
     Everything else is unchanged; line ends are LF.
+
+    Known gap, kept because the bundled model was trained with exactly this rule: a speaker line
+    with trailing spaces (``KING. ``) is not matched. The corpus has 1,014 of them, 968 in *Love's
+    Labour's Lost*, none in the shipped held-out text. Matching them changes the training text
+    and belongs with the next retrain.
     """
     lines = text.replace(b"\r\n", b"\n").split(b"\n")
     out = []

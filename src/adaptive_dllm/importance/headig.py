@@ -61,6 +61,7 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
 from adaptive_dllm.models.families import get_family
+from adaptive_dllm.models.transformer import fused_kernels
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,9 @@ class MaskedObjective:
     def value(self, gates: Tensor) -> float:
         """J at ``gates`` (Ly, H), without gradients."""
         gates = gates.float().to(self.device)
-        with torch.no_grad():
+        # Eager element-wise code as in value_and_grad (which needs autograd), so that the
+        # completeness check compares one computation, not two roundings of it.
+        with torch.no_grad(), fused_kernels(False):
             total = sum(self._losses(*batch, gates).sum() for batch in self.batches)
         return float(-total / self.n)
 

@@ -1,6 +1,7 @@
 """Triton kernels for the transformer's memory-bound element-wise steps (CUDA inference only).
 
-Shape legend: B batch, L length, h heads (query or key), D head dim, d hidden size.
+Shape legend: B batch, L length, H heads (query or key/value), D head dim, d hidden size,
+F MLP hidden size.
 
 The eager RMSNorm and RoPE of :mod:`adaptive_dllm.models.transformer` compute in float32 through
 five to eight separate kernels each, every one a full pass over a float32 copy of the input. At
@@ -34,7 +35,8 @@ def _rms_norm_kernel(X, W, Y, stride_x, stride_y, N, eps, BLOCK: tl.constexpr):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``weight * (x / sqrt(mean(x^2) + eps)).to(x.dtype)``, statistics in float32.
+    """``weight * (x / sqrt(mean(x^2) + eps)).to(x.dtype)``, statistics in float32 (RMSNorm,
+    Zhang & Sennrich 2019, Eq. 4).
 
     Args:
         x: (..., d) on CUDA.
@@ -93,16 +95,19 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """RoPE of projections laid out as they leave the linear layer, transposed on the way out.
 
     Args:
-        x: (B, L, h, D) on CUDA, last dim contiguous (``proj(x).view(B, L, h, D)``).
+        x: (B, L, H, D) on CUDA, last dim contiguous (``proj(x).view(B, L, H, D)``).
         cos, sin: (B, 1, L, D) or (1, 1, L, D) float32 tables (:func:`rotary_tables`).
 
     Returns:
-        (B, h, L, D) contiguous in x's dtype: ``x * cos + rotate_half(x) * sin`` computed in
+        (B, H, L, D) contiguous in x's dtype: ``x * cos + rotate_half(x) * sin`` computed in
         float32 (Su et al. 2021, Eq. 34), equal to the eager ``apply_rotary(x.transpose(1, 2))``.
     """
     B, L, H, D = x.shape
     if D % 2 or x.stride(-1) != 1:
         raise ValueError(f"rotary needs an even head dim and a contiguous last dim, got {tuple(x.shape)}")
+    if cos.shape != sin.shape or cos.dim() != 4 or cos.shape[0] not in (1, B) or cos.shape[1:] != (1, L, D):
+        raise ValueError(f"rotary tables of shape {tuple(cos.shape)} / {tuple(sin.shape)} do not fit x "
+                         f"{tuple(x.shape)}; expected ({B} or 1, 1, {L}, {D}) each")
     cos = cos.float().contiguous()
     sin = sin.float().contiguous()
     out = torch.empty(B, H, L, D, device=x.device, dtype=x.dtype)

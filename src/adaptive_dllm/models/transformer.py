@@ -46,9 +46,14 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
         _fused_enabled = previous
 
 
+_FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
 def _use_fused(*tensors: torch.Tensor) -> bool:
     if not (_fused_enabled and tensors[0].is_cuda):
         return False
+    if any(t.dtype not in _FUSED_DTYPES for t in tensors):
+        return False  # the kernels compute in float32: float64 stays eager
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False  # the kernels have no backward: training and gradient estimators run eager
     return _have_triton()
