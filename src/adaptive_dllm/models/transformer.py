@@ -36,7 +36,8 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
     """Switch the Triton RMSNorm/RoPE/SwiGLU kernels (:mod:`adaptive_dllm.models.fused`) on or off.
 
     They are on by default and only ever run for CUDA tensors outside autograd; off, CUDA runs
-    the eager float32 code too (the reference, for tests and benchmarks).
+    the eager float32 code too (the reference, for tests and benchmarks). The switch is
+    process-wide, not per thread.
     """
     global _fused_enabled
     previous, _fused_enabled = _fused_enabled, enabled
