@@ -37,6 +37,22 @@ def test_cpu_tensors_use_the_eager_code():
         assert not _use_fused(x)
 
 
+def test_rotary_rejects_tables_that_do_not_fit():
+    """Checked before any launch (needs triton importable, not a GPU): a wrong table would make
+    the kernel read the wrong memory where the eager code fails to broadcast."""
+    pytest.importorskip("triton")
+    from adaptive_dllm.models import fused
+
+    B, L, H, D = 2, 10, 3, 8
+    x = torch.randn(B, L, H * D).view(B, L, H, D)
+    good = rotary_tables(torch.arange(L)[None], D, 1e4)
+    for cos, sin in (rotary_tables(torch.arange(L + 1)[None], D, 1e4),  # length
+                     rotary_tables(torch.arange(L).expand(3, L), D, 1e4),  # batch 3 for 2
+                     (good[0], good[1][..., :4])):  # sin narrower than cos
+        with pytest.raises(ValueError, match="do not fit"):
+            fused.rotary(x, cos, sin)
+
+
 @pytest.mark.parametrize("d", [4096, 3584, 256])
 @pytest.mark.parametrize("x_dtype,w_dtype", [(torch.bfloat16, torch.bfloat16),
                                              (torch.float32, torch.float32),
