@@ -4,7 +4,9 @@ The directory is resolved relative to the repository root (the parent of ``tests
 need it skip with a clear reason when it is absent.
 
 Also shared: a scripted-logits model (samplers tested without weights), a stub attention
-session, and the no-host-sync source check of the samplers' step loops.
+session, the no-host-sync source check of the samplers' step loops, and ``triton_interpreter``,
+which runs a script in a fresh Python with ``TRITON_INTERPRET=1``: the project's Triton kernels
+then execute on the CPU, so CI checks them without a GPU.
 
 A test that takes an argument named ``llada_case`` or ``dream_case`` is parametrised over every
 recorded generation case of that family, in every fixture directory whose ``outputs.json``
@@ -217,3 +219,27 @@ def _load_model(directory: Path) -> Any:
     from adaptive_dllm.models import load_model
 
     return load_model(directory, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def triton_interpreter():
+    """``run(code)``: execute ``code`` in a fresh interpreter with Triton's CPU interpreter on and
+    ``src`` importable; returns stdout and fails the test with stderr on a non-zero exit. Skips
+    where triton is not installed (the dev extra installs it on Linux)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+
+    def run(code: str) -> str:
+        env = {**os.environ, "TRITON_INTERPRET": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                              text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    return run

@@ -149,3 +149,34 @@ def test_model_takes_the_fused_path_and_matches_eager(family, monkeypatch):
     model.requires_grad_(True)
     model(ids).float().sum().backward()
     assert calls == {"rotary": 0, "rms_norm": 0, "silu_mul": 0}
+
+
+def test_kernels_match_eager_in_the_triton_interpreter(triton_interpreter):
+    """The three kernels on the CPU (float32): strided and offset inputs that the GPU tests do
+    not build: a head slice of a packed QKV projection, and x[:, k:] of a batch of one."""
+    out = triton_interpreter("""
+        import torch
+        from adaptive_dllm.models import fused
+        from adaptive_dllm.models.transformer import RMSNorm, apply_rotary, rotary_tables
+
+        torch.manual_seed(0)
+        B, L, H, D = 2, 37, 3, 96  # head dim not a power of two
+        x = torch.randn(B, L, 3 * H * D)[..., : H * D].view(B, L, H, D)  # row stride 3 H D
+        pos = (torch.arange(L).expand(B, L) - torch.arange(B)[:, None] * 5).clamp_min(0)
+        cos, sin = rotary_tables(pos, D, 5e5)
+        got = fused.rotary(x, cos, sin)
+        assert got.is_contiguous() and got.shape == (B, H, L, D)
+        torch.testing.assert_close(got, apply_rotary(x.transpose(1, 2), cos, sin), rtol=1e-6, atol=1e-6)
+        for B in (1, 2):
+            xs = torch.randn(B, 50, 3584)[:, 7:]  # B = 1: a view with a storage offset
+            norm = RMSNorm(3584, 1e-5)
+            with torch.no_grad():
+                norm.weight.normal_(1.0, 0.3)
+                torch.testing.assert_close(fused.rms_norm(xs, norm.weight, 1e-5), norm(xs),
+                                           rtol=1e-5, atol=1e-6)
+        g, u = torch.randn(5, 77) * 4, torch.randn(5, 77)
+        torch.testing.assert_close(fused.silu_mul(g, u), torch.nn.functional.silu(g) * u,
+                                   rtol=1e-5, atol=1e-6)
+        print("ok")
+    """)
+    assert out.split() == ["ok"]
