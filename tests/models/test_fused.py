@@ -12,6 +12,7 @@ from adaptive_dllm.models.transformer import (
     _use_fused,
     apply_rotary,
     fused_kernels,
+    fused_kernels_enabled,
     rotary_tables,
 )
 
@@ -35,6 +36,24 @@ def test_cpu_tensors_use_the_eager_code():
     assert not _use_fused(x)
     with fused_kernels(False):
         assert not _use_fused(x)
+
+
+def test_fused_switch_nests_restores_and_is_per_thread():
+    import threading
+
+    seen = []
+    assert fused_kernels_enabled()
+    with fused_kernels(False):
+        with fused_kernels(True):
+            assert fused_kernels_enabled()
+        assert not fused_kernels_enabled()
+        worker = threading.Thread(target=lambda: seen.append(fused_kernels_enabled()))
+        worker.start()
+        worker.join()
+        with pytest.raises(RuntimeError), fused_kernels(True):
+            raise RuntimeError("restored on errors too")
+        assert not fused_kernels_enabled()
+    assert fused_kernels_enabled() and seen == [True]  # another thread keeps the default
 
 
 def test_rotary_rejects_tables_that_do_not_fit():

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -28,7 +29,7 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
-_fused_enabled = True
+_fused_state = threading.local()  # per thread, like torch's grad mode
 
 
 @contextlib.contextmanager
@@ -36,22 +37,27 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
     """Switch the Triton RMSNorm/RoPE/SwiGLU kernels (:mod:`adaptive_dllm.models.fused`) on or off.
 
     They are on by default and only ever run for CUDA tensors outside autograd; off, CUDA runs
-    the eager float32 code too (the reference, for tests and benchmarks). The switch is
-    process-wide, not per thread.
+    the eager float32 code too (the reference, for tests and benchmarks). The switch applies to
+    the calling thread only.
     """
-    global _fused_enabled
-    previous, _fused_enabled = _fused_enabled, enabled
+    previous = fused_kernels_enabled()
+    _fused_state.enabled = enabled
     try:
         yield
     finally:
-        _fused_enabled = previous
+        _fused_state.enabled = previous
+
+
+def fused_kernels_enabled() -> bool:
+    """Whether :func:`fused_kernels` is on in this thread (default True)."""
+    return getattr(_fused_state, "enabled", True)
 
 
 _FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _use_fused(*tensors: torch.Tensor) -> bool:
-    if not (_fused_enabled and tensors[0].is_cuda):
+    if not (fused_kernels_enabled() and tensors[0].is_cuda):
         return False
     if any(t.dtype not in _FUSED_DTYPES for t in tensors):
         return False  # the kernels compute in float32: float64 stays eager
