@@ -18,6 +18,9 @@ can avoid it.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,6 +31,7 @@ from adaptive_dllm.errors import AdllmError
 
 Backend = Callable[..., torch.Tensor]
 _BACKENDS: dict[str, Backend] = {}
+logger = logging.getLogger(__name__)
 
 
 class AttentionHook(Protocol):
@@ -50,6 +54,17 @@ class AttentionHook(Protocol):
 def register_backend(name: str, fn: Backend) -> None:
     """Register (or replace) an attention backend under ``name``."""
     _BACKENDS[name] = fn
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether triton can be imported: the project's Triton kernels (block scoring, fused
+    RMSNorm/RoPE/SwiGLU) run on CUDA only then; without it the torch code runs instead."""
+    found = importlib.util.find_spec("triton") is not None
+    if not found:
+        logger.info("triton is not installed: block scoring and the fused element-wise kernels "
+                    "run as torch code")
+    return found
 
 
 def available_backends() -> tuple[str, ...]:

@@ -498,12 +498,11 @@ def plot_fidelity(report: dict[str, Any], path: str | Path) -> Path:
     """PNG of quality vs select per mode: NLL per mask ratio, token agreement, KL (dense dashed).
 
     Raises:
-        AdllmError: matplotlib missing or the file cannot be written.
+        AdllmError: the file cannot be written.
     """
-    try:  # a Figure of its own: no pyplot state, no process-wide backend switch
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise AdllmError("plotting needs matplotlib: pip install matplotlib") from None
+    # A Figure of its own: no pyplot state, no process-wide backend switch.
+    from matplotlib.figure import Figure
+
     rows = report["rows"]
     dense = rows[0]
     ratios = report["settings"]["mask_ratios"]

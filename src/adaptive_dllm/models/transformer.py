@@ -13,9 +13,6 @@ computes what the same row computes alone.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
-import logging
 import threading
 from collections.abc import Iterator
 
@@ -24,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from adaptive_dllm.attention.api import AttentionHook, attend
+from adaptive_dllm.attention.api import AttentionHook, attend, triton_available
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.config import ModelConfig
 
-logger = logging.getLogger(__name__)
 _fused_state = threading.local()  # per thread, like torch's grad mode
 
 
@@ -63,15 +59,7 @@ def _use_fused(*tensors: torch.Tensor) -> bool:
         return False  # the kernels compute in float32: float64 stays eager
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False  # the kernels have no backward: training and gradient estimators run eager
-    return _have_triton()
-
-
-@functools.cache
-def _have_triton() -> bool:
-    found = importlib.util.find_spec("triton") is not None
-    if not found:
-        logger.info("triton is not installed: RMSNorm, RoPE and SwiGLU run the eager code on CUDA")
-    return found
+    return triton_available()
 
 
 class RMSNorm(nn.Module):

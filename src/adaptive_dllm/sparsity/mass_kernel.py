@@ -206,20 +206,11 @@ def block_mass_triton(
     """
     if (method or DEFAULT_METHOD) == "twopass":
         return _block_mass_twopass(q, k, block_size=block_size, key_mask=key_mask)
+    q, k, valid, stride_vb, out = _launch_inputs(q, k, block_size, key_mask)
     B, H, L, D = q.shape
     Hkv = k.shape[1]
     bs = block_size
-    N = -(-L // bs)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    out = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
-    if key_mask is None:
-        valid, stride_vb = q, 0  # unused pointer
-    else:
-        valid = key_mask.to(torch.int8).contiguous()
-        stride_vb = valid.stride(0)
+    N = out.shape[-1]
     per_head = B * N * L * 4
     hc = max(1, min(H, scratch_bytes // max(1, per_head)))
     buf = torch.empty(B * hc * N * L, device=q.device, dtype=torch.float32)
@@ -254,20 +245,11 @@ def _block_mass_twopass(
     key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Two passes over the keys per query block (no scratch); see the module docstring."""
+    q, k, valid, stride_vb, out = _launch_inputs(q, k, block_size, key_mask)
     B, H, L, D = q.shape
     Hkv = k.shape[1]
     bs = block_size
-    N = -(-L // bs)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    out = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
-    if key_mask is None:
-        valid, stride_vb = q, 0  # unused pointer
-    else:
-        valid = key_mask.to(torch.int8).contiguous()
-        stride_vb = valid.stride(0)
+    N = out.shape[-1]
     d_pow2 = max(16, triton.next_power_of_2(D))
     _block_mass_kernel[(N, B * H)](
         q, k, valid, out,
@@ -279,3 +261,21 @@ def _block_mass_twopass(
         num_warps=8 if bs >= 128 else 4, num_stages=2,
     )
     return out
+
+
+def _launch_inputs(
+    q: torch.Tensor, k: torch.Tensor, block_size: int, key_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """What both launchers pass: q and k with a contiguous last dim, the int8 key mask and its
+    batch stride (q as an unused pointer without a mask), and the (B, H, N, N) float32 output."""
+    B, H, L, _ = q.shape
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    N = -(-L // block_size)
+    out = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
+    if key_mask is None:
+        return q, k, q, 0, out
+    valid = key_mask.to(torch.int8).contiguous()
+    return q, k, valid, valid.stride(0), out

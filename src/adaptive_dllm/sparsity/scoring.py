@@ -33,7 +33,8 @@ from typing import get_args
 import torch
 import torch.nn.functional as F
 
-from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.attention.api import triton_available
+from adaptive_dllm.generation.schedule import check_choice
 from adaptive_dllm.sparsity.config import Estimator, GqaUnit
 
 #: Bytes of float32 scores one chunk of :func:`block_mass_torch` may hold.
@@ -60,11 +61,11 @@ def block_mass(
         units: ``"kv"`` sums each GQA group's query heads (U = Hkv); ``"query"`` keeps them (U = H).
         estimator: ``"exact"`` mass or ``"pooled"`` estimate.
     """
-    _check_mode("units", units, get_args(GqaUnit))
-    _check_mode("estimator", estimator, get_args(Estimator))
+    check_choice("units", units, get_args(GqaUnit))
+    check_choice("estimator", estimator, get_args(Estimator))
     if estimator == "pooled":
         per_head = pooled_block_scores(q, k, block_size=block_size, key_mask=key_mask)
-    elif q.is_cuda and _triton_usable():
+    elif q.is_cuda and triton_available():
         from adaptive_dllm.sparsity.mass_kernel import block_mass_triton
 
         per_head = block_mass_triton(q, k, block_size=block_size, key_mask=key_mask)
@@ -73,14 +74,9 @@ def block_mass(
     return reduce_units(per_head, k.shape[1], units)
 
 
-def _check_mode(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise AdllmError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
-
-
 def reduce_units(per_head: torch.Tensor, n_kv_heads: int, units: GqaUnit) -> torch.Tensor:
     """(B, H, N, N) per query head -> (B, U, N, N): sum over each KV head's group for ``kv``."""
-    _check_mode("units", units, get_args(GqaUnit))
+    check_choice("units", units, get_args(GqaUnit))
     if units == "query" or per_head.shape[1] == n_kv_heads:
         return per_head
     B, H, N, _ = per_head.shape
@@ -159,10 +155,3 @@ def pooled_block_scores(
     probs = torch.softmax(s, dim=-1).nan_to_num_(0.0)
     return probs * n_valid[:, None, :, None]  # rows weighted by their valid queries
 
-
-def _triton_usable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
