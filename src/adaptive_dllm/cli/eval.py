@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from adaptive_dllm.cli.importance import add_model_args, floats, load_model
 from adaptive_dllm.errors import AdllmError
 
 NLL_EPILOG = """\
@@ -55,13 +56,11 @@ def run(args: argparse.Namespace) -> int:
     return func(args)
 
 
-def _float_list(flag: str, text: str, *, what: str = "in (0, 1]") -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise AdllmError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
-    if not values or any(not 0.0 < v <= 1.0 for v in values):
-        raise AdllmError(f"{flag} {text!r}: each value must be {what}")
+def _float_list(flag: str, text: str) -> tuple[float, ...]:
+    """Comma-separated ratios in (0, 1], checked before any model is loaded."""
+    values = floats(text, flag)
+    if any(not 0.0 < v <= 1.0 for v in values):
+        raise AdllmError(f"{flag} {text!r}: each value must be in (0, 1]")
     return values
 
 
@@ -73,7 +72,7 @@ def _register_nll(sub: argparse._SubParsersAction) -> None:
         epilog=NLL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
+    add_model_args(p)
     p.add_argument("--text", type=Path, default=None,
                    help="UTF-8 text file to score (default: heldout.txt of the model directory)")
     p.add_argument("--mask-ratios", default="0.15,0.5,0.9", metavar="R[,R...]",
@@ -83,8 +82,6 @@ def _register_nll(sub: argparse._SubParsersAction) -> None:
                    help="passage length in tokens (default: min(1024, the model's maximum))")
     p.add_argument("--max-passages", type=int, default=None, help="score only the first N passages")
     p.add_argument("--batch-size", type=int, default=8, help="passages per forward (default: 8)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(eval_func=run_nll)
 
@@ -129,9 +126,8 @@ def _model_and_passages(args: argparse.Namespace) -> tuple[Any, Any, Any, Path, 
     """Load the model and cut the evaluation text (default: the model's heldout.txt) into
     (n, length) token passages; shared by ``nll`` and ``fidelity``."""
     from adaptive_dllm.evaluation.data import split_passages
-    from adaptive_dllm.models.checkpoints import load
 
-    model, tok = load(args.model, device=args.device, dtype=args.dtype)
+    model, tok = load_model(args)
     directory = Path(model.source)
     if tok is None:
         raise AdllmError(f"model {str(directory)!r} has no tokenizer; it cannot read a text file")
@@ -191,7 +187,7 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
         epilog=FIDELITY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
+    add_model_args(p)
     p.add_argument("--text", type=Path, default=None,
                    help="UTF-8 held-out text (default: heldout.txt of the model directory)")
     p.add_argument("--length", type=int, default=None,
@@ -233,8 +229,6 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                    help="mask, sampler and estimator seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="passages per likelihood forward (default: %(default)s)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                    help="write a PNG of quality vs select per mode")
@@ -258,9 +252,9 @@ def run_fidelity(args: argparse.Namespace) -> int:
     if args.importance is not None and "adaptive" not in modes:
         raise AdllmError("--importance is only used by the adaptive mode (add it to --modes)")
     settings = FidelitySettings(
-        selects=tuple(_float_list("--select", args.select)), modes=tuple(modes),
+        selects=_float_list("--select", args.select), modes=tuple(modes),
         block_size=args.block_size, skip=args.skip, region=args.region,
-        mask_ratios=tuple(_float_list("--mask-ratios", args.mask_ratios)),
+        mask_ratios=_float_list("--mask-ratios", args.mask_ratios),
         backend=args.sparse_backend, passages=args.passages, prompts=args.prompts,
         prompt_length=args.prompt_length, gen_length=args.gen_length, steps=args.steps,
         block_length=args.block_length, calibration=args.calibration,
