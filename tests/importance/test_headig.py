@@ -221,3 +221,21 @@ def test_settings_validation_and_cost_line():
                 dict(postprocess="neg")):
         with pytest.raises(AdllmError):
             HeadIGSettings(**bad)
+
+
+def test_value_runs_the_eager_element_wise_code_like_value_and_grad(monkeypatch):
+    """The completeness check compares J(1) - J(0) from value() with gradients from
+    value_and_grad() (autograd: eager code); value() must not switch to the fused kernels."""
+    from adaptive_dllm.models.transformer import fused_kernels_enabled
+
+    model = tiny()
+    ex = examples(1)[0]
+    inputs, masked = mask_variants(ex, HeadIGSettings(mask_ratios=(0.5,), mask_samples=2), 0,
+                                   mask_id=39, logit_shift=False)
+    obj = MaskedObjective(model, ex.ids, inputs, masked, loss="mean_masked", batch_size=2)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: seen.append(fused_kernels_enabled())
+                        or forward(*a, **k))
+    obj.value(torch.ones(2, 4))
+    assert seen == [False] and fused_kernels_enabled()

@@ -38,6 +38,26 @@ def test_cpu_tensors_use_the_eager_code():
         assert not _use_fused(x)
 
 
+def test_fused_gate_on_cuda_like_inputs():
+    """The gate only reads ``is_cuda``, ``dtype`` and ``requires_grad``: stand-ins let a CPU run
+    check every branch (float64 stays eager, autograd stays eager, the switch is honoured)."""
+    from types import SimpleNamespace
+
+    from adaptive_dllm.attention.api import triton_available
+
+    def cuda(dtype=torch.bfloat16, grad=False):
+        return SimpleNamespace(is_cuda=True, dtype=dtype, requires_grad=grad)
+
+    assert _use_fused(cuda(), cuda(torch.float32)) == triton_available()
+    assert not _use_fused(cuda(), cuda(torch.float64))
+    with torch.enable_grad():
+        assert not _use_fused(cuda(), cuda(grad=True))
+    with torch.no_grad():
+        assert _use_fused(cuda(), cuda(grad=True)) == triton_available()
+    with fused_kernels(False):
+        assert not _use_fused(cuda())
+
+
 def test_fused_switch_nests_restores_and_is_per_thread():
     import threading
 
