@@ -81,8 +81,9 @@ out["flex_all_strided_ms"] = time_fn(lambda: ks.run(plan, qs, ksd, v_strided, No
 print("flex v contiguous / v strided / all strided", out["flex_v_contig_ms"], out["flex_v_strided_ms"], out["flex_all_strided_ms"], flush=True)
 base = dict(flex.KERNEL_OPTIONS[128])
 variants = [base, {**base, "ROWS_GUARANTEED_SAFE": True}, {**base, "PRESCALE_QK": True},
-            {**base, "num_stages": 3},
-            {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "USE_TMA": True},
+            {**base, "num_stages": 3}, {**base, "ROWS_GUARANTEED_SAFE": True, "num_stages": 3},
+            {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "USE_TMA": True,
+             "ROWS_GUARANTEED_SAFE": True},
             {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2, "USE_TMA": True}]
 rows = []
 for opts in variants:
