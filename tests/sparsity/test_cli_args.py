@@ -28,9 +28,10 @@ def test_dense_without_flags():
 
 def test_uniform_flags():
     cfg = _parse(["--sparse", "uniform", "--select", "0.4", "--skip", "0.1", "--block-size", "64",
-                  "--region", "joint", "--gqa-unit", "query", "--sparse-backend", "reference"])
-    assert (cfg.select, cfg.skip, cfg.block_size, cfg.region, cfg.gqa, cfg.backend) == (
-        0.4, 0.1, 64, "joint", "query", "reference")
+                  "--region", "joint", "--gqa-unit", "query", "--sparse-backend", "reference",
+                  "--build-kernel", "separate"])
+    assert (cfg.select, cfg.skip, cfg.block_size, cfg.region, cfg.gqa, cfg.backend,
+            cfg.build_kernel) == (0.4, 0.1, 64, "joint", "query", "reference", "separate")
     assert cfg.importance is None
 
 
@@ -43,6 +44,7 @@ def test_adaptive_loads_importance(tmp_path):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--select", "0.3"], "--select"),
+    (["--build-kernel", "fused"], "--build-kernel"),
     (["--sparse", "adaptive"], "--importance"),
     (["--sparse", "uniform", "--importance", "x"], "adaptive"),
     (["--sparse", "uniform", "--select", "0"], "select"),

@@ -259,3 +259,26 @@ def test_plan_refreshes_at_llada_block_boundaries(fixture_model, refresh, builds
     assert st["plan_builds"] == builds * model.config.n_layers
     assert st["refresh_steps"] == builds - 1
     assert st["dense_steps"] == 2 + (builds - 1) and st["sparse_steps"] == 8 - st["dense_steps"]
+
+
+def test_clock_charges_the_build_steps_excess_to_the_plan(monkeypatch):
+    """The build step's time beyond a median dense step is plan time (the fused kernel scores
+    inside attention, outside any timed build); a rebuild inside a sparse step comes out of the
+    sparse time, not the dense time."""
+    from adaptive_dllm.sparsity.session import _Clock
+
+    clock = _Clock(torch.device("cpu"))
+    now = iter([0.0, 1.0, 2.1, 3.0,  # dense, dense, dense, build
+                3.2, 3.3,  # the timed part of the build (allocation, plan) inside it
+                4.6,  # sparse
+                4.7, 4.9,  # a rebuild inside the sparse step
+                5.6])  # end
+    monkeypatch.setattr(clock, "_now", lambda: next(now))
+    for kind in ("dense", "dense", "dense", "build"):
+        clock.mark(kind)
+    clock.stop_plan(clock.start_plan())
+    clock.mark("sparse")
+    clock.stop_plan(clock.start_plan())
+    got = clock.phases()
+    # build 1.6 s, median dense step 1.0 s: plan 0.6 + the 0.2 s rebuild
+    assert got == pytest.approx({"dense": 3.0 + 1.0, "plan": 0.6 + 0.2, "sparse": 0.8})

@@ -163,6 +163,7 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
             return session, session.build_plan(0, q, k, None)
 
         t_build = time_fn(build, warmup=1, repeats=max(1, s.repeats // 2))
+        fused = _fused_build_ms(sc, cfg, q, k, v, s) if q.is_cuda else None
         session, plan = build()
         t = time_fn(lambda plan=plan, session=session: session.run(plan, q, k, v, None), **reps)
         ratio = plan.keep_ratio()
@@ -172,9 +173,27 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
             "achieved_over_ideal": dense["best_ms"] / t["median_ms"] * ratio,
             "plan_build_ms": t_build["median_ms"], "scoring_exact_ms": t_exact["median_ms"],
             "scoring_pooled_ms": t_pooled["median_ms"], "scoring_twopass_ms": t_twopass,
+            "fused_build_step_ms": fused,
+            "plan_build_fused_ms": None if fused is None else fused - dense["best_ms"],
         })
         del session, plan
     return records
+
+
+def _fused_build_ms(sc: Any, cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor, s: SweepSettings) -> float:
+    """Median ms of one layer's fused build step: attention that also scores, then the plan and
+    BlockMask. Its excess over the fastest dense attention is the plan build's cost."""
+    from adaptive_dllm.sparsity.fused_build import attend_and_score
+    from adaptive_dllm.sparsity.scoring import reduce_units
+
+    def step() -> Any:
+        session = sc.new_session(cfg, s.steps, gen_length=s.gen_length)
+        out, per_head = attend_and_score(q, k, v, block_size=sc.block_size)
+        session.build_plan(0, q, k, None, scores=reduce_units(per_head, k.shape[1], sc.gqa))
+        return out
+
+    return time_fn(step, warmup=1, repeats=max(1, s.repeats // 2))["median_ms"]
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -426,13 +445,13 @@ def table(records: list[dict[str, Any]]) -> str:
     kern = [r for r in records if r.get("kind") == "kernel"]
     if kern:
         lines.append("kernel (one layer)   len    dense(ms,backend)   mode              ms     "
-                     "speedup  ideal  ach/ideal  plan_build(ms)")
+                     "speedup  ideal  ach/ideal  plan_build(ms) fused")
         for r in kern:
             lines.append(
                 f"{r['family']:<20} {r['seq_len']:>6} {r['dense_ms']:>9.2f} {r['dense_backend']:<9} "
                 f"{r['mode']:<16} {r['ms']:>8.2f} {r['speedup']:>7.2f}x "
                 f"{_f(r.get('ideal_speedup')):>6} {_f(r.get('achieved_over_ideal')):>9} "
-                f"{_f(r.get('plan_build_ms'), 1):>10}")
+                f"{_f(r.get('plan_build_ms'), 1):>10} {_f(r.get('plan_build_fused_ms'), 1):>6}")
     e2e = [r for r in records if r.get("kind") == "e2e"]
     if e2e:
         lines.append("")

@@ -19,7 +19,7 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity.config import BLOCK_SIZES, SparseConfig
 
 _SPARSE_ONLY = ("select", "skip", "block_size", "importance", "min_keep_ratio", "region",
-                "gqa_unit", "sparse_backend", "estimator", "refresh")
+                "gqa_unit", "sparse_backend", "estimator", "refresh", "build_kernel")
 
 
 def add_sparse_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,9 @@ def add_sparse_arguments(parser: argparse.ArgumentParser) -> None:
                    help="rebuild the plan at every later LLaDA block, or never (default, SparseD)")
     g.add_argument("--estimator", choices=("exact", "pooled"), default=None,
                    help="block scores: exact attention mass (default) or pooled q/k estimate")
+    g.add_argument("--build-kernel", choices=("fused", "separate"), default=None,
+                   help="build step on a GPU: one attention kernel that also scores blocks "
+                        "(fused, default) or dense attention then a scoring kernel (separate)")
 
 
 def sparse_config_from_args(args: argparse.Namespace) -> SparseConfig | None:
@@ -82,7 +85,8 @@ def sparse_config_from_args(args: argparse.Namespace) -> SparseConfig | None:
     for flag, field in (("select", "select"), ("skip", "skip"), ("block_size", "block_size"),
                         ("min_keep_ratio", "min_keep_ratio"), ("region", "region"),
                         ("gqa_unit", "gqa"), ("sparse_backend", "backend"),
-                        ("estimator", "estimator"), ("refresh", "refresh")):
+                        ("estimator", "estimator"), ("refresh", "refresh"),
+                        ("build_kernel", "build_kernel")):
         if flag in given:
             options[field] = given[flag]
     return SparseConfig(importance=importance, **options)

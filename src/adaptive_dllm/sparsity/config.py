@@ -38,6 +38,7 @@ BackendName = Literal["auto", "flex", "reference"]
 Estimator = Literal["exact", "pooled"]
 Budget = Literal["global", "per_layer"]
 Refresh = Literal["block", "never"]
+BuildKernel = Literal["fused", "separate"]
 
 #: Block sizes every backend supports (the flex kernel tiles must divide the block).
 BLOCK_SIZES: tuple[int, ...] = (32, 64, 128)
@@ -78,6 +79,12 @@ class SparseConfig:
             was built are planned from their text (one extra dense step and plan build per
             block). On the bundled model "block" did not raise greedy token agreement with dense
             (docs/fidelity.md), so it is not the default.
+        build_kernel: How the build step gets its attention and its block scores. ``"fused"``
+            (default): where it applies (CUDA, ``flex``, exact scores) one Triton attention
+            forward also writes the block scores (:mod:`~adaptive_dllm.sparsity.fused_build`),
+            so scoring costs a fraction of an attention instead of a second one; elsewhere it
+            falls back to ``"separate"`` and the stats say which ran. ``"separate"``: the dense
+            SDPA kernel, then the scoring kernel.
     """
 
     select: float = 0.3
@@ -93,6 +100,7 @@ class SparseConfig:
     budget: Budget = "global"
     weight_scale: float = 2 / 3
     refresh: Refresh = "never"
+    build_kernel: BuildKernel = "fused"
 
     def __post_init__(self) -> None:
         _check_real("select", self.select, low=0.0, high=1.0, low_open=True)
@@ -100,7 +108,8 @@ class SparseConfig:
         _check_real("min_keep_ratio", self.min_keep_ratio, low=0.0, high=1.0)
         _check_real("weight_scale", self.weight_scale, low=0.0, high=1.0, high_open=True)
         for name, kind in (("region", Region), ("gqa", GqaUnit), ("backend", BackendName),
-                           ("estimator", Estimator), ("budget", Budget), ("refresh", Refresh)):
+                           ("estimator", Estimator), ("budget", Budget), ("refresh", Refresh),
+                           ("build_kernel", BuildKernel)):
             value = getattr(self, name)
             choices = get_args(kind)
             if value not in choices:
@@ -189,7 +198,7 @@ class SparseConfig:
                 "region": self.region, "gqa": self.gqa, "backend": self.backend,
                 "likelihood": self.likelihood, "estimator": self.estimator,
                 "budget": self.budget, "weight_scale": self.weight_scale, "refresh": self.refresh,
-                "importance": imp}
+                "build_kernel": self.build_kernel, "importance": imp}
 
 
 def _check_real(name: str, value: object, *, low: float, high: float, low_open: bool = False,

@@ -227,14 +227,29 @@ def block_mass_triton(
             HEAD_DIM=D, HAS_VALID=key_mask is not None, BS=bs, D=d_pow2,
             num_warps=8 if bs >= 128 else 4, num_stages=3,
         )
-        _mass_from_block_lse_kernel[(N, B * n_h)](
-            buf, valid, out,
-            stride_vb,
-            H, n_h, h0, L, N,
-            HAS_VALID=key_mask is not None, BS=bs, JB=32,
-            num_warps=4, num_stages=2,
-        )
+        masses_from_block_lse(buf, valid if key_mask is not None else None, stride_vb, out,
+                              h0=h0, n_heads=n_h, seq_len=L, block_size=bs)
     return out
+
+
+def masses_from_block_lse(buf: torch.Tensor, valid: torch.Tensor | None, stride_vb: int,
+                          out: torch.Tensor, *, h0: int, n_heads: int, seq_len: int,
+                          block_size: int) -> None:
+    """Second step of the one-pass scoring: block logsumexps -> masses, written into ``out``.
+
+    Args:
+        buf: float32 scratch holding ``b[r, j]`` as (B, n_heads, N, L) (flat is fine).
+        valid: (B, L) int8 key mask or None; ``stride_vb`` its batch stride.
+        out: (B, H, N, N) float32; heads ``h0 .. h0 + n_heads`` are written.
+    """
+    B, H, N, _ = out.shape
+    _mass_from_block_lse_kernel[(N, B * n_heads)](
+        buf, out if valid is None else valid, out,
+        stride_vb,
+        H, n_heads, h0, seq_len, N,
+        HAS_VALID=valid is not None, BS=block_size, JB=32,
+        num_warps=4, num_stages=2,
+    )
 
 
 def _block_mass_twopass(

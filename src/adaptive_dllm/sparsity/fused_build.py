@@ -1,0 +1,168 @@
+"""Triton kernel: dense attention that also scores key blocks, for the plan-build step.
+
+Shape legend: B batch, H query heads, Hkv KV heads, G = H // Hkv, L length, D head dim,
+bs block size, N = ceil(L / bs), Hc heads per chunk, BM query rows per program.
+
+The build step of the SparseD schedule runs dense attention *and* needs the exact block mass of
+the same q/k (:mod:`~adaptive_dllm.sparsity.scoring`). Run separately, the scoring pass repeats the
+most expensive part of attention: ``Q K^T`` and one ``exp`` per score. A flash-attention forward
+(Dao et al. 2022, Alg. 1) already computes, for every query row ``r`` and key tile ``j``,
+
+    m_rj = max(m_r(j-1), max_{c in j} s_rc),   t_rj = sum_{c in j} exp2(s_rc - m_rj)
+
+(base 2, ``s = q . k * log2(e) / sqrt(D)``). The row's *block* logsumexp is then one ``log2``
+away: ``b[r, j] = m_rj + log2(t_rj) = log2 sum_{c in j} exp2(s_rc)``, exactly the quantity the
+one-pass scoring kernel stores (:func:`~adaptive_dllm.sparsity.mass_kernel.block_mass_triton`).
+So :func:`attend_and_score` runs one attention forward whose key tiles are the selection blocks,
+stores ``b`` beside the output, and turns ``b`` into masses with the scoring module's second
+kernel (``M[i, j] = sum_{r in i} exp2(b[r, j] - lse_r)``). The extra work over attention is one
+``log2`` per row and tile plus that small second kernel.
+
+``t_rj`` underflows to 0 only when the block's scores are more than ~126 (base 2) below the running
+maximum, i.e. when its mass is below 2^-126 of the row's: what is lost is far below float32
+rounding of the masses.
+
+K and V are never repeated (query head h reads KV head ``h // G``). Lengths are runtime arguments
+(``do_not_specialize``): a new prompt length does not recompile.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, masses_from_block_lse
+
+#: Query rows per program (one flash-attention tile).
+BLOCK_M = 128
+
+
+@triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "stride_ob", "stride_mb",
+                               "Hc", "h0", "L", "N"])
+def _attend_block_lse_kernel(
+    Q, K, V, VALID, OUT, BUF,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    stride_mb,
+    Hc, h0, G, L, N, qk_scale,
+    HEAD_DIM: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+    BM: tl.constexpr,
+    BS: tl.constexpr,
+    D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // Hc).to(tl.int64)
+    h = (bh % Hc + h0).to(tl.int64)
+    hk = h // G
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    d_ok = offs_d < HEAD_DIM
+    in_len_m = offs_m < L
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    buf_base = BUF + bh.to(tl.int64) * N * L
+
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    for j in range(0, N):
+        offs_n = j * BS + tl.arange(0, BS)
+        in_len_n = offs_n < L
+        col_ok = in_len_n
+        if HAS_VALID:
+            col_ok = col_ok & (tl.load(VALID + b * stride_mb + offs_n, mask=in_len_n, other=0) != 0)
+        k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None],
+                    mask=in_len_n[None, :] & d_ok[:, None], other=0.0)  # (D, BS)
+        s = tl.dot(q, k) * qk_scale
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet
+        p = tl.exp2(s - m_safe[:, None])
+        t = tl.sum(p, 1)
+        tl.store(buf_base + j * L + offs_m,
+                 tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")), mask=in_len_m)
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + t
+        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :],
+                    mask=in_len_n[:, None] & d_ok[None, :], other=0.0)  # (BS, D)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    # A row without any valid key has no attention distribution: its output is 0, not NaN.
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
+             out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
+
+
+def attend_and_score(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block_size: int,
+    key_mask: torch.Tensor | None = None,
+    scratch_bytes: int = SCRATCH_BYTES,
+    block_m: int = BLOCK_M,
+    num_warps: int = 8,
+    num_stages: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense bidirectional attention and the exact block mass of the same q/k, in one pass.
+
+    Computes ``softmax(q k^T / sqrt(D)) v`` (Vaswani et al. 2017, Eq. 1; padded keys get no
+    weight) and ``M[b, h, i, j]``, the mass of key block j summed over the rows of query block i
+    (as :func:`~adaptive_dllm.sparsity.scoring.block_mass_torch`; padded rows contribute none).
+
+    Args:
+        q: (B, H, L, D) queries, fp16/bf16/fp32, on a CUDA device (or Triton's interpreter).
+        k, v: (B, Hkv, L, D).
+        block_size: bs, a power of two in [16, 128]: the key tile of the attention loop.
+        key_mask: (B, L) bool, True = real token.
+        scratch_bytes: Upper bound of the block-logsumexp scratch; heads are done in chunks.
+        block_m, num_warps, num_stages: Kernel tiling (query rows per program, a power of two
+            >= 16) and launch options; the defaults were tuned on an H100 at 64k tokens.
+
+    Returns:
+        out (B, H, L, D) in q's dtype, contiguous; mass (B, H, N, N) float32.
+    """
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    if k.shape != (B, Hkv, L, D) or v.shape != k.shape or H % Hkv:
+        raise AdllmError(f"attend_and_score needs q (B, H, L, D) and k, v (B, Hkv, L, D) with "
+                         f"H % Hkv == 0; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if block_size not in (16, 32, 64, 128):
+        raise AdllmError(f"block_size={block_size} is not supported by the fused build kernel; "
+                         f"use 16, 32, 64 or 128")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    bs = block_size
+    N = -(-L // bs)
+    out = torch.empty(B, H, L, D, device=q.device, dtype=q.dtype)
+    mass = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
+    valid = None if key_mask is None else key_mask.to(torch.int8).contiguous()
+    stride_mb = 0 if valid is None else valid.stride(0)
+    hc = max(1, min(H, scratch_bytes // max(1, B * N * L * 4)))
+    buf = torch.empty(B * hc * N * L, device=q.device, dtype=torch.float32)
+    for h0 in range(0, H, hc):
+        n_h = min(hc, H - h0)
+        _attend_block_lse_kernel[(-(-L // block_m), B * n_h)](
+            q, k, v, q if valid is None else valid, out, buf,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            stride_mb,
+            n_h, h0, H // Hkv, L, N, math.log2(math.e) / math.sqrt(D),
+            HEAD_DIM=D, HAS_VALID=valid is not None, BM=block_m, BS=bs,
+            D=max(16, triton.next_power_of_2(D)), num_warps=num_warps, num_stages=num_stages,
+        )
+        masses_from_block_lse(buf, valid, stride_mb, mass, h0=h0, n_heads=n_h, seq_len=L,
+                              block_size=bs)
+    return out, mass
