@@ -20,9 +20,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def test_kernel_matches_attention_and_mass_in_the_interpreter(triton_interpreter):
     """Output against the eager attention and masses against the torch oracle: GQA and MHA,
-    left padding, lengths that are not a multiple of the block or the 128-row tile, every block
-    size, (B, L, H, D)-major queries as the model makes them, and a scratch small enough to force
-    several head chunks."""
+    left padding, lengths that are and are not a multiple of the block or the 128-row tile,
+    every block size, a head dim that is not a power of two, (B, L, H, D)-major queries as the
+    model makes them, and a scratch small enough to force several head chunks."""
     out = triton_interpreter("""
         import torch
         from adaptive_dllm.attention.reference import reference_attention
@@ -31,7 +31,7 @@ def test_kernel_matches_attention_and_mass_in_the_interpreter(triton_interpreter
 
         torch.manual_seed(0)
         for H, Hkv, L, D, bs in ((4, 2, 100, 16, 32), (2, 2, 70, 32, 16), (3, 1, 300, 16, 64),
-                                 (2, 1, 260, 16, 128)):
+                                 (2, 1, 260, 16, 128), (2, 2, 256, 16, 64), (2, 1, 96, 24, 32)):
             q = (torch.randn(2, L, H, D) * 1.5).transpose(1, 2)
             k, v = torch.randn(2, Hkv, L, D) * 1.5, torch.randn(2, Hkv, L, D)
             km = torch.ones(2, L, dtype=torch.bool)

@@ -112,7 +112,7 @@ def test_triton_mass_kernels_in_the_interpreter(triton_interpreter):
         from adaptive_dllm.sparsity.scoring import block_mass_torch
 
         torch.manual_seed(0)
-        for H, Hkv, L, D, bs in ((4, 2, 100, 16, 32), (2, 2, 70, 32, 16)):
+        for H, Hkv, L, D, bs in ((4, 2, 100, 16, 32), (2, 2, 70, 32, 16), (2, 1, 96, 24, 32)):
             q, k = torch.randn(2, H, L, D) * 1.5, torch.randn(2, Hkv, L, D) * 1.5
             km = torch.ones(2, L, dtype=torch.bool)
             km[1, : L // 4] = False

@@ -35,14 +35,44 @@ import triton
 import triton.language as tl
 
 from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, masses_from_block_lse
+from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, load_tile, masses_from_block_lse
 
 #: Query rows per program (one flash-attention tile).
 BLOCK_M = 128
 
 
-@triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "stride_ob", "stride_mb",
-                               "Hc", "h0", "L", "N"])
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base, offs_m, in_len_m,
+                 offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
+                 HAS_VALID: tl.constexpr, PARTIAL: tl.constexpr, PAD_D: tl.constexpr,
+                 BS: tl.constexpr):
+    """One key tile of the online softmax (Dao et al. 2022, Alg. 1, base 2) plus its block
+    logsumexp ``b[r, j] = m_rj + log2(t_rj)``."""
+    offs_n = j * BS + tl.arange(0, BS)
+    in_len_n = offs_n < L
+    k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
+              PAD_D, PARTIAL)  # (D, BS)
+    s = tl.dot(q, k)
+    if HAS_VALID:
+        col_ok = in_len_n & (tl.load(valid_base + offs_n, mask=in_len_n, other=0) != 0)
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+    elif PARTIAL:
+        s = tl.where(in_len_n[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet
+    p = tl.exp2(s * qk_scale - m_safe[:, None])
+    t = tl.sum(p, 1)
+    tl.store(buf_base + j * L + offs_m, tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")),
+             mask=in_len_m)
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + t
+    v = load_tile(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], in_len_n, d_ok,
+              PARTIAL, PAD_D)  # (BS, D)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, m_new, l_i
+
+
+@triton.jit(do_not_specialize=["Hc", "h0", "L", "N"])
 def _attend_block_lse_kernel(
     Q, K, V, VALID, OUT, BUF,
     stride_qb, stride_qh, stride_ql,
@@ -57,6 +87,8 @@ def _attend_block_lse_kernel(
     BS: tl.constexpr,
     D: tl.constexpr,
 ):
+    # Strides are specialised (divisibility by 16) so that loads vectorise; they change with the
+    # length only in that property, so a new prompt length still reuses the compiled kernel.
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // Hc).to(tl.int64)
@@ -70,33 +102,21 @@ def _attend_block_lse_kernel(
                 mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
+    valid_base = VALID + b * stride_mb
     buf_base = BUF + bh.to(tl.int64) * N * L
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, D], dtype=tl.float32)
-    for j in range(0, N):
-        offs_n = j * BS + tl.arange(0, BS)
-        in_len_n = offs_n < L
-        col_ok = in_len_n
-        if HAS_VALID:
-            col_ok = col_ok & (tl.load(VALID + b * stride_mb + offs_n, mask=in_len_n, other=0) != 0)
-        k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None],
-                    mask=in_len_n[None, :] & d_ok[:, None], other=0.0)  # (D, BS)
-        s = tl.dot(q, k) * qk_scale
-        s = tl.where(col_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet
-        p = tl.exp2(s - m_safe[:, None])
-        t = tl.sum(p, 1)
-        tl.store(buf_base + j * L + offs_m,
-                 tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")), mask=in_len_m)
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + t
-        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :],
-                    mask=in_len_n[:, None] & d_ok[None, :], other=0.0)  # (BS, D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    n_full = L // BS
+    for j in range(0, n_full):
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base,
+                                     offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
+                                     qk_scale, HAS_VALID, False, HEAD_DIM != D, BS)
+    if n_full < N:
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, n_full, k_base, v_base, valid_base,
+                                     buf_base, offs_m, in_len_m, offs_d, d_ok, L, stride_kl,
+                                     stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != D, BS)
     # A row without any valid key has no attention distribution: its output is 0, not NaN.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],

@@ -21,7 +21,9 @@ Default, **one pass over the keys** (:func:`block_mass_triton`):
 storing block logsumexps: no scratch, twice the Q K^T work and exps.
 
 The pure-torch twin is :func:`adaptive_dllm.sparsity.scoring.block_mass_torch`. Sequence lengths are
-runtime arguments marked ``do_not_specialize`` so a new prompt length does not recompile.
+runtime arguments marked ``do_not_specialize`` so a new prompt length does not recompile; strides
+are specialised (Triton keys them on divisibility by 16 only, which a new length does not change
+for head dims that are multiples of 16) so that the loads vectorise.
 """
 
 from __future__ import annotations
@@ -33,7 +35,23 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "H", "L", "N"])
+@triton.jit
+def load_tile(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """``tl.load`` of a 2-D tile, masked only along the axes that can be partial: a mask that
+    varies along the contiguous axis (e.g. a head-dim mask that is always true) would stop the
+    load from vectorising."""
+    if MASK_ROWS and MASK_COLS:
+        x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    elif MASK_ROWS:
+        x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    elif MASK_COLS:
+        x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit(do_not_specialize=["H", "L", "N"])
 def _block_mass_kernel(
     Q, K, VALID, OUT,
     stride_qb, stride_qh, stride_ql,
@@ -70,8 +88,8 @@ def _block_mass_kernel(
         col_ok = in_len_n
         if HAS_VALID:
             col_ok = col_ok & (tl.load(VALID + b * stride_vb + offs_n, mask=in_len_n, other=0) != 0)
-        k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None],
-                    mask=in_len_n[None, :] & d_ok[:, None], other=0.0)  # (D, BS)
+        k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
+                      HEAD_DIM != D, True)  # (D, BS)
         s = tl.dot(q, k) * qk_scale
         s = tl.where(col_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -89,15 +107,15 @@ def _block_mass_kernel(
         col_ok = in_len_n
         if HAS_VALID:
             col_ok = col_ok & (tl.load(VALID + b * stride_vb + offs_n, mask=in_len_n, other=0) != 0)
-        k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None],
-                    mask=in_len_n[None, :] & d_ok[:, None], other=0.0)
+        k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
+                      HEAD_DIM != D, True)
         s = tl.dot(q, k) * qk_scale
         s = tl.where(col_ok[None, :], s, float("-inf"))
         p = tl.exp2(s - lse[:, None])
         tl.store(out_base + j, tl.sum(tl.sum(p, 1), 0))
 
 
-@triton.jit(do_not_specialize=["stride_qb", "stride_kb", "stride_vb", "Hc", "h0", "L", "N"])
+@triton.jit(do_not_specialize=["Hc", "h0", "L", "N"])
 def _block_lse_kernel(
     Q, K, VALID, BUF,
     stride_qb, stride_qh, stride_ql,
@@ -128,8 +146,8 @@ def _block_lse_kernel(
         col_ok = in_len_n
         if HAS_VALID:
             col_ok = col_ok & (tl.load(VALID + b * stride_vb + offs_n, mask=in_len_n, other=0) != 0)
-        k = tl.load(k_base + offs_n[None, :] * stride_kl + offs_d[:, None],
-                    mask=in_len_n[None, :] & d_ok[:, None], other=0.0)  # (D, BS)
+        k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
+                      HEAD_DIM != D, True)  # (D, BS)
         s = tl.dot(q, k) * qk_scale
         s = tl.where(col_ok[None, :], s, float("-inf"))
         m = tl.max(s, 1)
