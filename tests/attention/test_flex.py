@@ -1,4 +1,7 @@
-"""The flex backend against the eager reference (CPU: eager flex; GPU: the compiled kernel)."""
+"""The flex backend against the eager reference (CPU: eager flex; GPU: the compiled kernel).
+
+The GPU tolerance tests also run the ``triton`` backend (its CPU tests, through Triton's
+interpreter, are in ``test_block_sparse.py``)."""
 
 from __future__ import annotations
 
@@ -124,10 +127,10 @@ def _masked_bf16_attention(q, k, v, plan, km):
                                               v.repeat_interleave(g, 1), attn_mask=elem)
 
 
-def _check_tolerance(q, k, v, plan, km=None):
-    """Style-guide rule: error of flex (bf16) vs the fp32 reference <= 2x the error of the same
-    masked attention computed by a dense bf16 kernel vs that reference."""
-    out = attend(q, k, v, key_mask=km, plan=plan, backend="flex")
+def _check_tolerance(q, k, v, plan, km=None, backend="flex"):
+    """Style-guide rule: error of the sparse backend (bf16) vs the fp32 reference <= 2x the error
+    of the same masked attention computed by a dense bf16 kernel vs that reference."""
+    out = attend(q, k, v, key_mask=km, plan=plan, backend=backend)
     ref = reference_attention(q.float(), k.float(), v.float(), key_mask=km, plan=plan)
     low = _masked_bf16_attention(q, k, v, plan, km)
     if km is not None:  # padded query rows are not compared
@@ -141,19 +144,21 @@ def _check_tolerance(q, k, v, plan, km=None):
 @pytest.mark.parametrize("H,Hkv", [(8, 8), (8, 2)])
 @pytest.mark.parametrize("bs", [64, 128])
 @pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("backend", ["flex", "triton"])
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_flex_matches_reference(H, Hkv, bs, padded):
+def test_gpu_flex_matches_reference(H, Hkv, bs, padded, backend):
     q, k, v = _inputs(2, H, Hkv, 1000, 128, device="cuda", dtype=torch.bfloat16)
     km = _padding(2, 1000, "cuda") if padded else None
-    _check_tolerance(q, k, v, _plan(q, k, bs, key_mask=km, region_gen=1), km)
+    _check_tolerance(q, k, v, _plan(q, k, bs, key_mask=km, region_gen=1), km, backend)
 
 
 @pytest.mark.parametrize("name", ["llada_tiny", "dream_tiny"])
 @pytest.mark.parametrize("bs", [64, 128])
+@pytest.mark.parametrize("backend", ["flex", "triton"])
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_flex_matches_reference_on_fixture_models(fixture_model, name, bs):
+def test_gpu_flex_matches_reference_on_fixture_models(fixture_model, name, bs, backend):
     model = fixture_model(name)
     captured = {}
 
@@ -165,7 +170,7 @@ def test_gpu_flex_matches_reference_on_fixture_models(fixture_model, name, bs):
     model(ids, attn=spy)
     for q, k, v in captured.values():
         q, k, v = (t.to("cuda", torch.bfloat16) for t in (q, k, v))
-        _check_tolerance(q, k, v, _plan(q, k, bs, region_gen=1))
+        _check_tolerance(q, k, v, _plan(q, k, bs, region_gen=1), backend=backend)
 
 
 @pytest.mark.gpu

@@ -211,20 +211,21 @@ def test_sparse_step_does_not_sync(fixture_model, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", FAMILIES)
-def test_gpu_generation_flex(fixture_model, name):
+@pytest.mark.parametrize("backend", ["flex", "triton"])
+def test_gpu_generation_sparse_backends(fixture_model, name, backend):
     import copy
 
     model = copy.deepcopy(fixture_model(name)).to("cuda", torch.bfloat16)
     ids = torch.randint(0, 120, (2, 500), generator=torch.Generator().manual_seed(0)).cuda()
     dense = generate(model, None, ids, steps=8, gen_length=G)
     full = generate(model, None, ids, steps=8, gen_length=G,
-                    sparse=WithGen(SparseConfig(select=1.0, block_size=64, backend="flex")))
+                    sparse=WithGen(SparseConfig(select=1.0, block_size=64, backend=backend)))
     assert torch.equal(full.ids, dense.ids)
     out = generate(model, None, ids, steps=8, gen_length=G,
                    sparse=WithGen(SparseConfig(select=0.3, skip=0.25, block_size=64,
-                                               backend="flex")))
+                                               backend=backend)))
     st = out.stats["sparse"]
-    assert st["backend"] == "flex" and st["sparse_steps"] == 6
+    assert st["backend"] == backend and st["sparse_steps"] == 6 and st["build_kernel"] == "fused"
     assert st["realized_keep_ratio"] == st["allocator_keep_ratio"]
     assert st["time_sparse_s"] > 0 and st["time_plan_s"] > 0
 

@@ -7,7 +7,8 @@ Model code never picks a kernel. A transformer layer calls ``attend(q, k, v, ...
 :class:`AttentionHook` the caller passed to the model, which in turn calls ``attend``). Backends
 register by name; ``"sdpa"`` (dense, PyTorch's fused kernels) is the default, ``"reference"`` is
 the eager oracle every other backend is tested against, ``"flex"`` runs sparse plans with
-FlexAttention (``adaptive_dllm.attention.flex``, imported on first use).
+FlexAttention (``adaptive_dllm.attention.flex``) and ``"triton"`` with the project's own Triton
+kernel (``adaptive_dllm.attention.block_sparse``), both imported on first use.
 
 A backend is a function ``fn(q, k, v, *, key_mask, plan) -> out`` with
     q (B, H, L, D), k and v (B, Hkv, L, D), key_mask (B, L) bool or None (True = real token),
@@ -129,6 +130,7 @@ def _ensure_builtin() -> None:
         _BACKENDS.setdefault("sdpa", sdpa_attention)
         _BACKENDS.setdefault("reference", reference.reference_attention)
         _BACKENDS.setdefault("flex", _flex_attention)
+        _BACKENDS.setdefault("triton", _triton_attention)
 
 
 def _flex_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN202
@@ -136,3 +138,10 @@ def _flex_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN2
     from adaptive_dllm.attention.flex import flex_attention_backend
 
     return flex_attention_backend(q, k, v, key_mask=key_mask, plan=plan)
+
+
+def _triton_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN202
+    # Imported on first use, like flex: importing the package loads no kernels.
+    from adaptive_dllm.attention.block_sparse import triton_attention_backend
+
+    return triton_attention_backend(q, k, v, key_mask=key_mask, plan=plan)

@@ -67,6 +67,14 @@ class SweepSettings:
     dtype: str = "bfloat16"
     deadline: float | None = None  # time.monotonic() after which no generation starts
     largest_modes: tuple[str, ...] | None = None  # sparse modes at the largest e2e length
+    #: Sparse backends: the kernel sweep times each, end to end runs the first (CUDA only for
+    #: "triton"; a CPU smoke run uses flex).
+    backends: tuple[str, ...] = ("triton", "flex")
+
+    def sparse_backends(self) -> tuple[str, ...]:
+        """The backends this device can run, in order."""
+        usable = tuple(b for b in self.backends if self.device == "cuda" or b != "triton")
+        return usable or ("flex",)
 
 
 def model_config(family: str, *, n_layers: int, max_seq_len: int, tiny: bool = False) -> ModelConfig:
@@ -103,13 +111,16 @@ def random_importance(config: ModelConfig, *, seed: int = 0) -> Any:
                                     "n_heads": config.n_heads, "seed": seed})
 
 
-def sparse_config(mode: str, config: ModelConfig, s: SweepSettings, *, backend: str = "flex",
+def sparse_config(mode: str, config: ModelConfig, s: SweepSettings, *, backend: str | None = None,
                   select: float | None = None) -> Any:
+    """The SparseConfig of a sweep run: ``mode`` uniform or adaptive (random importance) on
+    ``backend`` (default: the settings' first usable sparse backend)."""
     from adaptive_dllm.sparsity.config import SparseConfig
 
     imp = random_importance(config) if mode == "adaptive" else None
     return SparseConfig(select=s.select if select is None else select, skip=s.skip,
-                        block_size=s.block_size, importance=imp, backend=backend)
+                        block_size=s.block_size, importance=imp,
+                        backend=backend or s.sparse_backends()[0])
 
 
 # -- kernels ------------------------------------------------------------------------------------
@@ -140,9 +151,11 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
                       torch.full((Hkv,), n_blocks), None, layer=0, block_size=s.block_size,
                       seq_len=length, prompt_blocks=n_blocks, group=H // Hkv)
     block_mask(full, H)
-    t_full = time_fn(functools.partial(attend, q, k, v, plan=full, backend="flex"), **reps)
-    records.append({**base, "mode": "flex_all_blocks", "ms": t_full["median_ms"],
-                    "speedup": dense["best_ms"] / t_full["median_ms"], "keep_ratio": 1.0})
+    for backend in s.sparse_backends():
+        t_full = time_fn(functools.partial(attend, q, k, v, plan=full, backend=backend), **reps)
+        records.append({**base, "mode": f"{backend}_all_blocks", "backend": backend,
+                        "ms": t_full["median_ms"], "speedup": dense["best_ms"] / t_full["median_ms"],
+                        "keep_ratio": 1.0})
     del full
     t_exact = time_fn(lambda: block_mass(q, k, block_size=s.block_size), warmup=1,
                       repeats=max(1, s.repeats // 2))
@@ -165,17 +178,20 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
         t_build = time_fn(build, warmup=1, repeats=max(1, s.repeats // 2))
         fused = _fused_build_ms(sc, cfg, q, k, v, s) if q.is_cuda else None
         session, plan = build()
-        t = time_fn(lambda plan=plan, session=session: session.run(plan, q, k, v, None), **reps)
-        ratio = plan.keep_ratio()
-        records.append({
-            **base, "mode": mode, "ms": t["median_ms"], "speedup": dense["best_ms"] / t["median_ms"],
-            "keep_ratio": ratio, "ideal_speedup": 1.0 / ratio,
-            "achieved_over_ideal": dense["best_ms"] / t["median_ms"] * ratio,
-            "plan_build_ms": t_build["median_ms"], "scoring_exact_ms": t_exact["median_ms"],
-            "scoring_pooled_ms": t_pooled["median_ms"], "scoring_twopass_ms": t_twopass,
-            "fused_build_step_ms": fused,
-            "plan_build_fused_ms": None if fused is None else fused - dense["best_ms"],
-        })
+        for backend in s.sparse_backends():
+            block_mask(plan, H)  # built once per plan, as in a generation's build step
+            t = time_fn(functools.partial(attend, q, k, v, plan=plan, backend=backend), **reps)
+            ratio = plan.keep_ratio()
+            records.append({
+                **base, "mode": mode, "backend": backend, "ms": t["median_ms"],
+                "speedup": dense["best_ms"] / t["median_ms"], "keep_ratio": ratio,
+                "ideal_speedup": 1.0 / ratio,
+                "achieved_over_ideal": dense["best_ms"] / t["median_ms"] * ratio,
+                "plan_build_ms": t_build["median_ms"], "scoring_exact_ms": t_exact["median_ms"],
+                "scoring_pooled_ms": t_pooled["median_ms"], "scoring_twopass_ms": t_twopass,
+                "fused_build_step_ms": fused,
+                "plan_build_fused_ms": None if fused is None else fused - dense["best_ms"],
+            })
         del session, plan
     return records
 
@@ -449,7 +465,7 @@ def table(records: list[dict[str, Any]]) -> str:
         for r in kern:
             lines.append(
                 f"{r['family']:<20} {r['seq_len']:>6} {r['dense_ms']:>9.2f} {r['dense_backend']:<9} "
-                f"{r['mode']:<16} {r['ms']:>8.2f} {r['speedup']:>7.2f}x "
+                f"{_mode_label(r):<16} {r['ms']:>8.2f} {r['speedup']:>7.2f}x "
                 f"{_f(r.get('ideal_speedup')):>6} {_f(r.get('achieved_over_ideal')):>9} "
                 f"{_f(r.get('plan_build_ms'), 1):>10} {_f(r.get('plan_build_fused_ms'), 1):>6}")
     e2e = [r for r in records if r.get("kind") == "e2e"]
@@ -494,8 +510,9 @@ def plot(records: list[dict[str, Any]], path: str) -> None:
                                   (axes[1], "e2e", "prompt_len", "end-to-end generation")):
         rows = [r for r in records if r.get("kind") == kind and r.get("mode") not in ("dense",)
                 and r.get("run", "warm") == "warm" and r.get("speedup") is not None]
-        for key in sorted({(r["family"], r["mode"]) for r in rows}):
-            pts = sorted((r[xkey], r["speedup"]) for r in rows if (r["family"], r["mode"]) == key)
+        for key in sorted({(r["family"], _mode_label(r)) for r in rows}):
+            pts = sorted((r[xkey], r["speedup"]) for r in rows
+                         if (r["family"], _mode_label(r)) == key)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} {key[1]}")
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
@@ -516,6 +533,16 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     for r in records:
         if r.get("speedup") is None:
             continue
-        key = f"{r['kind']}/{r['family']}/{r['mode']}"
+        key = f"{r['kind']}/{r['family']}/{_mode_label(r)}"
         out.setdefault(key, []).append(r["speedup"])
     return {k: statistics.median(v) for k, v in out.items()}
+
+
+def _mode_label(r: dict[str, Any]) -> str:
+    """``uniform`` / ``adaptive`` with the backend when the record names one that is not in the
+    mode already (``uniform [triton]``); dense and ``*_all_blocks`` as they are."""
+    backend = r.get("backend")
+    mode = r["mode"]
+    if backend and r.get("kind") == "kernel" and not mode.startswith(backend):
+        return f"{mode} [{backend}]"
+    return mode

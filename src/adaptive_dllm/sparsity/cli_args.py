@@ -46,8 +46,10 @@ def add_sparse_arguments(parser: argparse.ArgumentParser) -> None:
                    help="budget prompt and generation keys separately (default) or jointly")
     g.add_argument("--gqa-unit", choices=("kv", "query"), default=None,
                    help="one budget per KV head (default) or per query head")
-    g.add_argument("--sparse-backend", choices=("auto", "flex", "reference"), default=None,
-                   help="auto (default): flex on a GPU where it pays off, dense otherwise")
+    g.add_argument("--sparse-backend", choices=("auto", "triton", "flex", "reference"),
+                   default=None,
+                   help="auto (default): the triton kernel on a GPU where sparse pays off, dense "
+                        "otherwise; triton, flex (FlexAttention) or reference (eager) force one")
     g.add_argument("--refresh", choices=("block", "never"), default=None,
                    help="rebuild the plan at every later LLaDA block, or never (default, SparseD)")
     g.add_argument("--estimator", choices=("exact", "pooled"), default=None,

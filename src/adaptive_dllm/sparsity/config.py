@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Region = Literal["separate", "joint"]
 GqaUnit = Literal["kv", "query"]
-BackendName = Literal["auto", "flex", "reference"]
+BackendName = Literal["auto", "triton", "flex", "reference"]
 Estimator = Literal["exact", "pooled"]
 Budget = Literal["global", "per_layer"]
 Refresh = Literal["block", "never"]
@@ -64,8 +64,10 @@ class SparseConfig:
             pool over all key blocks.
         gqa: ``"kv"``: one budget and plan per KV head, shared by its query heads (scores summed
             over the group); ``"query"``: per query head (ablation; K/V are still not repeated).
-        backend: ``"auto"`` (cost model: flex on CUDA where it pays off, else dense),
-            ``"flex"`` (FlexAttention) or ``"reference"`` (eager oracle, CPU and GPU).
+        backend: ``"auto"`` (cost model: the ``triton`` kernel on CUDA where sparse attention
+            pays off, else dense), ``"triton"`` (the project's block-sparse Triton kernel,
+            :mod:`~adaptive_dllm.attention.block_sparse`), ``"flex"`` (FlexAttention) or
+            ``"reference"`` (eager oracle, CPU and GPU).
         likelihood: Build a fresh plan from every forward's own q/k (no dense steps), for
             likelihood scoring where each forward sees a different input.
         estimator: Block scores: ``"exact"`` attention mass, or ``"pooled"`` (block-mean q and
@@ -80,7 +82,7 @@ class SparseConfig:
             block). On the bundled model "block" did not raise greedy token agreement with dense
             (docs/fidelity.md), so it is not the default.
         build_kernel: How the build step gets its attention and its block scores. ``"fused"``
-            (default): where it applies (CUDA, ``flex``, exact scores) one Triton attention
+            (default): where it applies (CUDA, ``triton`` or ``flex``, exact scores) one Triton attention
             forward also writes the block scores (:mod:`~adaptive_dllm.sparsity.fused_build`),
             so scoring costs a fraction of an attention instead of a second one; elsewhere it
             falls back to ``"separate"`` and the stats say which ran. ``"separate"``: the dense

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 class Decision:
     """Which kernel a generation uses, and why (reported in the stats)."""
 
-    backend: str  # "dense", "flex" or "reference"
+    backend: str  # "dense", "triton", "flex" or "reference"
     reason: str
 
 
@@ -40,15 +40,17 @@ class CostModel:
         min_seq_len: Shortest sequence (tokens) for which the sparse step is faster than dense.
         efficiency: Sparse-kernel throughput per kept block relative to the fastest dense SDPA.
         build_cost: Plan build (scoring + allocation + BlockMask) in units of one dense attention.
+        sparse_backend: The backend a generation that pays off runs.
     """
 
     min_seq_len: int = 8192
     efficiency: float = 0.6
     build_cost: float = 2.0
+    sparse_backend: str = "triton"
 
     def decide(self, *, select: float, seq_len: int, device_type: str,
                sparse_steps: int) -> Decision:
-        """Dense or flex for a generation of ``seq_len`` tokens (``backend="auto"``)."""
+        """Dense or :attr:`sparse_backend` for ``seq_len`` tokens (``backend="auto"``)."""
         if select >= 1.0:
             return Decision("dense", "select=1 keeps every block: dense attention is exact")
         if device_type != "cuda":
@@ -67,5 +69,5 @@ class CostModel:
         if gain <= 0:
             return Decision("dense", f"{sparse_steps} sparse step(s) cannot pay back the plan "
                                      f"build ({self.build_cost:g} dense attentions)")
-        return Decision("flex", f"predicted sparse attention {ratio:.2f}x of dense per step, "
+        return Decision(self.sparse_backend, f"predicted sparse attention {ratio:.2f}x of dense per step, "
                                 f"{sparse_steps} sparse steps")

@@ -34,42 +34,12 @@ import torch
 import triton
 import triton.language as tl
 
+from adaptive_dllm.attention.block_sparse import attend_tile
 from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, load_tile, masses_from_block_lse
+from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, masses_from_block_lse
 
 #: Query rows per program (one flash-attention tile).
 BLOCK_M = 128
-
-
-@triton.jit
-def _attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base, offs_m, in_len_m,
-                 offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
-                 HAS_VALID: tl.constexpr, PARTIAL: tl.constexpr, PAD_D: tl.constexpr,
-                 BS: tl.constexpr):
-    """One key tile of the online softmax (Dao et al. 2022, Alg. 1, base 2) plus its block
-    logsumexp ``b[r, j] = m_rj + log2(t_rj)``."""
-    offs_n = j * BS + tl.arange(0, BS)
-    in_len_n = offs_n < L
-    k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
-              PAD_D, PARTIAL)  # (D, BS)
-    s = tl.dot(q, k)
-    if HAS_VALID:
-        col_ok = in_len_n & (tl.load(valid_base + offs_n, mask=in_len_n, other=0) != 0)
-        s = tl.where(col_ok[None, :], s, float("-inf"))
-    elif PARTIAL:
-        s = tl.where(in_len_n[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet
-    p = tl.exp2(s * qk_scale - m_safe[:, None])
-    t = tl.sum(p, 1)
-    tl.store(buf_base + j * L + offs_m, tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")),
-             mask=in_len_m)
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + t
-    v = load_tile(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], in_len_n, d_ok,
-              PARTIAL, PAD_D)  # (BS, D)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, m_new, l_i
 
 
 @triton.jit(do_not_specialize=["Hc", "h0", "L", "N"])
@@ -110,13 +80,13 @@ def _attend_block_lse_kernel(
     acc = tl.zeros([BM, D], dtype=tl.float32)
     n_full = L // BS
     for j in range(0, n_full):
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base,
-                                     offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
-                                     qk_scale, HAS_VALID, False, HEAD_DIM != D, BS)
+        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base,
+                                    offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
+                                    qk_scale, HAS_VALID, False, HEAD_DIM != D, True, BS)
     if n_full < N:
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, n_full, k_base, v_base, valid_base,
-                                     buf_base, offs_m, in_len_m, offs_d, d_ok, L, stride_kl,
-                                     stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != D, BS)
+        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, n_full, k_base, v_base, valid_base,
+                                    buf_base, offs_m, in_len_m, offs_d, d_ok, L, stride_kl,
+                                    stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != D, True, BS)
     # A row without any valid key has no attention distribution: its output is 0, not NaN.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],

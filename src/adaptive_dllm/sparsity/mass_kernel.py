@@ -34,21 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def load_tile(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
-    """``tl.load`` of a 2-D tile, masked only along the axes that can be partial: a mask that
-    varies along the contiguous axis (e.g. a head-dim mask that is always true) would stop the
-    load from vectorising."""
-    if MASK_ROWS and MASK_COLS:
-        x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-    elif MASK_ROWS:
-        x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
-    elif MASK_COLS:
-        x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
-    else:
-        x = tl.load(ptrs)
-    return x
+from adaptive_dllm.attention.block_sparse import load_tile
 
 
 @triton.jit(do_not_specialize=["H", "L", "N"])

@@ -177,7 +177,8 @@ class SparseSession:
 
     def _fused_build_applies(self, q: torch.Tensor) -> bool:
         cfg = self.config
-        return (cfg.build_kernel == "fused" and self.decision.backend == "flex" and q.is_cuda
+        return (cfg.build_kernel == "fused" and self.decision.backend in ("triton", "flex")
+                and q.is_cuda
                 and cfg.estimator == "exact" and not q.requires_grad and q.shape[-1] <= 128
                 and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
                 and triton_available())
@@ -218,6 +219,10 @@ class SparseSession:
             from adaptive_dllm.attention.flex import block_mask
 
             block_mask(plan, q.shape[1])  # built once, here, not in the sparse steps
+        elif self.decision.backend == "triton":
+            from adaptive_dllm.attention.block_sparse import prepare_plan
+
+            prepare_plan(plan)  # device-side counts: the sparse steps copy nothing
         self._plans[layer] = plan
         self.plan_builds += 1
         self._clock.stop_plan(token)

@@ -1,0 +1,198 @@
+"""Triton block-sparse attention: the ``"triton"`` backend, and the tile step it shares.
+
+Shape legend:
+    B batch, H query heads, Hkv KV heads, G = H // Hkv, U plan units, L length, D head dim,
+    bs block size (= key tile = query rows per program), N = ceil(L / bs), kmax = most kept
+    blocks in a row.
+
+Each program owns one query block of one query head and runs the online softmax of
+flash attention (Dao et al. 2022, Alg. 1, in base 2) over the key blocks its plan row keeps,
+read straight from the plan's ``indices`` (no BlockMask, no compilation by inductor). Two choices
+make it faster than the compiled FlexAttention kernel on an H100 (``benchmarks/README.md``):
+
+- **GQA-grouped launch order.** Program ids run over (query head within the KV group) fastest,
+  then query block, then KV head. With per-KV-head plans (``gqa="kv"``) the G programs that the
+  GPU starts together read the same K/V blocks, so all but the first read them from L2.
+- Masks only where needed: loads are masked along the key axis only (they still vectorise along
+  the head dim), and key validity is applied only when the plan has padding.
+
+The tile step (:func:`attend_tile`) is also the body of the fused build kernel
+(:mod:`adaptive_dllm.sparsity.fused_build`), which stores each tile's block logsumexp on the way.
+Lengths are runtime arguments (``do_not_specialize``): a new prompt length does not recompile.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from adaptive_dllm.errors import AdllmError
+
+#: Block sizes the kernel runs (the block is the tile: smaller blocks are slower).
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+@triton.jit
+def load_tile(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """``tl.load`` of a 2-D tile, masked only along the axes that can be partial: a mask that
+    varies along the contiguous axis (e.g. a head-dim mask that is always true) would stop the
+    load from vectorising."""
+    if MASK_ROWS and MASK_COLS:
+        x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    elif MASK_ROWS:
+        x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    elif MASK_COLS:
+        x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, lse_base, offs_m, in_len_m,
+                offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
+                HAS_VALID: tl.constexpr, PARTIAL: tl.constexpr, PAD_D: tl.constexpr,
+                STORE_LSE: tl.constexpr, BS: tl.constexpr):
+    """One key tile j of the online softmax: scores ``s = q k_j^T * qk_scale`` (base 2),
+    running max ``m``, running sum ``l``, accumulator ``acc`` (BM, D) float32.
+
+    With ``STORE_LSE`` it also stores the rows' block logsumexp ``m_j + log2 sum exp2(s - m_j)``
+    at ``lse_base + j * L + row`` (the fused build step's scores).
+    """
+    offs_n = j * BS + tl.arange(0, BS)
+    in_len_n = offs_n < L
+    k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
+                  PAD_D, PARTIAL)  # (D, BS)
+    s = tl.dot(q, k)
+    if HAS_VALID:
+        col_ok = in_len_n & (tl.load(valid_base + offs_n, mask=in_len_n, other=0) != 0)
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+    elif PARTIAL:
+        s = tl.where(in_len_n[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet
+    p = tl.exp2(s * qk_scale - m_safe[:, None])
+    t = tl.sum(p, 1)
+    if STORE_LSE:
+        tl.store(lse_base + j * L + offs_m,
+                 tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")), mask=in_len_m)
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + t
+    v = load_tile(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], in_len_n, d_ok,
+                  PARTIAL, PAD_D)  # (BS, D)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, m_new, l_i
+
+
+@triton.jit(do_not_specialize=["L", "N"])
+def _sparse_attention_kernel(
+    Q, K, V, VALID, IDX, CNT, OUT,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    stride_mb, stride_ib, stride_iu, stride_in,
+    G, GP, L, N, qk_scale,
+    HEAD_DIM: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+    BS: tl.constexpr,
+    D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    g = pid % G  # query head within its KV group: fastest, see the module docstring
+    i = (pid // G) % N
+    hk = (pid // G // N).to(tl.int64)
+    h = hk * G + g
+    u = h // GP
+    offs_m = i * BS + tl.arange(0, BS)
+    offs_d = tl.arange(0, D)
+    d_ok = offs_d < HEAD_DIM
+    in_len_m = offs_m < L
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    valid_base = VALID + b * stride_mb
+    idx_base = IDX + b * stride_ib + u * stride_iu + i * stride_in
+    m_i = tl.full([BS], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BS], dtype=tl.float32)
+    acc = tl.zeros([BS, D], dtype=tl.float32)
+    for t in range(0, tl.load(CNT + u)):
+        j = tl.load(idx_base + t)
+        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, OUT,
+                                    offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
+                                    qk_scale, HAS_VALID, True, HEAD_DIM != D, False, BS)
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # no valid key: 0, not NaN
+    tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
+             out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
+
+
+def prepare_plan(plan: Any) -> torch.Tensor:
+    """The plan's per-unit counts as an int32 device tensor, made once and cached in the plan
+    (call it when the plan is built, so that sparse steps copy nothing to the device)."""
+    counts = plan.cache.get("device_counts")
+    if counts is None:
+        counts = plan.counts.to(device=plan.indices.device, dtype=torch.int32)
+        plan.cache["device_counts"] = counts
+    return counts
+
+
+def triton_attention_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    plan: Any = None,
+) -> torch.Tensor:
+    """Block-sparse attention following ``plan`` (the ``"triton"`` backend of ``attend``).
+
+    Computes, for query block i of head h, ``softmax(q k^T / sqrt(D)) v`` over the keys of the
+    blocks kept in row i by h's unit (padded keys get no weight).
+
+    Args:
+        q: (B, H, L, D) on a CUDA device (or Triton's interpreter); k, v: (B, Hkv, L, D).
+        key_mask: (B, L) bool, True = real token.
+        plan: the layer's SparsePlan (required), built for length L and batch 1 or B.
+
+    Returns:
+        (B, H, L, D) in q's dtype, contiguous.
+    """
+    if plan is None:
+        raise AdllmError("the 'triton' backend needs a sparse plan; dense attention uses 'sdpa'")
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    if plan.seq_len != L or plan.batch not in (1, B):
+        raise AdllmError(f"plan built for length {plan.seq_len} and batch {plan.batch} cannot "
+                         f"run on length {L} and batch {B}")
+    if plan.block_size not in BLOCK_SIZES:
+        raise AdllmError(f"block_size={plan.block_size} is not supported by the 'triton' "
+                         f"backend; use one of {', '.join(map(str, BLOCK_SIZES))}")
+    if plan.n_heads != H or H % Hkv:
+        raise AdllmError(f"plan for {plan.n_heads} query heads cannot run q/k of {H} query and "
+                         f"{Hkv} KV heads; build the plan from this layer's q/k")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    idx = plan.indices
+    counts = prepare_plan(plan)
+    out = torch.empty(B, H, L, D, device=q.device, dtype=q.dtype)
+    valid = None if key_mask is None else key_mask.to(torch.int8).contiguous()
+    bs = plan.block_size
+    N = plan.n_blocks
+    _sparse_attention_kernel[(H * N, B)](
+        q, k, v, q if valid is None else valid, idx, counts, out,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        0 if valid is None else valid.stride(0),
+        0 if plan.batch == 1 else idx.stride(0), idx.stride(1), idx.stride(2),
+        H // Hkv, plan.group, L, N, math.log2(math.e) / math.sqrt(D),
+        HEAD_DIM=D, HAS_VALID=valid is not None, BS=bs, D=max(16, triton.next_power_of_2(D)),
+        num_warps=8 if bs >= 128 else 4, num_stages=3,
+    )
+    return out
