@@ -34,6 +34,13 @@ from adaptive_dllm.errors import AdllmError
 
 #: Block sizes the kernel runs (the block is the tile: smaller blocks are slower).
 BLOCK_SIZES = (16, 32, 64, 128)
+#: Launch options per block size (the block is the tile); 128 was tuned on an H100 at 64k.
+KERNEL_OPTIONS: dict[int, dict[str, int]] = {
+    128: {"num_warps": 8, "num_stages": 3},
+    64: {"num_warps": 4, "num_stages": 3},
+    32: {"num_warps": 4, "num_stages": 3},
+    16: {"num_warps": 4, "num_stages": 2},
+}
 
 
 @triton.jit
@@ -122,11 +129,16 @@ def _sparse_attention_kernel(
     m_i = tl.full([BS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BS], dtype=tl.float32)
     acc = tl.zeros([BS, D], dtype=tl.float32)
-    for t in range(0, tl.load(CNT + u)):
-        j = tl.load(idx_base + t)
+    cnt = tl.load(CNT + u)
+    # The next block index is loaded one iteration ahead, so the K/V addresses of a tile are
+    # known when the tile starts and the loads can be issued early.
+    j = tl.load(idx_base)
+    for t in range(0, cnt):
+        j_next = tl.load(idx_base + t + 1, mask=t + 1 < cnt, other=0)
         acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, OUT,
                                     offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
                                     qk_scale, HAS_VALID, True, HEAD_DIM != D, False, BS)
+        j = j_next
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # no valid key: 0, not NaN
     tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
@@ -193,6 +205,6 @@ def triton_attention_backend(
         0 if plan.batch == 1 else idx.stride(0), idx.stride(1), idx.stride(2),
         H // Hkv, plan.group, L, N, math.log2(math.e) / math.sqrt(D),
         HEAD_DIM=D, HAS_VALID=valid is not None, BS=bs, D=max(16, triton.next_power_of_2(D)),
-        num_warps=8 if bs >= 128 else 4, num_stages=3,
+        **KERNEL_OPTIONS[bs],
     )
     return out
