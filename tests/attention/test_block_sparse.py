@@ -17,10 +17,11 @@ from adaptive_dllm.sparsity.plan import build_plan
 def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
     """MHA and GQA, per-KV-head and per-query-head plans, uneven counts per unit (one unit keeps
     one block, another all), left padding, lengths that are and are not a multiple of the block,
-    a head dim that is not a power of two, a batch-1 plan run on a batch of 2, and
-    (B, L, H, D)-major queries as the model makes them."""
+    a head dim that is not a power of two, a batch-1 plan run on a batch of 2, (B, L, H, D)-major
+    queries and keys as the model makes them; pointer loads and TMA descriptors."""
     out = triton_interpreter("""
         import torch
+        from adaptive_dllm.attention import block_sparse
         from adaptive_dllm.attention.api import attend
         from adaptive_dllm.attention.reference import reference_attention
         from adaptive_dllm.sparsity.plan import build_plan
@@ -32,7 +33,8 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
         for H, Hkv, L, D, bs, units in cases:
             for B, padded, plan_batch in ((1, False, 1), (2, True, 2), (2, False, 1)):
                 q = (torch.randn(B, L, H, D) * 1.5).transpose(1, 2)
-                k, v = torch.randn(B, Hkv, L, D) * 1.5, torch.randn(B, Hkv, L, D)
+                k = (torch.randn(B, L, Hkv, D) * 1.5).transpose(1, 2)
+                v = torch.randn(B, Hkv, L, D)
                 km = None
                 if padded:
                     km = torch.ones(B, L, dtype=torch.bool)
@@ -45,9 +47,11 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
                 counts[0], counts[-1] = 1, N
                 plan = build_plan(s, counts, None, layer=0, block_size=bs, seq_len=L,
                                   prompt_blocks=N, group=H // U, key_mask=km)
-                got = attend(q, k, v, key_mask=km, plan=plan, backend="triton")
                 want = reference_attention(q, k, v, key_mask=km, plan=plan)
-                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+                for use_tma in (False, True):  # pointer loads, and TMA descriptors
+                    block_sparse.USE_TMA = use_tma
+                    got = attend(q, k, v, key_mask=km, plan=plan, backend="triton")
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         print("ok")
     """)
     assert out.split() == ["ok"]

@@ -34,6 +34,8 @@ from adaptive_dllm.errors import AdllmError
 
 #: Block sizes the kernel runs (the block is the tile: smaller blocks are slower).
 BLOCK_SIZES = (16, 32, 64, 128)
+#: TMA loads of K and V: None = where the GPU and the tensors allow it (:func:`_use_tma`).
+USE_TMA: bool | None = None
 #: Launch options per block size (the block is the tile); 128 was tuned on an H100 at 64k.
 KERNEL_OPTIONS: dict[int, dict[str, int]] = {
     128: {"num_warps": 8, "num_stages": 3},
@@ -60,39 +62,62 @@ def load_tile(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.const
 
 
 @triton.jit
-def attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, lse_base, offs_m, in_len_m,
-                offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
-                HAS_VALID: tl.constexpr, PARTIAL: tl.constexpr, PAD_D: tl.constexpr,
-                STORE_LSE: tl.constexpr, BS: tl.constexpr):
-    """One key tile j of the online softmax: scores ``s = q k_j^T * qk_scale`` (base 2),
-    running max ``m``, running sum ``l``, accumulator ``acc`` (BM, D) float32.
-
-    With ``STORE_LSE`` it also stores the rows' block logsumexp ``m_j + log2 sum exp2(s - m_j)``
-    at ``lse_base + j * L + row`` (the fused build step's scores).
-    """
+def load_kv_tile(j, k_base, v_base, offs_d, d_ok, L, stride_kl, stride_vl,
+                 PARTIAL: tl.constexpr, PAD_D: tl.constexpr, BS: tl.constexpr):
+    """K^T (D, BS) and V (BS, D) of key block j through pointers, and which of its keys are
+    inside the sequence."""
     offs_n = j * BS + tl.arange(0, BS)
     in_len_n = offs_n < L
-    k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
-                  PAD_D, PARTIAL)  # (D, BS)
-    s = tl.dot(q, k)
-    if HAS_VALID:
-        col_ok = in_len_n & (tl.load(valid_base + offs_n, mask=in_len_n, other=0) != 0)
+    kt = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
+                   PAD_D, PARTIAL)
+    v = load_tile(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], in_len_n, d_ok,
+                  PARTIAL, PAD_D)
+    return kt, v, in_len_n
+
+
+@triton.jit
+def softmax_tile(acc, m_i, l_i, q, kt, v, col_ok, qk_scale, MASK_COLS: tl.constexpr):
+    """One key tile of the online softmax (Dao et al. 2022, Alg. 1, in base 2).
+
+    Scores ``s = q kt * qk_scale`` (qk_scale = log2(e) / sqrt(D)), running max ``m``, running
+    sum ``l``, accumulator ``acc`` (BM, D) float32. Also returns the tile's ``m_safe`` and row
+    sums ``t = sum exp2(s - m_safe)``: ``m_safe + log2(t)`` is the row's block logsumexp.
+    """
+    s = tl.dot(q, kt)
+    if MASK_COLS:
         s = tl.where(col_ok[None, :], s, float("-inf"))
-    elif PARTIAL:
-        s = tl.where(in_len_n[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key yet
     p = tl.exp2(s * qk_scale - m_safe[:, None])
     t = tl.sum(p, 1)
-    if STORE_LSE:
-        tl.store(lse_base + j * L + offs_m,
-                 tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")), mask=in_len_m)
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + t
-    v = load_tile(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], in_len_n, d_ok,
-                  PARTIAL, PAD_D)  # (BS, D)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, m_new, l_i
+    return acc, m_new, l_i, m_safe, t
+
+
+@triton.jit
+def _sparse_tile(acc, m_i, l_i, q, j, b, hk, K, V, k_base, v_base, valid_base, offs_d, d_ok, L,
+                 stride_kl, stride_vl, qk_scale, USE_TMA: tl.constexpr,
+                 HAS_VALID: tl.constexpr, PARTIAL: tl.constexpr, PAD_D: tl.constexpr,
+                 BS: tl.constexpr, D: tl.constexpr):
+    if USE_TMA:
+        # K, V are (B, Hkv, L, HEAD_DIM) tensor descriptors: rows past L and columns past
+        # HEAD_DIM arrive as zeros.
+        b32, hk32, row = b.to(tl.int32), hk.to(tl.int32), (j * BS).to(tl.int32)
+        kt = K.load([b32, hk32, row, 0]).reshape([BS, D]).T
+        v = V.load([b32, hk32, row, 0]).reshape([BS, D])
+        in_len_n = j * BS + tl.arange(0, BS) < L
+    else:
+        kt, v, in_len_n = load_kv_tile(j, k_base, v_base, offs_d, d_ok, L, stride_kl, stride_vl,
+                                       PARTIAL, PAD_D, BS)
+    col_ok = in_len_n
+    if HAS_VALID:
+        col_ok = col_ok & (tl.load(valid_base + j * BS + tl.arange(0, BS), mask=in_len_n,
+                                   other=0) != 0)
+    acc, m_i, l_i, _, _ = softmax_tile(acc, m_i, l_i, q, kt, v, col_ok, qk_scale,
+                                       HAS_VALID or PARTIAL)
+    return acc, m_i, l_i
 
 
 @triton.jit(do_not_specialize=["L", "N"])
@@ -106,6 +131,7 @@ def _sparse_attention_kernel(
     G, GP, L, N, qk_scale,
     HEAD_DIM: tl.constexpr,
     HAS_VALID: tl.constexpr,
+    USE_TMA: tl.constexpr,
     BS: tl.constexpr,
     D: tl.constexpr,
 ):
@@ -122,23 +148,30 @@ def _sparse_attention_kernel(
     in_len_m = offs_m < L
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
                 mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+    k_base = K
+    v_base = V
+    if not USE_TMA:
+        k_base = K + b * stride_kb + hk * stride_kh
+        v_base = V + b * stride_vb + hk * stride_vh
     valid_base = VALID + b * stride_mb
     idx_base = IDX + b * stride_ib + u * stride_iu + i * stride_in
     m_i = tl.full([BS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BS], dtype=tl.float32)
     acc = tl.zeros([BS, D], dtype=tl.float32)
-    cnt = tl.load(CNT + u)
-    # The next block index is loaded one iteration ahead, so the K/V addresses of a tile are
-    # known when the tile starts and the loads can be issued early.
+    cnt = tl.load(CNT + u)  # >= 1: every row keeps its own block
+    # Indices ascend, so only the last kept block can be partial (block N - 1): the others run
+    # without length masks. The next index is loaded one tile ahead, so a tile's K/V addresses
+    # are known when it starts and its loads can be issued early.
     j = tl.load(idx_base)
-    for t in range(0, cnt):
-        j_next = tl.load(idx_base + t + 1, mask=t + 1 < cnt, other=0)
-        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, OUT,
-                                    offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
-                                    qk_scale, HAS_VALID, True, HEAD_DIM != D, False, BS)
+    for t in range(0, cnt - 1):
+        j_next = tl.load(idx_base + t + 1)
+        acc, m_i, l_i = _sparse_tile(acc, m_i, l_i, q, j, b, hk, K, V, k_base, v_base,
+                                     valid_base, offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
+                                     USE_TMA, HAS_VALID, False, HEAD_DIM != D, BS, D)
         j = j_next
+    acc, m_i, l_i = _sparse_tile(acc, m_i, l_i, q, j, b, hk, K, V, k_base, v_base, valid_base,
+                                 offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
+                                 USE_TMA, HAS_VALID, True, HEAD_DIM != D, BS, D)
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # no valid key: 0, not NaN
     tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
@@ -149,6 +182,9 @@ def prepare_plan(plan: Any) -> torch.Tensor:
     (call it when the plan is built, so that sparse steps copy nothing to the device)."""
     counts = plan.cache.get("device_counts")
     if counts is None:
+        if int(plan.counts.min()) < 1:  # a CPU tensor: no device sync
+            raise AdllmError(f"plan of layer {plan.layer} keeps no block for some unit "
+                             f"(counts {plan.counts.tolist()}); every row must keep >= 1 block")
         counts = plan.counts.to(device=plan.indices.device, dtype=torch.int32)
         plan.cache["device_counts"] = counts
     return counts
@@ -195,8 +231,16 @@ def triton_attention_backend(
     valid = None if key_mask is None else key_mask.to(torch.int8).contiguous()
     bs = plan.block_size
     N = plan.n_blocks
+    dp = max(16, triton.next_power_of_2(D))
+    use_tma = _use_tma(q, k, v) if USE_TMA is None else USE_TMA
+    kk, vv = k, v
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        kk, vv = (TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, bs, dp])
+                  for t in (k, v))
     _sparse_attention_kernel[(H * N, B)](
-        q, k, v, q if valid is None else valid, idx, counts, out,
+        q, kk, vv, q if valid is None else valid, idx, counts, out,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -204,7 +248,17 @@ def triton_attention_backend(
         0 if valid is None else valid.stride(0),
         0 if plan.batch == 1 else idx.stride(0), idx.stride(1), idx.stride(2),
         H // Hkv, plan.group, L, N, math.log2(math.e) / math.sqrt(D),
-        HEAD_DIM=D, HAS_VALID=valid is not None, BS=bs, D=max(16, triton.next_power_of_2(D)),
+        HEAD_DIM=D, HAS_VALID=valid is not None, USE_TMA=use_tma, BS=bs, D=dp,
         **KERNEL_OPTIONS[bs],
     )
     return out
+
+
+def _use_tma(*tensors: torch.Tensor) -> bool:
+    """Tensor-memory-accelerator loads: on GPUs of compute capability 9 or newer, for tensors
+    whose base and strides are 16-byte aligned (what a TMA descriptor requires)."""
+    t0 = tensors[0]
+    if not t0.is_cuda or torch.cuda.get_device_capability(t0.device)[0] < 9:
+        return False
+    return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0
+                                               for st in t.stride()[:-1]) for t in tensors[1:])

@@ -34,12 +34,31 @@ import torch
 import triton
 import triton.language as tl
 
-from adaptive_dllm.attention.block_sparse import attend_tile
+from adaptive_dllm.attention.block_sparse import load_kv_tile, softmax_tile
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, masses_from_block_lse
 
 #: Query rows per program (one flash-attention tile).
 BLOCK_M = 128
+
+
+@triton.jit
+def _scored_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base, offs_m, in_len_m,
+                 offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
+                 HAS_VALID: tl.constexpr, PARTIAL: tl.constexpr, PAD_D: tl.constexpr,
+                 BS: tl.constexpr):
+    """Attention tile j, then the rows' block logsumexp ``b[r, j]`` stored at ``j * L + r``."""
+    kt, v, in_len_n = load_kv_tile(j, k_base, v_base, offs_d, d_ok, L, stride_kl, stride_vl,
+                                   PARTIAL, PAD_D, BS)
+    col_ok = in_len_n
+    if HAS_VALID:
+        col_ok = col_ok & (tl.load(valid_base + j * BS + tl.arange(0, BS), mask=in_len_n,
+                                   other=0) != 0)
+    acc, m_i, l_i, m_safe, t = softmax_tile(acc, m_i, l_i, q, kt, v, col_ok, qk_scale,
+                                            HAS_VALID or PARTIAL)
+    tl.store(buf_base + j * L + offs_m, tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")),
+             mask=in_len_m)
+    return acc, m_i, l_i
 
 
 @triton.jit(do_not_specialize=["Hc", "h0", "L", "N"])
@@ -80,13 +99,13 @@ def _attend_block_lse_kernel(
     acc = tl.zeros([BM, D], dtype=tl.float32)
     n_full = L // BS
     for j in range(0, n_full):
-        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base,
-                                    offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
-                                    qk_scale, HAS_VALID, False, HEAD_DIM != D, True, BS)
+        acc, m_i, l_i = _scored_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base,
+                                     offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
+                                     qk_scale, HAS_VALID, False, HEAD_DIM != D, BS)
     if n_full < N:
-        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, n_full, k_base, v_base, valid_base,
-                                    buf_base, offs_m, in_len_m, offs_d, d_ok, L, stride_kl,
-                                    stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != D, True, BS)
+        acc, m_i, l_i = _scored_tile(acc, m_i, l_i, q, n_full, k_base, v_base, valid_base,
+                                     buf_base, offs_m, in_len_m, offs_d, d_ok, L, stride_kl,
+                                     stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != D, BS)
     # A row without any valid key has no attention distribution: its output is 0, not NaN.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
