@@ -7,16 +7,18 @@ Sparse pays off when
 
     sparse_steps * A * (1 - select / efficiency) > build_cost * A    and    L >= min_seq_len,
 
-where ``min_seq_len`` is the measured length below which fixed overheads (index arrays, launch and
-guard costs, the plan build on short inputs) make the sparse step no faster than dense on the GPU.
-The numbers below were measured on an H100 (``benchmarks/README.md``, bf16, block 128, select 0.3):
-the flex kernel loses to cuDNN at 4k tokens (0.71x LLaDA, 0.88x Dream) and wins from 8k (1.3-1.5x);
-its efficiency per kept block relative to cuDNN is 0.43 (8k), 0.56 (16k), 0.75 (64k); the plan
-build costs 3.4 (8k), 2.3 (16k), 1.05 (64k) dense attentions of the same layer. Anything the model
-rejects runs dense, and the session's stats say ``backend: "dense"`` with the reason.
+where ``min_seq_len`` is the shortest length measured to gain. Measured on an H100
+(``benchmarks/README.md``, bf16, block 128, select 0.3) with the ``triton`` kernel: the attention
+kernel is 1.2-1.4x faster than cuDNN at 4k tokens, 2.2-2.3x at 16k and 2.5-2.7x at 64k; its
+throughput per kept block relative to cuDNN is 0.38-0.46 (4k), 0.68-0.71 (16k), 0.75-0.80 (64k);
+end to end (4 layers, 128 steps, skip 0.2) sparse wins 1.04-1.06x at 4k, 1.19-1.23x at 16k and
+1.50-1.55x at 64k. Below 4k nothing was measured, so ``auto`` stays dense there. The plan build
+(fused into the build step) costs 5 (4k), 0.6 (16k) and 0.35 (64k) dense attentions of a layer.
+Anything the model rejects runs dense, and the session's stats say ``backend: "dense"`` with
+the reason.
 
 On the CPU there is no fast sparse kernel (the reference backend materialises L x L), so ``auto``
-runs dense there; ``backend="reference"`` or ``"flex"`` force a sparse run (tests, debugging).
+runs dense there; ``backend="reference"`` forces a sparse run (tests, debugging).
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ class CostModel:
     """Break-even model for block-sparse attention (defaults measured on an H100, bf16).
 
     Attributes:
-        min_seq_len: Shortest sequence (tokens) for which the sparse step is faster than dense.
+        min_seq_len: Shortest sequence (tokens) measured to run faster sparse than dense.
         efficiency: Sparse-kernel throughput per kept block relative to the fastest dense SDPA.
         build_cost: Plan build (scoring + allocation + BlockMask) in units of one dense attention.
         sparse_backend: The backend a generation that pays off runs.
     """
 
-    min_seq_len: int = 8192
+    min_seq_len: int = 4096
     efficiency: float = 0.6
     build_cost: float = 2.0
     sparse_backend: str = "triton"
@@ -59,8 +61,8 @@ class CostModel:
         if sparse_steps < 1:
             return Decision("dense", "skip leaves no sparse step")
         if seq_len < self.min_seq_len:
-            return Decision("dense", f"sequence of {seq_len} tokens is below the break-even "
-                                     f"length of {self.min_seq_len} tokens measured on an H100")
+            return Decision("dense", f"sequence of {seq_len} tokens is below {self.min_seq_len}, "
+                                     "the shortest length measured faster sparse (H100)")
         ratio = select / self.efficiency
         if ratio >= 1.0:
             return Decision("dense", f"select={select:g} keeps too much: a sparse step would "
