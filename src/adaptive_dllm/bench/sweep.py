@@ -502,6 +502,7 @@ def _f(value: Any, digits: int = 2) -> str:
 def plot(records: list[dict[str, Any]], path: str) -> None:
     """PNG of speedup over the fastest dense SDPA vs sequence length (kernel and end-to-end)."""
     # Figure without pyplot: no process-wide backend switch in library code.
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2))
@@ -510,16 +511,18 @@ def plot(records: list[dict[str, Any]], path: str) -> None:
                                   (axes[1], "e2e", "prompt_len", "end-to-end generation")):
         rows = [r for r in records if r.get("kind") == kind and r.get("mode") not in ("dense",)
                 and r.get("run", "warm") == "warm" and r.get("speedup") is not None]
-        for key in sorted({(r["family"], _mode_label(r)) for r in rows}):
+        for n, key in enumerate(sorted({(r["family"], _mode_label(r)) for r in rows})):
             pts = sorted((r[xkey], r["speedup"]) for r in rows
                          if (r["family"], _mode_label(r)) == key)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} {key[1]}")
+            style = ":" if "all_blocks" in key[1] else "--" if "flex" in key[1] else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls=style,
+                    color=colormaps["tab20"](n % 20), label=f"{key[0]} {key[1]}")
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("prompt tokens" if kind == "e2e" else "sequence length")
         ax.set_ylabel("speedup over fastest dense SDPA")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     env = next((r["env"] for r in records if "env" in r), {})
     fig.suptitle(f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}",
                  fontsize=9)

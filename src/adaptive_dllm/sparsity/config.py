@@ -5,15 +5,16 @@ model-independent; :meth:`SparseConfig.new_session` binds it to a model (checkin
 shape) and returns the per-generation :class:`~adaptive_dllm.sparsity.session.SparseSession`.
 
 Defaults and why:
-    - ``block_size=128``: the FlexAttention tile on Hopper is 128 x 64, so a 128-token selection
-      block maps to whole kernel tiles (the upstream 32-token blocks left almost every tile
-      partial, see upstream_reference.md §3); smaller blocks are allowed and slower
-      (``benchmarks/README.md``).
+    - ``block_size=128``: the ``triton`` kernel's tile is the block and flex runs 128 x 128
+      tiles on Hopper, so a 128-token selection block maps to whole kernel tiles (the upstream
+      32-token blocks left almost every tile partial, see upstream_reference.md §3); smaller
+      blocks are allowed and slower (``benchmarks/README.md``).
     - ``region="separate"``: prompt keys and generation keys get their own budgets, as upstream,
       so a long prompt cannot starve the few generation blocks; the realised density is reported.
     - ``gqa="kv"``: one plan per KV head shared by its query-head group (real K/V savings).
-    - ``backend="auto"``: the cost model (:mod:`~adaptive_dllm.sparsity.cost`) picks dense where
-      sparse attention cannot pay off and says so in the stats.
+    - ``backend="auto"``: the cost model (:mod:`~adaptive_dllm.sparsity.cost`) picks the
+      ``triton`` kernel on CUDA where sparse attention pays off (measured faster than flex on an
+      H100), dense elsewhere, and says which in the stats.
 """
 
 from __future__ import annotations
