@@ -57,8 +57,9 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
     assert out.split() == ["ok"]
 
 
-def test_registered_and_needs_a_fitting_plan():
+def test_registered_and_needs_a_fitting_plan(monkeypatch):
     pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the shape checks come before any launch
     assert "triton" in available_backends()
     q = k = v = torch.randn(1, 2, 64, 16)
     with pytest.raises(AdllmError, match="needs a sparse plan"):
@@ -70,3 +71,23 @@ def test_registered_and_needs_a_fitting_plan():
         attend(q[:, :, :32], k[:, :, :32], v[:, :, :32], plan=plan, backend="triton")
     with pytest.raises(AdllmError, match="plan for 2 query heads cannot run"):
         attend(torch.randn(1, 4, 64, 16), k, v, plan=plan, backend="triton")
+
+
+def test_cpu_tensors_get_a_one_line_error(monkeypatch):
+    """Without a GPU (and outside Triton's interpreter) the backend says what to use instead,
+    and a sparse generation fails before its first step, not at its first sparse one."""
+    from adaptive_dllm.models import ModelConfig, Transformer
+    from adaptive_dllm.sparsity import SparseConfig
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = k = v = torch.randn(1, 2, 64, 16)
+    plan = build_plan(torch.rand(1, 2, 2, 2), torch.tensor([1, 2]), None, layer=0, block_size=32,
+                      seq_len=64, prompt_blocks=2, group=1)
+    with pytest.raises(AdllmError, match="runs on a CUDA GPU, not on cpu; use backend 'reference'"):
+        attend(q, k, v, plan=plan, backend="triton")
+    cfg = ModelConfig(family="dream", vocab_size=40, hidden_size=32, n_layers=1, n_heads=4,
+                      n_kv_heads=2, intermediate_size=64, max_seq_len=256, mask_id=39)
+    session = SparseConfig(select=0.3, block_size=32, backend="triton").new_session(cfg, 4)
+    session.begin_step(0, 4)
+    with pytest.raises(AdllmError, match="runs on a CUDA GPU"):
+        Transformer(cfg).eval()(torch.randint(0, 39, (1, 64)), attn=session)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -66,6 +67,17 @@ def triton_available() -> bool:
         logger.info("triton is not installed: block scoring and the fused element-wise kernels "
                     "run as torch code")
     return found
+
+
+def check_triton_device(device: torch.device) -> None:
+    """Raise a one-line error unless the ``triton`` backend can run on ``device``: a CUDA GPU
+    with triton installed (or Triton's CPU interpreter, ``TRITON_INTERPRET=1``, for tests)."""
+    if not triton_available():
+        raise AdllmError("backend 'triton' needs the triton package (pip install triton); "
+                         "use backend 'reference' without it")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise AdllmError(f"backend 'triton' runs on a CUDA GPU, not on {device.type}; use "
+                         f"backend 'reference' (or 'auto') there")
 
 
 def available_backends() -> tuple[str, ...]:
@@ -142,6 +154,7 @@ def _flex_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN2
 
 def _triton_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN202
     # Imported on first use, like flex: importing the package loads no kernels.
+    check_triton_device(q.device)
     from adaptive_dllm.attention.block_sparse import triton_attention_backend
 
     return triton_attention_backend(q, k, v, key_mask=key_mask, plan=plan)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adaptive_dllm.attention.api import attend, triton_available
+from adaptive_dllm.attention.api import attend, check_triton_device, triton_available
 from adaptive_dllm.budget.allocator import Allocation, allocate
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity.cost import CostModel, Decision
@@ -140,6 +140,8 @@ class SparseSession:
                                                    device_type=q.device.type,
                                                    sparse_steps=sparse_steps)
         else:
+            if cfg.backend == "triton":
+                check_triton_device(q.device)  # before any step runs, not at the first sparse one
             self.decision = Decision(cfg.backend, f"backend {cfg.backend!r} requested")
         self._clock = _Clock(q.device)
         if self._kind is not None:
