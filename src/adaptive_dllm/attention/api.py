@@ -80,6 +80,17 @@ def check_triton_device(device: torch.device) -> None:
                          f"backend 'reference' (or 'auto') there")
 
 
+def check_plan_fits(plan: Any, q: torch.Tensor, backend: str) -> None:
+    """One-line errors for a sparse backend called without a plan, or with one built for another
+    length or batch (a batch-1 plan serves any batch)."""
+    if plan is None:
+        raise AdllmError(f"the {backend!r} backend needs a sparse plan; dense attention uses 'sdpa'")
+    B, _, L, _ = q.shape
+    if plan.seq_len != L or plan.batch not in (1, B):
+        raise AdllmError(f"plan built for length {plan.seq_len} and batch {plan.batch} cannot "
+                         f"run on length {L} and batch {B}")
+
+
 def available_backends() -> tuple[str, ...]:
     _ensure_builtin()
     return tuple(sorted(_BACKENDS))

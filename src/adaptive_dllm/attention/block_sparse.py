@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from adaptive_dllm.attention.api import check_plan_fits
 from adaptive_dllm.errors import AdllmError
 
 #: Block sizes the kernel runs (the block is the tile: smaller blocks are slower).
@@ -76,6 +77,15 @@ def load_kv_tile(j, k_base, v_base, offs_d, d_ok, L, stride_kl, stride_vl,
 
 
 @triton.jit
+def valid_keys(valid_base, j, in_len_n, HAS_VALID: tl.constexpr, BS: tl.constexpr):
+    """Keys of block j that are inside the sequence and, with a key mask, real tokens."""
+    ok = in_len_n
+    if HAS_VALID:
+        ok = ok & (tl.load(valid_base + j * BS + tl.arange(0, BS), mask=in_len_n, other=0) != 0)
+    return ok
+
+
+@triton.jit
 def softmax_tile(acc, m_i, l_i, q, kt, v, col_ok, qk_scale, MASK_COLS: tl.constexpr):
     """One key tile of the online softmax (Dao et al. 2022, Alg. 1, in base 2).
 
@@ -111,10 +121,7 @@ def _sparse_tile(acc, m_i, l_i, q, j, b, hk, K, V, k_base, v_base, valid_base, o
     else:
         kt, v, in_len_n = load_kv_tile(j, k_base, v_base, offs_d, d_ok, L, stride_kl, stride_vl,
                                        PARTIAL, PAD_D, BS)
-    col_ok = in_len_n
-    if HAS_VALID:
-        col_ok = col_ok & (tl.load(valid_base + j * BS + tl.arange(0, BS), mask=in_len_n,
-                                   other=0) != 0)
+    col_ok = valid_keys(valid_base, j, in_len_n, HAS_VALID, BS)
     acc, m_i, l_i, _, _ = softmax_tile(acc, m_i, l_i, q, kt, v, col_ok, qk_scale,
                                        HAS_VALID or PARTIAL)
     return acc, m_i, l_i
@@ -211,13 +218,9 @@ def triton_attention_backend(
     Returns:
         (B, H, L, D) in q's dtype, contiguous.
     """
-    if plan is None:
-        raise AdllmError("the 'triton' backend needs a sparse plan; dense attention uses 'sdpa'")
+    check_plan_fits(plan, q, "triton")
     B, H, L, D = q.shape
     Hkv = k.shape[1]
-    if plan.seq_len != L or plan.batch not in (1, B):
-        raise AdllmError(f"plan built for length {plan.seq_len} and batch {plan.batch} cannot "
-                         f"run on length {L} and batch {B}")
     if plan.block_size not in BLOCK_SIZES:
         raise AdllmError(f"block_size={plan.block_size} is not supported by the 'triton' "
                          f"backend; use one of {', '.join(map(str, BLOCK_SIZES))}")

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.attention.api import check_plan_fits
 
 #: Per block size: Triton tile options (BLOCK_M / BLOCK_N must divide the block size).
 KERNEL_OPTIONS: dict[int, dict[str, Any]] = {
@@ -74,12 +74,8 @@ def flex_attention_backend(
     Returns:
         (B, H, L, D) in q's dtype.
     """
-    if plan is None:
-        raise AdllmError("the 'flex' backend needs a sparse plan; dense attention uses 'sdpa'")
+    check_plan_fits(plan, q, "flex")
     B, H, L, D = q.shape
-    if plan.seq_len != L or plan.batch not in (1, B):
-        raise AdllmError(f"plan built for length {plan.seq_len} and batch {plan.batch} cannot "
-                         f"run on length {L} and batch {B}")
     mask = block_mask(plan, H)
     gqa = H != k.shape[1]
     if not q.is_cuda:

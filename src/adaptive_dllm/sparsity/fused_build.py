@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adaptive_dllm.attention.block_sparse import load_kv_tile, softmax_tile
+from adaptive_dllm.attention.block_sparse import load_kv_tile, softmax_tile, valid_keys
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, masses_from_block_lse
 
@@ -50,10 +50,7 @@ def _scored_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base, offs
     """Attention tile j, then the rows' block logsumexp ``b[r, j]`` stored at ``j * L + r``."""
     kt, v, in_len_n = load_kv_tile(j, k_base, v_base, offs_d, d_ok, L, stride_kl, stride_vl,
                                    PARTIAL, PAD_D, BS)
-    col_ok = in_len_n
-    if HAS_VALID:
-        col_ok = col_ok & (tl.load(valid_base + j * BS + tl.arange(0, BS), mask=in_len_n,
-                                   other=0) != 0)
+    col_ok = valid_keys(valid_base, j, in_len_n, HAS_VALID, BS)
     acc, m_i, l_i, m_safe, t = softmax_tile(acc, m_i, l_i, q, kt, v, col_ok, qk_scale,
                                             HAS_VALID or PARTIAL)
     tl.store(buf_base + j * L + offs_m, tl.where(t > 0.0, m_safe + tl.log2(t), float("-inf")),
