@@ -162,7 +162,7 @@ def test_gpu_fused_matches_reference_within_the_bf16_rule(H, Hkv, L, bs, padded)
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_generation_uses_the_fused_build_and_counts_it_as_plan():
+def test_gpu_generation_uses_the_fused_build_and_reports_plan_time():
     from adaptive_dllm.generation.api import generate
     from adaptive_dllm.models import ModelConfig, Transformer
 

@@ -150,6 +150,7 @@ def test_auto_runs_dense_on_cpu_and_says_why(fixture_model):
     st = out.stats["sparse"]
     assert st["backend"] == "dense" and "cpu" in st["backend_reason"]
     assert torch.equal(out.ids, _gen(model, ids).ids)
+    assert st["plan_builds"] == 0 and st["time_plan_s"] == 0.0  # nothing built, nothing charged
 
 
 def test_likelihood_mode_builds_every_forward(fixture_model):
@@ -283,3 +284,32 @@ def test_clock_charges_the_build_steps_excess_to_the_plan(monkeypatch):
     got = clock.phases()
     # build 1.6 s, median dense step 1.0 s: plan 0.6 + the 0.2 s rebuild
     assert got == pytest.approx({"dense": 3.0 + 1.0, "plan": 0.6 + 0.2, "sparse": 0.8})
+
+
+def test_clock_charges_no_plan_time_when_no_plan_was_built(monkeypatch):
+    """A run the cost model turned dense still has a "build" step in its schedule; its time is
+    dense time (a review found it charged as plan time)."""
+    from adaptive_dllm.sparsity.session import _Clock
+
+    clock = _Clock(torch.device("cpu"))
+    now = iter([0.0, 1.0, 2.0, 3.5, 4.0])  # dense, dense, build (1.5 s), sparse-kind, end
+    monkeypatch.setattr(clock, "_now", lambda: next(now))
+    for kind in ("dense", "dense", "build", "sparse"):
+        clock.mark(kind)
+    got = clock.phases(charge_build_excess=False)
+    assert got == pytest.approx({"dense": 3.5, "plan": 0.0, "sparse": 0.5})
+
+
+def test_auto_moves_to_a_runnable_backend(monkeypatch):
+    pytest.importorskip("triton")
+    from adaptive_dllm.sparsity import session as session_mod
+    from adaptive_dllm.sparsity.cost import Decision
+
+    chosen = Decision("triton", "predicted sparse attention 0.40x of dense per step")
+    wide = torch.zeros(1, 2, 8, 256)
+    moved = session_mod._runnable(chosen, wide)
+    assert moved.backend == "flex" and "head dim 256 > 128" in moved.reason
+    assert session_mod._runnable(chosen, torch.zeros(1, 2, 8, 128)) is chosen
+    monkeypatch.setattr(session_mod, "triton_available", lambda: False)
+    gone = session_mod._runnable(chosen, wide)
+    assert gone.backend == "dense" and "triton is not installed" in gone.reason

@@ -14,11 +14,16 @@ make it faster than the compiled FlexAttention kernel on an H100 (``benchmarks/R
   then query block, then KV head. With per-KV-head plans (``gqa="kv"``) the G programs that the
   GPU starts together read the same K/V blocks, so all but the first read them from L2.
 - Masks only where needed: loads are masked along the key axis only (they still vectorise along
-  the head dim), and key validity is applied only when the plan has padding.
+  the head dim), only the last kept block of a row is length-masked, and key validity is applied
+  only when a key mask is passed.
 
-The tile step (:func:`attend_tile`) is also the body of the fused build kernel
+The tile step (:func:`softmax_tile`) is also the body of the fused build kernel
 (:mod:`adaptive_dllm.sparsity.fused_build`), which stores each tile's block logsumexp on the way.
-Lengths are runtime arguments (``do_not_specialize``): a new prompt length does not recompile.
+float32 inputs run with fewer pipeline stages (shared memory) and, on the GPU, with Triton's
+default TF32 tensor-core products (about 1e-3 relative error in the scores); bf16 and fp16 are the
+intended inputs. Lengths and the strides that follow them (key-mask rows, plan indices) are runtime arguments
+(``do_not_specialize``): a new prompt length does not recompile. Offsets inside one (batch, head)
+slice are 32-bit, which :func:`check_offsets` guards (about 175k tokens for packed q/k/v).
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ from adaptive_dllm.errors import AdllmError
 
 #: Block sizes the kernel runs (the block is the tile: smaller blocks are slower).
 BLOCK_SIZES = (16, 32, 64, 128)
+#: Largest head dim the kernels take (the (block, head dim) tiles must fit shared memory).
+MAX_HEAD_DIM = 128
+#: Pipeline stages that fit Hopper's 227 KiB of shared memory with 4-byte (float32) tiles at head
+#: dim 128 (checked by compiling for sm_90: 1 stage at block 128 takes 192 KiB, 2 take 320 KiB).
+FP32_MAX_STAGES = {128: 1, 64: 2, 32: 3, 16: 3}
 #: TMA loads of K and V: None = where the GPU and the tensors allow it (:func:`_use_tma`).
 USE_TMA: bool | None = None
 #: Launch options per block size (the block is the tile); 128 was tuned on an H100 at 64k.
@@ -44,6 +54,24 @@ KERNEL_OPTIONS: dict[int, dict[str, int]] = {
     32: {"num_warps": 4, "num_stages": 3},
     16: {"num_warps": 4, "num_stages": 2},
 }
+
+
+def launch_options(block_size: int, dtype: torch.dtype) -> dict[str, int]:
+    """:data:`KERNEL_OPTIONS` for ``block_size``, with fewer stages for float32 tiles."""
+    opts = dict(KERNEL_OPTIONS[block_size])
+    if dtype.itemsize > 2:
+        opts["num_stages"] = min(opts["num_stages"], FP32_MAX_STAGES[block_size])
+    return opts
+
+
+def check_offsets(seq_len: int, *tensors: torch.Tensor, extra: int = 0) -> None:
+    """One-line error when 32-bit in-kernel offsets could overflow: a row offset times a tensor's
+    row stride (dim 2), or ``extra`` (e.g. N * L of a block-logsumexp scratch), reaches 2^31."""
+    worst = max([seq_len * t.stride(2) + t.shape[-1] for t in tensors] + [extra])
+    if worst >= 2**31:
+        raise AdllmError(f"sequence of {seq_len} tokens is too long for the 32-bit offsets of the "
+                         f"Triton kernels (offset {worst} >= 2^31); use backend 'flex' or shorter "
+                         f"inputs")
 
 
 @triton.jit
@@ -127,7 +155,7 @@ def _sparse_tile(acc, m_i, l_i, q, j, b, hk, K, V, k_base, v_base, valid_base, o
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=["L", "N"])
+@triton.jit(do_not_specialize=["L", "N", "stride_mb", "stride_ib", "stride_iu", "stride_in"])
 def _sparse_attention_kernel(
     Q, K, V, VALID, IDX, CNT, OUT,
     stride_qb, stride_qh, stride_ql,
@@ -227,6 +255,10 @@ def triton_attention_backend(
     if plan.n_heads != H or H % Hkv:
         raise AdllmError(f"plan for {plan.n_heads} query heads cannot run q/k of {H} query and "
                          f"{Hkv} KV heads; build the plan from this layer's q/k")
+    if D > MAX_HEAD_DIM:
+        raise AdllmError(f"head dim {D} is larger than the {MAX_HEAD_DIM} the 'triton' backend "
+                         f"takes; use backend 'flex'")
+    check_offsets(L, q, k, v)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     idx = plan.indices
     counts = prepare_plan(plan)
@@ -252,7 +284,7 @@ def triton_attention_backend(
         0 if plan.batch == 1 else idx.stride(0), idx.stride(1), idx.stride(2),
         H // Hkv, plan.group, L, N, math.log2(math.e) / math.sqrt(D),
         HEAD_DIM=D, HAS_VALID=valid is not None, USE_TMA=use_tma, BS=bs, D=dp,
-        **KERNEL_OPTIONS[bs],
+        **launch_options(bs, q.dtype),
     )
     return out
 

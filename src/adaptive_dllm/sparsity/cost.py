@@ -5,7 +5,7 @@ Per layer and step, dense attention costs ``A(L)``. A sparse step costs about
 relative to the fastest dense kernel), and the plan build costs about ``build_cost * A(L)`` once.
 Sparse pays off when
 
-    sparse_steps * A * (1 - select / efficiency) > build_cost * A    and    L >= min_seq_len,
+    sparse_steps * A * (1 - select / efficiency(L)) > build_cost(L) * A   and   L >= min_seq_len,
 
 where ``min_seq_len`` is the shortest length measured to gain. Measured on an H100
 (``benchmarks/README.md``, bf16, block 128, select 0.3) with the ``triton`` kernel: the attention
@@ -13,8 +13,10 @@ kernel is 1.2-1.4x faster than cuDNN at 4k tokens, 2.2-2.3x at 16k and 2.5-2.7x 
 throughput per kept block relative to cuDNN is 0.38-0.46 (4k), 0.68-0.71 (16k), 0.75-0.80 (64k);
 end to end (4 layers, 128 steps, skip 0.2) sparse wins 1.04-1.06x at 4k, 1.19-1.23x at 16k and
 1.50-1.55x at 64k. Below 4k nothing was measured, so ``auto`` stays dense there. The plan build
-(fused into the build step) costs 5 (4k), 0.6 (16k) and 0.35 (64k) dense attentions of a layer.
-Anything the model rejects runs dense, and the session's stats say ``backend: "dense"`` with
+(fused into the build step) costs 4.6-5.0 (4k), 0.58-0.69 (16k) and 0.34-0.37 (64k) dense
+attentions of a layer.
+``efficiency(L)`` and ``build_cost(L)`` interpolate those measurements in log(L). Anything the
+model rejects runs dense, and the session's stats say ``backend: "dense"`` with
 the reason.
 
 On the CPU there is no fast sparse kernel (the reference backend materialises L x L), so ``auto``
@@ -23,7 +25,10 @@ runs dense there; ``backend="reference"`` forces a sparse run (tests, debugging)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from adaptive_dllm.errors import AdllmError
 
 
 @dataclass(frozen=True)
@@ -34,21 +39,37 @@ class Decision:
     reason: str
 
 
+#: (tokens, value) points measured on an H100 (bf16, block 128, select 0.3, ``triton`` kernel,
+#: fused build; ``benchmarks/README.md``): per-kept-block throughput relative to cuDNN (the lower
+#: of LLaDA and Dream) and the plan build in dense attentions of one layer (the higher).
+EFFICIENCY_POINTS: tuple[tuple[int, float], ...] = ((4096, 0.38), (16384, 0.68), (65536, 0.75))
+BUILD_COST_POINTS: tuple[tuple[int, float], ...] = ((4096, 5.0), (16384, 0.69), (65536, 0.37))
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Break-even model for block-sparse attention (defaults measured on an H100, bf16).
 
     Attributes:
         min_seq_len: Shortest sequence (tokens) measured to run faster sparse than dense.
-        efficiency: Sparse-kernel throughput per kept block relative to the fastest dense SDPA.
-        build_cost: Plan build (scoring + allocation + BlockMask) in units of one dense attention.
+        efficiency: (tokens, value) points of the sparse kernel's throughput per kept block
+            relative to the fastest dense SDPA; interpolated in log(tokens), held flat outside.
+        build_cost: (tokens, value) points of the plan build in units of one dense attention.
         sparse_backend: The backend a generation that pays off runs.
     """
 
     min_seq_len: int = 4096
-    efficiency: float = 0.6
-    build_cost: float = 2.0
+    efficiency: tuple[tuple[int, float], ...] = EFFICIENCY_POINTS
+    build_cost: tuple[tuple[int, float], ...] = BUILD_COST_POINTS
     sparse_backend: str = "triton"
+
+    def __post_init__(self) -> None:
+        for name in ("efficiency", "build_cost"):
+            pts = getattr(self, name)
+            xs = [x for x, _ in pts]
+            if not pts or xs != sorted(set(xs)) or any(x <= 0 or y <= 0 for x, y in pts):
+                raise AdllmError(f"CostModel.{name}={pts!r} must be (tokens, value) pairs with "
+                                 f"positive values and increasing tokens")
 
     def decide(self, *, select: float, seq_len: int, device_type: str,
                sparse_steps: int) -> Decision:
@@ -63,13 +84,24 @@ class CostModel:
         if seq_len < self.min_seq_len:
             return Decision("dense", f"sequence of {seq_len} tokens is below {self.min_seq_len}, "
                                      "the shortest length measured faster sparse (H100)")
-        ratio = select / self.efficiency
+        ratio = select / _interpolate(self.efficiency, seq_len)
         if ratio >= 1.0:
             return Decision("dense", f"select={select:g} keeps too much: a sparse step would "
-                                     f"cost {ratio:.2f}x a dense one")
-        gain = sparse_steps * (1.0 - ratio) - self.build_cost
-        if gain <= 0:
+                                     f"cost {ratio:.2f}x a dense one at {seq_len} tokens")
+        build = _interpolate(self.build_cost, seq_len)
+        if sparse_steps * (1.0 - ratio) <= build:
             return Decision("dense", f"{sparse_steps} sparse step(s) cannot pay back the plan "
-                                     f"build ({self.build_cost:g} dense attentions)")
-        return Decision(self.sparse_backend, f"predicted sparse attention {ratio:.2f}x of dense per step, "
-                                f"{sparse_steps} sparse steps")
+                                     f"build ({build:.2g} dense attentions)")
+        return Decision(self.sparse_backend, f"predicted sparse attention {ratio:.2f}x of dense "
+                                             f"per step, {sparse_steps} sparse steps")
+
+
+def _interpolate(points: tuple[tuple[int, float], ...], seq_len: int) -> float:
+    """Piecewise-linear in log(tokens) through ``points`` (sorted by tokens), flat outside."""
+    if seq_len <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:], strict=True):
+        if seq_len <= x1:
+            t = (math.log(seq_len) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return points[-1][1]

@@ -34,7 +34,14 @@ import torch
 import triton
 import triton.language as tl
 
-from adaptive_dllm.attention.block_sparse import load_kv_tile, softmax_tile, valid_keys
+from adaptive_dllm.attention.block_sparse import (
+    FP32_MAX_STAGES,
+    MAX_HEAD_DIM,
+    check_offsets,
+    load_kv_tile,
+    softmax_tile,
+    valid_keys,
+)
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, masses_from_block_lse
 
@@ -58,7 +65,7 @@ def _scored_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base, offs
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=["Hc", "h0", "L", "N"])
+@triton.jit(do_not_specialize=["Hc", "h0", "L", "N", "stride_mb"])
 def _attend_block_lse_kernel(
     Q, K, V, VALID, OUT, BUF,
     stride_qb, stride_qh, stride_ql,
@@ -109,6 +116,11 @@ def _attend_block_lse_kernel(
              out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
 
 
+def fused_num_stages(block_size: int, dtype: torch.dtype) -> int:
+    """Pipeline stages of the fused kernel: 3, fewer for float32 tiles (shared memory)."""
+    return 3 if dtype.itemsize <= 2 else min(3, FP32_MAX_STAGES[block_size])
+
+
 def attend_and_score(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -119,7 +131,7 @@ def attend_and_score(
     scratch_bytes: int = SCRATCH_BYTES,
     block_m: int = BLOCK_M,
     num_warps: int = 8,
-    num_stages: int = 3,
+    num_stages: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense bidirectional attention and the exact block mass of the same q/k, in one pass.
 
@@ -132,9 +144,11 @@ def attend_and_score(
         k, v: (B, Hkv, L, D).
         block_size: bs, a power of two in [16, 128]: the key tile of the attention loop.
         key_mask: (B, L) bool, True = real token.
-        scratch_bytes: Upper bound of the block-logsumexp scratch; heads are done in chunks.
+        scratch_bytes: Size the block-logsumexp scratch should stay within: heads are done in
+            chunks of that size, but at least one head at a time (B * N * L * 4 bytes).
         block_m, num_warps, num_stages: Kernel tiling (query rows per program, a power of two
-            >= 16) and launch options; the defaults were tuned on an H100 at 64k tokens.
+            >= 16) and launch options; the defaults were tuned on an H100 at 64k tokens (None
+            stages: 3, or what fits shared memory for float32 tiles).
 
     Returns:
         out (B, H, L, D) in q's dtype, contiguous; mass (B, H, N, N) float32.
@@ -147,9 +161,15 @@ def attend_and_score(
     if block_size not in (16, 32, 64, 128):
         raise AdllmError(f"block_size={block_size} is not supported by the fused build kernel; "
                          f"use 16, 32, 64 or 128")
+    if D > MAX_HEAD_DIM:
+        raise AdllmError(f"head dim {D} is larger than the {MAX_HEAD_DIM} the fused build kernel "
+                         f"takes; use SparseConfig(build_kernel='separate')")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bs = block_size
     N = -(-L // bs)
+    check_offsets(L, q, k, v, extra=N * L)
+    if num_stages is None:
+        num_stages = fused_num_stages(bs, q.dtype)
     out = torch.empty(B, H, L, D, device=q.device, dtype=q.dtype)
     mass = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
     valid = None if key_mask is None else key_mask.to(torch.int8).contiguous()

@@ -34,10 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
-from adaptive_dllm.attention.block_sparse import load_tile
+from adaptive_dllm.attention.block_sparse import check_offsets, load_tile
 
 
-@triton.jit(do_not_specialize=["H", "L", "N"])
+@triton.jit(do_not_specialize=["stride_vb", "H", "L", "N"])
 def _block_mass_kernel(
     Q, K, VALID, OUT,
     stride_qb, stride_qh, stride_ql,
@@ -101,7 +101,7 @@ def _block_mass_kernel(
         tl.store(out_base + j, tl.sum(tl.sum(p, 1), 0))
 
 
-@triton.jit(do_not_specialize=["Hc", "h0", "L", "N"])
+@triton.jit(do_not_specialize=["stride_vb", "Hc", "h0", "L", "N"])
 def _block_lse_kernel(
     Q, K, VALID, BUF,
     stride_qb, stride_qh, stride_ql,
@@ -293,6 +293,7 @@ def _launch_inputs(
     if k.stride(-1) != 1:
         k = k.contiguous()
     N = -(-L // block_size)
+    check_offsets(L, q, k, extra=N * L)
     out = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
     if key_mask is None:
         return q, k, q, 0, out

@@ -139,6 +139,7 @@ class SparseSession:
             self.decision = self.cost_model.decide(select=cfg.select, seq_len=L,
                                                    device_type=q.device.type,
                                                    sparse_steps=sparse_steps)
+            self.decision = _runnable(self.decision, q)
         else:
             if cfg.backend == "triton":
                 check_triton_device(q.device)  # before any step runs, not at the first sparse one
@@ -275,7 +276,9 @@ class SparseSession:
             labels = ("joint", None) if ag is None else ("prompt keys", "generation keys")
             note = "; ".join(f"{label}: {a.note}" for label, a in zip(labels, (ap, ag), strict=True)
                              if a is not None and a.note)
-        times = self._clock.phases() if self._clock is not None else {}
+        times = {}
+        if self._clock is not None:
+            times = self._clock.phases(charge_build_excess=not dense_run and self.plan_builds > 0)
         compiles = _compile_log_since(self._compile_log_start)
         return {
             "mode": cfg.mode,
@@ -309,6 +312,23 @@ class SparseSession:
             "time_sparse_s": times.get("sparse"),
             "compile_s": sum(c["seconds"] for c in compiles) if compiles else 0.0,
         }
+
+
+def _runnable(decision: Decision, q: torch.Tensor) -> Decision:
+    """The cost model's choice, moved to a backend that can run these q: without triton no
+    sparse kernel runs on the GPU (flex compiles through it too), and the triton kernel takes
+    head dims up to 128 (flex takes more)."""
+    if decision.backend != "triton":
+        return decision
+    if not triton_available():
+        return Decision("dense", "triton is not installed: no sparse GPU kernel (pip install "
+                                 "triton)")
+    from adaptive_dllm.attention.block_sparse import MAX_HEAD_DIM
+
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return Decision("flex", f"{decision.reason}; head dim {q.shape[-1]} > {MAX_HEAD_DIM}: "
+                                "flex instead of the triton kernel")
+    return decision
 
 
 def _fits(plan: SparsePlan | None, q: torch.Tensor) -> bool:
@@ -350,7 +370,9 @@ class _Clock:
     def stop_plan(self, token: tuple[int, Any]) -> None:
         self.plans.append((token[0], token[1], self._now()))
 
-    def phases(self) -> dict[str, float]:
+    def phases(self, *, charge_build_excess: bool = True) -> dict[str, float]:
+        """Seconds per phase; ``charge_build_excess=False`` (no plan was built in a build step,
+        e.g. the run went dense) counts build steps as plain dense steps."""
         end = self._now()
         if self.cuda:
             end.synchronize()  # the one host read of the generation's timings
@@ -367,7 +389,7 @@ class _Clock:
         out = {"dense": 0.0, "plan": timed.get(-1, 0.0), "sparse": 0.0}
         for i, (kind, t) in enumerate(steps):
             plan = timed.get(i, 0.0)
-            if kind == "build" and typical is not None:
+            if kind == "build" and typical is not None and charge_build_excess:
                 plan = min(t, max(plan, t - typical))
             out["plan"] += plan
             out["sparse" if kind == "sparse" else "dense"] += max(0.0, t - plan)
