@@ -93,3 +93,17 @@ def test_cpu_tensors_get_a_one_line_error(monkeypatch):
     session.begin_step(0, 4)
     with pytest.raises(AdllmError, match="runs on a CUDA GPU"):
         Transformer(cfg).eval()(torch.randint(0, 39, (1, 64)), attn=session)
+
+
+def test_offsets_past_32_bits_are_one_line_errors():
+    pytest.importorskip("triton")
+    from adaptive_dllm.attention.block_sparse import check_offsets
+
+    row = 3 * 32 * 128  # packed q/k/v of a 32-head, head-dim-128 model
+    base = torch.empty(row + 128)
+    packed = base.as_strided((1, 1, 2, 128), (0, 0, row, 1))
+    check_offsets(150_000, packed)  # 1.8e9 < 2^31
+    with pytest.raises(AdllmError, match="200000 tokens is too long for the 32-bit offsets"):
+        check_offsets(200_000, packed)
+    with pytest.raises(AdllmError, match="use backend 'flex'"):
+        check_offsets(1000, packed, extra=2**31)
