@@ -313,3 +313,25 @@ def test_auto_moves_to_a_runnable_backend(monkeypatch):
     monkeypatch.setattr(session_mod, "triton_available", lambda: False)
     gone = session_mod._runnable(chosen, wide)
     assert gone.backend == "dense" and "triton is not installed" in gone.reason
+
+
+def test_build_step_returns_dense_attention_and_installs_the_plan():
+    """What the benchmark calls directly: usable before any forward started the session."""
+    from adaptive_dllm.attention.api import attend
+
+    torch.manual_seed(0)
+    cfg = SparseConfig(select=0.3, block_size=16, backend="reference")
+    model = _tiny_dream_config()
+    session = cfg.new_session(model, 4, gen_length=16)
+    q, k, v = torch.randn(1, 4, 64, 8), torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8)
+    out = session.build_step(0, q, k, v, None)
+    torch.testing.assert_close(out, attend(q, k, v))
+    assert session._plans[0] is not None and session._plans[0].seq_len == 64
+    assert session.stats()["build_kernel"] == "separate" and session.plan_builds == 1
+
+
+def _tiny_dream_config():
+    from adaptive_dllm.models import ModelConfig
+
+    return ModelConfig(family="dream", vocab_size=40, hidden_size=32, n_layers=1, n_heads=4,
+                       n_kv_heads=2, intermediate_size=64, max_seq_len=256, mask_id=39)

@@ -91,6 +91,36 @@ def load_tile(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.const
 
 
 @triton.jit
+def rows_ptrs(base, b, h, offs_m, offs_d, stride_b, stride_h, stride_l):
+    """Pointers of a (rows, D) tile of a (B, H, L, D) tensor: rows ``offs_m`` of head h."""
+    return base + b * stride_b + h * stride_h + offs_m[:, None] * stride_l + offs_d[None, :]
+
+
+@triton.jit
+def load_q_rows(Q, b, h, row0, L, stride_b, stride_h, stride_l, HEAD_DIM: tl.constexpr,
+                BM: tl.constexpr, D: tl.constexpr):
+    """The (BM, D) query tile from row ``row0`` of head h (zeros past L and past HEAD_DIM), with
+    its row offsets, head-dim offsets and the masks of both."""
+    offs_m = row0 + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    d_ok = offs_d < HEAD_DIM
+    in_len_m = offs_m < L
+    q = tl.load(rows_ptrs(Q, b, h, offs_m, offs_d, stride_b, stride_h, stride_l),
+                mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
+    return q, offs_m, offs_d, d_ok, in_len_m
+
+
+@triton.jit
+def store_normalised(OUT, acc, l_i, b, h, offs_m, offs_d, in_len_m, d_ok,
+                     stride_ob, stride_oh, stride_ol):
+    """``acc / l`` into OUT's rows (Dao et al. 2022, Alg. 1, last line); a row without any
+    valid key has no attention distribution and gets 0, not NaN."""
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(rows_ptrs(OUT, b, h, offs_m, offs_d, stride_ob, stride_oh, stride_ol),
+             out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
+
+
+@triton.jit
 def load_kv_tile(j, k_base, v_base, offs_d, d_ok, L, stride_kl, stride_vl,
                  PARTIAL: tl.constexpr, PAD_D: tl.constexpr, BS: tl.constexpr):
     """K^T (D, BS) and V (BS, D) of key block j through pointers, and which of its keys are
@@ -177,12 +207,8 @@ def _sparse_attention_kernel(
     hk = (pid // G // N).to(tl.int64)
     h = hk * G + g
     u = h // GP
-    offs_m = i * BS + tl.arange(0, BS)
-    offs_d = tl.arange(0, D)
-    d_ok = offs_d < HEAD_DIM
-    in_len_m = offs_m < L
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
+    q, offs_m, offs_d, d_ok, in_len_m = load_q_rows(Q, b, h, i * BS, L, stride_qb, stride_qh,
+                                                    stride_ql, HEAD_DIM, BS, D)
     k_base = K
     v_base = V
     if not USE_TMA:
@@ -207,9 +233,8 @@ def _sparse_attention_kernel(
     acc, m_i, l_i = _sparse_tile(acc, m_i, l_i, q, j, b, hk, K, V, k_base, v_base, valid_base,
                                  offs_d, d_ok, L, stride_kl, stride_vl, qk_scale,
                                  USE_TMA, HAS_VALID, True, HEAD_DIM != D, BS, D)
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # no valid key: 0, not NaN
-    tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
-             out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
+    store_normalised(OUT, acc, l_i, b, h, offs_m, offs_d, in_len_m, d_ok,
+                     stride_ob, stride_oh, stride_ol)
 
 
 def prepare_plan(plan: Any) -> torch.Tensor:

@@ -35,11 +35,14 @@ import triton
 import triton.language as tl
 
 from adaptive_dllm.attention.block_sparse import (
+    BLOCK_SIZES,
     FP32_MAX_STAGES,
     MAX_HEAD_DIM,
     check_offsets,
     load_kv_tile,
+    load_q_rows,
     softmax_tile,
+    store_normalised,
     valid_keys,
 )
 from adaptive_dllm.errors import AdllmError
@@ -87,12 +90,8 @@ def _attend_block_lse_kernel(
     b = (bh // Hc).to(tl.int64)
     h = (bh % Hc + h0).to(tl.int64)
     hk = h // G
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, D)
-    d_ok = offs_d < HEAD_DIM
-    in_len_m = offs_m < L
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
+    q, offs_m, offs_d, d_ok, in_len_m = load_q_rows(Q, b, h, pid_m * BM, L, stride_qb,
+                                                    stride_qh, stride_ql, HEAD_DIM, BM, D)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
     valid_base = VALID + b * stride_mb
@@ -110,10 +109,8 @@ def _attend_block_lse_kernel(
         acc, m_i, l_i = _scored_tile(acc, m_i, l_i, q, n_full, k_base, v_base, valid_base,
                                      buf_base, offs_m, in_len_m, offs_d, d_ok, L, stride_kl,
                                      stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != D, BS)
-    # A row without any valid key has no attention distribution: its output is 0, not NaN.
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :],
-             out.to(OUT.dtype.element_ty), mask=in_len_m[:, None] & d_ok[None, :])
+    store_normalised(OUT, acc, l_i, b, h, offs_m, offs_d, in_len_m, d_ok,
+                     stride_ob, stride_oh, stride_ol)
 
 
 def fused_num_stages(block_size: int, dtype: torch.dtype) -> int:
@@ -158,9 +155,9 @@ def attend_and_score(
     if k.shape != (B, Hkv, L, D) or v.shape != k.shape or H % Hkv:
         raise AdllmError(f"attend_and_score needs q (B, H, L, D) and k, v (B, Hkv, L, D) with "
                          f"H % Hkv == 0; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if block_size not in (16, 32, 64, 128):
+    if block_size not in BLOCK_SIZES:
         raise AdllmError(f"block_size={block_size} is not supported by the fused build kernel; "
-                         f"use 16, 32, 64 or 128")
+                         f"use one of {', '.join(map(str, BLOCK_SIZES))}")
     if D > MAX_HEAD_DIM:
         raise AdllmError(f"head dim {D} is larger than the {MAX_HEAD_DIM} the fused build kernel "
                          f"takes; use SparseConfig(build_kernel='separate')")

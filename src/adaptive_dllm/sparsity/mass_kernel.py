@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adaptive_dllm.attention.block_sparse import check_offsets, load_tile
+from adaptive_dllm.attention.block_sparse import check_offsets, load_q_rows, load_tile
 
 
 @triton.jit(do_not_specialize=["stride_vb", "H", "L", "N"])
@@ -54,15 +54,11 @@ def _block_mass_kernel(
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     hk = h // G
-    offs_m = i * BS + tl.arange(0, BS)
-    offs_d = tl.arange(0, D)
-    d_ok = offs_d < HEAD_DIM
-    in_len_m = offs_m < L
+    q, offs_m, offs_d, d_ok, in_len_m = load_q_rows(Q, b, h, i * BS, L, stride_qb, stride_qh,
+                                                    stride_ql, HEAD_DIM, BS, D)
     row_ok = in_len_m
     if HAS_VALID:
         row_ok = row_ok & (tl.load(VALID + b * stride_vb + offs_m, mask=in_len_m, other=0) != 0)
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
     k_base = K + b * stride_kb + hk * stride_kh
 
     # Pass 1: logsumexp (base 2) of every query row over all valid keys.
@@ -118,12 +114,8 @@ def _block_lse_kernel(
     b = (bh // Hc).to(tl.int64)
     h = (bh % Hc + h0).to(tl.int64)
     hk = h // G
-    offs_m = i * BS + tl.arange(0, BS)
-    offs_d = tl.arange(0, D)
-    d_ok = offs_d < HEAD_DIM
-    in_len_m = offs_m < L
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=in_len_m[:, None] & d_ok[None, :], other=0.0)
+    q, offs_m, offs_d, d_ok, in_len_m = load_q_rows(Q, b, h, i * BS, L, stride_qb, stride_qh,
+                                                    stride_ql, HEAD_DIM, BS, D)
     k_base = K + b * stride_kb + hk * stride_kh
     buf_base = BUF + bh.to(tl.int64) * N * L
     for j in range(0, N):

@@ -121,7 +121,7 @@ class SparseSession:
         if kind == "dense":
             return attend(q, k, v, key_mask=key_mask)
         if kind == "build":
-            return self._build_step(layer, q, k, v, key_mask)
+            return self.build_step(layer, q, k, v, key_mask)
         plan = self._plans[layer]
         if not _fits(plan, q):
             plan = self.build_plan(layer, q, k, key_mask)  # length or batch changed
@@ -161,9 +161,13 @@ class SparseSession:
             self._allocations[key] = (prompt, gen)
         return self._allocations[key]
 
-    def _build_step(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    key_mask: torch.Tensor | None) -> torch.Tensor:
-        """Dense attention of the build step plus ``layer``'s plan, fused where possible."""
+    def build_step(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   key_mask: torch.Tensor | None) -> torch.Tensor:
+        """The build step of ``layer``: its dense attention output (B, H, L, D), with the plan
+        built and installed on the way; one fused kernel where it applies
+        (:meth:`_fused_build_applies`), else dense SDPA then :meth:`build_plan`."""
+        if self.decision is None:
+            self._start(q)
         if not self._fused_build_applies(q):
             self.build_kernel_used = "separate"
             out = attend(q, k, v, key_mask=key_mask)
@@ -180,11 +184,14 @@ class SparseSession:
 
     def _fused_build_applies(self, q: torch.Tensor) -> bool:
         cfg = self.config
-        return (cfg.build_kernel == "fused" and self.decision.backend in ("triton", "flex")
-                and q.is_cuda
-                and cfg.estimator == "exact" and not q.requires_grad and q.shape[-1] <= 128
+        if not (cfg.build_kernel == "fused" and self.decision.backend in ("triton", "flex")
+                and q.is_cuda and cfg.estimator == "exact" and not q.requires_grad
                 and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-                and triton_available())
+                and triton_available()):
+            return False
+        from adaptive_dllm.attention.block_sparse import MAX_HEAD_DIM
+
+        return q.shape[-1] <= MAX_HEAD_DIM
 
     def build_plan(self, layer: int, q: torch.Tensor, k: torch.Tensor,
                    key_mask: torch.Tensor | None, *,
