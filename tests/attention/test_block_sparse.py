@@ -107,3 +107,13 @@ def test_offsets_past_32_bits_are_one_line_errors():
         check_offsets(200_000, packed)
     with pytest.raises(AdllmError, match="use backend 'flex'"):
         check_offsets(1000, packed, extra=2**31)
+
+
+def test_a_plan_row_without_blocks_is_a_one_line_error():
+    pytest.importorskip("triton")
+    from adaptive_dllm.attention.block_sparse import prepare_plan
+
+    plan = build_plan(torch.rand(1, 2, 2, 2), torch.tensor([0, 2]), None, layer=3, block_size=32,
+                      seq_len=64, prompt_blocks=2, group=1)
+    with pytest.raises(AdllmError, match=r"plan of layer 3 keeps no block for some unit \(counts"):
+        prepare_plan(plan)
