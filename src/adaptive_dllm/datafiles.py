@@ -30,8 +30,8 @@ from typing import Any
 
 from adaptive_dllm.errors import AdllmError
 
-__all__ = ["ChoiceQuestion", "HumanEvalProblem", "humaneval_path", "read_choice", "read_gsm8k",
-           "read_humaneval", "read_jsonl"]
+__all__ = ["ChoiceQuestion", "HumanEvalProblem", "choice_prompt", "humaneval_path", "read_choice",
+           "read_gsm8k", "read_humaneval", "read_jsonl"]
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -149,6 +149,12 @@ class ChoiceQuestion:
     choices: tuple[str, ...]
     answer: int
     line: int
+
+
+def choice_prompt(q: ChoiceQuestion) -> str:
+    """lm-eval's MMLU layout: the question, one ``"A. choice"`` line per choice, ``"Answer:"``."""
+    lines = [q.question.strip(), *(f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(q.choices))]
+    return "\n".join([*lines, "Answer:"])
 
 
 def _answer_index(p: Path, n: int, raw: Any, n_choices: int) -> int:

