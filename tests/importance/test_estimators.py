@@ -10,11 +10,11 @@ import torch
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example
+from adaptive_dllm.importance.comparison import average_importance, compare
 from adaptive_dllm.importance.estimators import (
     STATISTICS,
     attention_statistics,
     block_mass,
-    compare,
     estimate_importance,
     random_importance,
     row_statistics,
