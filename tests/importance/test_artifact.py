@@ -220,3 +220,34 @@ def test_weights_follow_the_config():
         kv.weights(gqa="q")
     with pytest.raises(AdllmError, match=r"needs \(32, 32\)"):
         imp.weights(_config(32, 32, 32))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_save_gives_the_umask_permissions_and_leaves_no_temporary_file(tmp_path, umask):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = HeadImportance(torch.ones(2, 3), "query", {}).save(tmp_path / "imp.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # was 0o600 (mkstemp's mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["imp.safetensors"]
+
+
+def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    import os
+
+    path = HeadImportance(torch.ones(2, 3), "query", {"estimator": "old"}).save(
+        tmp_path / "imp.safetensors")
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(AdllmError, match="No space left"):
+        HeadImportance(torch.zeros(2, 3), "query", {"estimator": "new"}).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["imp.safetensors"]

@@ -10,11 +10,11 @@ import torch
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example
+from adaptive_dllm.importance.comparison import average_importance, compare
 from adaptive_dllm.importance.estimators import (
     STATISTICS,
     attention_statistics,
     block_mass,
-    compare,
     estimate_importance,
     random_importance,
     row_statistics,
@@ -154,3 +154,28 @@ def test_estimate_importance_dispatches_by_name():
             estimate_importance(model, **kwargs)
     with pytest.raises(AdllmError, match="steps"):
         estimate_importance(model, ex, method="entropy", steps=3)
+
+
+def test_average_is_the_head_wise_mean_ignoring_nan_heads():
+    a = HeadImportance(torch.tensor([[1.0, float("nan")], [2.0, float("nan")]]), "query", {})
+    b = HeadImportance(torch.tensor([[3.0, 5.0], [float("nan"), float("nan")]]), "query",
+                       {"estimator": "entropy", "seed": 2})
+    mean = average_importance([a, b], sources=["a.safetensors", "b.safetensors"])
+    assert mean.scores[0].tolist() == [2.0, 5.0] and mean.scores[1, 0] == 2.0
+    assert mean.scores[1, 1].isnan()
+    assert [s["file"] for s in mean.metadata["sources"]] == ["a.safetensors", "b.safetensors"]
+    with pytest.raises(AdllmError, match="b.safetensors has kv scores"):
+        average_importance([a, HeadImportance(torch.ones(2, 2), "kv", {})],
+                           sources=["a.safetensors", "b.safetensors"])
+
+
+def test_random_importance_distributions_are_seeded_and_distinct():
+    cfg = ModelConfig(family="llada", vocab_size=40, hidden_size=32, n_layers=16, n_heads=16,
+                      n_kv_heads=16, intermediate_size=48, max_seq_len=64, mask_id=39)
+    normal = random_importance(cfg, seed=1, distribution="normal").scores
+    expo = random_importance(cfg, seed=1, distribution="exponential").scores
+    assert torch.equal(normal, random_importance(cfg, seed=1, distribution="normal").scores)
+    assert abs(normal.mean()) < 0.2 and abs(normal.std() - 1) < 0.15  # 256 draws of N(0, 1)
+    assert (expo > 0).all() and abs(expo.mean() - 1) < 0.2 and expo.median() < expo.mean()
+    with pytest.raises(AdllmError, match="distribution"):
+        random_importance(cfg, distribution="cauchy")

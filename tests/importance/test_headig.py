@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -239,3 +240,50 @@ def test_value_runs_the_eager_element_wise_code_like_value_and_grad(monkeypatch)
                         or forward(*a, **k))
     obj.value(torch.ones(2, 4))
     assert seen == [False] and fused_kernels_enabled()
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"PK\x03\x04 truncated", "damaged"),
+    (None, "missing entries"),  # a torch file of something else
+    (b"", "damaged"),
+])
+def test_damaged_or_foreign_resume_file_is_a_one_line_error(tmp_path, content, words):
+    path = tmp_path / "partial.pt"
+    if content is None:
+        torch.save({"weights": torch.ones(2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(AdllmError, match=words) as info:
+        headig(tiny(), examples(1), HeadIGSettings(**FAST), resume=path)
+    assert "\n" not in str(info.value) and "delete it" in str(info.value)
+
+
+def test_resume_saves_never_share_a_temporary_name(tmp_path):
+    # The old fixed name PATH.tmp, blocked here by a directory, is not used: concurrent runs
+    # with one resume file each write their own temporary file and rename it.
+    path = tmp_path / "partial.pt"
+    (tmp_path / "partial.pt.tmp").mkdir()
+    headig(tiny(), examples(1), HeadIGSettings(**FAST), resume=path)
+    assert len(torch.load(path, weights_only=True)["ig"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial.pt", "partial.pt.tmp"]
+
+
+def test_progress_is_redrawn_every_tenth_when_not_on_a_terminal(capsys):
+    bar, tick = hig.progress_bar(50, desc="work", unit="step")
+    for _ in range(50):
+        tick()
+    bar.close()
+    err = capsys.readouterr().err
+    shown = {int(m) for m in re.findall(r"(\d+)/50", err)}
+    assert {5, 10, 15, 20, 25, 30, 35, 40, 45, 50} <= shown  # tqdm alone waits 30 s here
+
+
+def test_per_layer_runs_each_layer_alone_with_its_own_resume_file(tmp_path):
+    model, exs = tiny(), examples(1)
+    settings = HeadIGSettings(**FAST)
+    both = hig.headig_per_layer(model, exs, settings, resume=tmp_path / "r.pt")
+    for layer in (0, 1):
+        alone = headig(model, exs, HeadIGSettings(**FAST, layers=(layer, layer)))
+        torch.testing.assert_close(both.scores[layer], alone.scores[layer])
+        assert (tmp_path / f"r.layer{layer}.pt").is_file()
+    assert both.metadata["settings"]["per_layer"] is True

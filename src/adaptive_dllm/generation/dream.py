@@ -39,7 +39,6 @@ from adaptive_dllm.generation.schedule import (
     check_int,
     dream_counts,
     dream_timesteps,
-    select_top,
 )
 from adaptive_dllm.models.families import get_family
 
@@ -148,8 +147,8 @@ def sample_dream(
         reveal_p = reveal_p.to(device)  # (S,)
     else:
         counts = dream_counts(_maskable(x, mask_id, real).sum(-1), timesteps)  # (B, S)
-        # Sampling positions needs a host-side sample count per step; read once, here.
-        k_max = counts.amax(0).tolist() if o.alg_temp else None
+        # torch.topk / torch.multinomial take a host-side count per step; read once, here.
+        k_max = counts.amax(0).tolist()
 
     for i in range(o.steps):
         if session is not None:
@@ -165,8 +164,7 @@ def sample_dream(
         if o.alg == "origin":
             region = _origin_step(region, probs, maskable, reveal_p[i], o)
         else:
-            region = _ranked_step(region, probs, maskable, counts[:, i],
-                                  None if k_max is None else k_max[i], o)
+            region = _ranked_step(region, probs, maskable, counts[:, i], k_max[i], o, lead=lo)
         x = torch.cat([x[:, :lo], region], dim=1)
         if on_step is not None:
             on_step(i + 1, o.steps)
@@ -263,21 +261,32 @@ def _ranked_step(
     probs: torch.Tensor,
     maskable: torch.Tensor,
     k: torch.Tensor,
-    k_max: int | None,
+    k_max: int,
     o: DreamOptions,
+    *,
+    lead: int,
 ) -> torch.Tensor:
-    """Commit the ``k[b]`` most confident proposals of each row (maskgit_plus/margin/entropy)."""
+    """Commit the ``k[b]`` most confident proposals of each row (maskgit_plus/margin/entropy).
+
+    ``x`` holds the positions from ``lead`` on. Upstream ranks (``torch.topk``) or samples
+    (``torch.multinomial``) over the full row of ``lead + N`` positions, the others at -inf.
+    Both depend on the row's width, not only on its finite entries: topk's order among exact
+    ties (common at low temperature with top-p: every one-token distribution has negative
+    entropy 0) and multinomial's draws (one exponential per column). So the row is widened
+    back to full width here; the extra columns can never be chosen.
+    """
     x0, p0 = _propose(probs, maskable, o)
-    confidence = torch.where(maskable, _confidence(probs, p0, o.alg), -torch.inf)  # (B, L)
-    if k_max is None:
-        chosen = select_top(confidence, k)
-    elif k_max == 0:
-        return x  # upstream skips the draw when nothing is committed
+    confidence = torch.where(maskable, _confidence(probs, p0, o.alg), -torch.inf)  # (B, N)
+    if k_max == 0:
+        return x  # upstream skips the ranking (and its draws) when nothing is committed
+    full = torch.nn.functional.pad(confidence, (lead, 0), value=-torch.inf)  # (B, lead + N)
+    if o.alg_temp:
+        picks = torch.multinomial(torch.softmax(full / o.alg_temp, dim=-1), k_max)
     else:
-        weights = torch.softmax(confidence / o.alg_temp, dim=-1)
-        picks = torch.multinomial(weights, k_max)  # (B, k_max), in draw order
-        keep = torch.arange(k_max, device=x.device)[None, :] < k[:, None]
-        chosen = torch.zeros_like(maskable).scatter(-1, picks, keep)
+        picks = full.topk(k_max, dim=-1).indices  # (B, k_max), best first
+    # Rows that commit fewer than k_max (padding changes their mask count) keep the first k[b].
+    keep = torch.arange(k_max, device=x.device)[None, :] < k[:, None]  # (B, k_max)
+    chosen = torch.zeros_like(full, dtype=torch.bool).scatter(-1, picks, keep)[:, lead:]
     return torch.where(chosen, x0, x)
 
 

@@ -3,9 +3,9 @@ that stores scores with their provenance (higher = more important, always)."""
 
 from adaptive_dllm.importance.artifact import HeadImportance, HeadKind, library_version
 from adaptive_dllm.importance.calibration import CalibrationSet, Example, load_calibration
+from adaptive_dllm.importance.comparison import average_importance, compare
 from adaptive_dllm.importance.estimators import (
     attention_statistics,
-    compare,
     estimate_importance,
     random_importance,
     uniform_importance,
@@ -21,6 +21,7 @@ __all__ = [
     "HeadImportance",
     "HeadKind",
     "attention_statistics",
+    "average_importance",
     "compare",
     "estimate_importance",
     "library_version",

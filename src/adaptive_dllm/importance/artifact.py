@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
+from adaptive_dllm._io import atomic_write
 from adaptive_dllm.budget.weights import relative_weights
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.config import ModelConfig
@@ -220,20 +220,11 @@ class HeadImportance:
         data = safetensors_save({"scores": self.scores}, metadata=header)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            # Unique temporary name, fsync, rename; the umask's permissions (not mkstemp's 0600).
+            with atomic_write(path, "wb") as f:
+                f.write(data)
         except OSError as err:
             raise AdllmError(f"cannot write importance file {path}: {err.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                raise AdllmError(f"cannot write importance file {path}: {err.strerror}") from None
-            raise
         return path
 
     @classmethod

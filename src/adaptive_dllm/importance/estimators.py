@@ -52,6 +52,8 @@ from adaptive_dllm.sparsity import scoring
 Statistic = Literal["entropy", "effective", "topk", "coverage", "deficit"]
 STATISTICS: tuple[str, ...] = ("entropy", "effective", "topk", "coverage", "deficit")
 QuerySpan = Literal["all", "completion"]
+RandomDistribution = Literal["uniform", "normal", "exponential"]
+RANDOM_DISTRIBUTIONS: tuple[str, ...] = ("uniform", "normal", "exponential")
 
 _CONVERSION = {
     "entropy": "normalised entropy of the block-mass rows",
@@ -74,12 +76,27 @@ def uniform_importance(config: ModelConfig) -> HeadImportance:
                           metadata=_meta(config, "uniform", {}, data=None, seed=None))
 
 
-def random_importance(config: ModelConfig, *, seed: int = 0) -> HeadImportance:
-    """Importance drawn from U[0, 1) with a seeded CPU generator (a control for ablations)."""
+def random_importance(config: ModelConfig, *, seed: int = 0,
+                      distribution: RandomDistribution = "uniform") -> HeadImportance:
+    """Seeded random importance, a control for ablations (CPU generator, so any device agrees).
+
+    ``distribution``: ``uniform`` U[0, 1), ``normal`` N(0, 1) (signed, like HeadIG) or
+    ``exponential`` Exp(1) (positive and heavy-tailed, so budgets spread unevenly).
+    """
+    if distribution not in RANDOM_DISTRIBUTIONS:
+        raise AdllmError(f"random distribution {distribution!r} must be one of "
+                         f"{', '.join(RANDOM_DISTRIBUTIONS)}")
     gen = torch.Generator().manual_seed(seed)
-    scores = torch.rand(config.n_layers, config.n_heads, generator=gen)
+    shape = (config.n_layers, config.n_heads)
+    if distribution == "normal":
+        scores = torch.randn(shape, generator=gen)
+    elif distribution == "exponential":
+        scores = torch.empty(shape).exponential_(1.0, generator=gen)
+    else:
+        scores = torch.rand(shape, generator=gen)
+    label = {"uniform": "uniform[0,1)", "normal": "normal(0,1)", "exponential": "exponential(1)"}
     return HeadImportance(scores=scores, head_kind="query",
-                          metadata=_meta(config, "random", {"distribution": "uniform[0,1)"},
+                          metadata=_meta(config, "random", {"distribution": label[distribution]},
                                          data=None, seed=seed))
 
 
@@ -291,72 +308,3 @@ def estimate_importance(
         return attention_statistics(model, examples, seed=seed, progress=progress, **options)[method]
     except TypeError as err:
         raise AdllmError(f"{method}: {err}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparing two estimates
-
-
-def _ranks(x: Tensor) -> Tensor:
-    """Average ranks (ties share the mean rank), float64."""
-    order = x.argsort(stable=True)
-    ranks = torch.empty_like(x, dtype=torch.float64)
-    ranks[order] = torch.arange(x.numel(), dtype=torch.float64)
-    values, inverse = torch.unique(x, return_inverse=True)
-    if values.numel() < x.numel():  # average over ties
-        sums = torch.zeros(values.numel(), dtype=torch.float64).index_add(0, inverse, ranks)
-        counts = torch.zeros(values.numel(), dtype=torch.float64).index_add(
-            0, inverse, torch.ones_like(ranks))
-        ranks = (sums / counts)[inverse]
-    return ranks
-
-
-def _pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denom = float(a.norm() * b.norm())
-    return float((a * b).sum()) / denom if denom > 0 else float("nan")
-
-
-def compare(a: HeadImportance, b: HeadImportance, *, top_k: int | None = None) -> dict[str, Any]:
-    """Agreement between two estimates of the same model's heads.
-
-    Heads where either score is NaN are left out.
-
-    Args:
-        a, b: estimates with the same shape and head kind.
-        top_k: size of the top / bottom sets compared (default: a quarter of the heads).
-
-    Returns:
-        ``pearson``, ``spearman``, ``top_k``, ``top_overlap`` and ``bottom_overlap`` (fraction of
-        the k most / least important heads in common), ``chance_overlap`` (k / n, the expected
-        overlap of random rankings), ``n_heads`` compared.
-
-    Raises:
-        AdllmError: different shapes or head kinds, or fewer than two comparable heads.
-    """
-    if a.scores.shape != b.scores.shape or a.head_kind != b.head_kind:
-        raise AdllmError(
-            f"cannot compare {a.head_kind} scores of shape {tuple(a.scores.shape)} with "
-            f"{b.head_kind} scores of shape {tuple(b.scores.shape)}"
-        )
-    x, y = a.scores.flatten().double(), b.scores.flatten().double()
-    keep = torch.isfinite(x) & torch.isfinite(y)
-    x, y = x[keep], y[keep]
-    n = x.numel()
-    if n < 2:
-        raise AdllmError(f"only {n} head(s) have finite scores in both files; nothing to compare")
-    k = top_k if top_k is not None else max(1, n // 4)
-    if not 1 <= k <= n:
-        raise AdllmError(f"top-k {k} must be in [1, {n}]")
-    rx, ry = _ranks(x), _ranks(y)
-    top = lambda r: set(r.argsort(descending=True, stable=True)[:k].tolist())  # noqa: E731
-    bottom = lambda r: set(r.argsort(stable=True)[:k].tolist())  # noqa: E731
-    return {
-        "n_heads": n,
-        "pearson": _pearson(x, y),
-        "spearman": _pearson(rx, ry),
-        "top_k": k,
-        "top_overlap": len(top(rx) & top(ry)) / k,
-        "bottom_overlap": len(bottom(rx) & bottom(ry)) / k,
-        "chance_overlap": k / n,
-    }

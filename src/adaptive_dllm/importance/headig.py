@@ -46,10 +46,10 @@ import hashlib
 import json
 import logging
 import math
-import os
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adaptive_dllm._io import atomic_write
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
@@ -345,7 +346,18 @@ def _fingerprint(model: nn.Module, examples: Sequence[Example], settings: HeadIG
 def _load_state(path: Path | None, fingerprint: str) -> dict[str, Any]:
     if path is None or not path.is_file():
         return {"fingerprint": fingerprint, "ig": [], "j_full": [], "j_base": []}
-    state = torch.load(path, weights_only=True)
+    damaged = (f"resume file {str(path)!r} is not a HeadIG resume file or is damaged (%s); "
+               "delete it or pass another --resume path")
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...: many exception types
+        raise AdllmError(damaged % " ".join(str(err).split())[:120]) from None
+    keys = ("fingerprint", "ig", "j_full", "j_base")
+    if not isinstance(state, dict) or not all(k in state for k in keys):
+        raise AdllmError(damaged % "missing entries")
+    if not all(isinstance(state[k], list) for k in keys[1:]) or not (
+            len(state["ig"]) == len(state["j_full"]) == len(state["j_base"])):
+        raise AdllmError(damaged % "inconsistent entries")
     if state.get("fingerprint") != fingerprint:
         raise AdllmError(
             f"resume file {str(path)!r} was written for other settings, data or model; delete it or "
@@ -356,10 +368,27 @@ def _load_state(path: Path | None, fingerprint: str) -> dict[str, Any]:
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
+    # Unique temporary name next to the file (concurrent runs never share one), fsync, rename.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def progress_bar(total: int, *, initial: int = 0, desc: str, unit: str) -> tuple[Any, Callable[[], None]]:
+    """A tqdm bar on stderr and its ``tick``: redrawn at least every 10 % of ``total``, and by
+    tqdm every 30 s when stderr is not a terminal (logs, ``| tee``), so long runs show life."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    step = max(1, total // 10)
+
+    def tick() -> None:
+        bar.update()
+        if bar.n % step == 0:
+            bar.refresh()
+
+    return bar, tick
 
 
 def headig(
@@ -409,15 +438,14 @@ def headig(
     log.info(describe_cost(settings, len(exs)))
     ticks_per_example = settings.paths * settings.steps
 
-    bar = None
+    bar = tick = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(exs) * ticks_per_example, desc="HeadIG", unit="step",
-                   initial=len(state["ig"]) * ticks_per_example)
+        bar, tick = progress_bar(len(exs) * ticks_per_example, desc="HeadIG", unit="step",
+                                 initial=len(state["ig"]) * ticks_per_example)
     started = time.perf_counter()
+    first = len(state["ig"])
     with _Frozen(model, checkpointing):
-        for i in range(len(state["ig"]), len(exs)):
+        for i in range(first, len(exs)):
             inputs, masked = mask_variants(exs[i], settings, i, mask_id=cfg.mask_id,
                                            logit_shift=family.logit_shift)
             objective = MaskedObjective(model, exs[i].ids, inputs, masked, loss=settings.loss,
@@ -428,7 +456,7 @@ def headig(
                      if settings.path == "stp" else None)
                 ig += integrated_gradients(objective.value_and_grad, alpha0, steps=settings.steps,
                                            thresholds=u, rule=settings.rule,
-                                           on_step=bar.update if bar is not None else None)
+                                           on_step=tick)
             ig /= settings.paths
             j_full, j_base = objective.value(torch.ones(shape)), objective.value(alpha0)
             state["ig"].append(ig.float())
@@ -436,6 +464,11 @@ def headig(
             state["j_base"].append(j_base)
             if bar is not None:
                 bar.set_postfix(gap=f"{_rel_gap(ig.sum().item(), j_full - j_base):.1%}")
+                if i == first:  # the cost line came first; now a measured time estimate
+                    each = time.perf_counter() - started
+                    bar.write(f"HeadIG: example {i + 1} took {each:.1f} s; about "
+                              f"{each * (len(exs) - i - 1):.0f} s for the remaining "
+                              f"{len(exs) - i - 1}", file=sys.stderr)
             if resume_path is not None:
                 _save_state(resume_path, state)
     if bar is not None:
@@ -479,6 +512,46 @@ def headig(
         "torch": torch.__version__,
     }
     return HeadImportance(scores=scores, head_kind="query", metadata=metadata)
+
+
+def headig_per_layer(
+    model: nn.Module,
+    examples: CalibrationSet | Sequence[Example],
+    settings: HeadIGSettings | None = None,
+    *,
+    checkpointing: bool | None = None,
+    resume: str | Path | None = None,
+    progress: bool = False,
+) -> HeadImportance:
+    """HeadIG run separately for each layer of ``settings.layers`` (default all).
+
+    Each run moves only that layer's gates along the path, the other layers held at 1, so a
+    head is scored in the context of the full model rather than of a jointly shrunk one. Costs
+    one :func:`headig` run per layer. ``resume`` names a file per layer: ``NAME.layerI.SUFFIX``.
+    The metadata keeps every layer's completeness diagnostics under ``per_layer``.
+    """
+    settings = settings or HeadIGSettings()
+    layers = settings.layer_range(model.config.n_layers)
+    scores = torch.full((model.config.n_layers, model.config.n_heads), float("nan"))
+    per_layer, last = [], None
+    for layer in layers:
+        part_resume = None if resume is None else layer_resume_path(Path(resume), layer)
+        last = headig(model, examples, replace(settings, layers=(layer, layer)),
+                      checkpointing=checkpointing, resume=part_resume, progress=progress)
+        scores[layer] = last.scores[layer]
+        per_layer.append({"layer": layer, "completeness": last.metadata["completeness"],
+                          "elapsed_s": last.metadata["elapsed_s"]})
+    assert last is not None  # layer_range is never empty
+    metadata = {**last.metadata, "settings": {**asdict(settings), "per_layer": True},
+                "layers_attributed": [layers.start, layers.stop - 1], "per_layer": per_layer,
+                "elapsed_s": round(sum(p["elapsed_s"] for p in per_layer), 2)}
+    metadata.pop("completeness")
+    return HeadImportance(scores=scores, head_kind="query", metadata=metadata)
+
+
+def layer_resume_path(resume: Path, layer: int) -> Path:
+    """The resume file of one layer of a per-layer run."""
+    return resume.with_name(f"{resume.stem}.layer{layer}{resume.suffix}")
 
 
 def _rel_gap(ig_sum: float, delta: float) -> float:
