@@ -146,9 +146,34 @@ def test_hub_id_offline_gives_one_line_hint(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_hub)
-    with pytest.raises(CheckpointError, match="--model") as info:
-        load_model("GSAI-ML/LLaDA-8B-Instruct")
+    with pytest.raises(CheckpointError, match="needs huggingface_hub") as info:
+        load("GSAI-ML/LLaDA-8B-Instruct", download=True)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("api", ["load", "load_model"])
+def test_hub_id_is_never_fetched_without_download(monkeypatch, api):
+    import adaptive_dllm.models.checkpoints as ckpt
+
+    def fetch(repo_id):  # noqa: ANN001
+        raise AssertionError(f"tried to download {repo_id}")
+
+    monkeypatch.setattr(ckpt, "_download_from_hub", fetch)
+    with pytest.raises(CheckpointError) as info:
+        getattr(ckpt, api)("GSAI-ML/LLaDA-8B-Instruct")
+    message = str(info.value)
+    assert "\n" not in message and "does not exist" in message
+    assert "--download" in message and "download=True" in message
+
+
+def test_hub_id_is_fetched_with_download(monkeypatch, tmp_path):
+    import adaptive_dllm.models.checkpoints as ckpt
+
+    fetched = []
+    monkeypatch.setattr(ckpt, "_download_from_hub", lambda repo: fetched.append(repo) or tmp_path)
+    with pytest.raises(CheckpointError, match="config.json"):  # the stand-in directory is empty
+        ckpt.load("org/model", download=True)
+    assert fetched == ["org/model"]
 
 
 def test_bf16_load(fixtures_dir):
