@@ -220,11 +220,12 @@ def finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
     """A copy of ``obj`` that :func:`json.dumps` accepts with ``allow_nan=False``.
 
     Non-finite floats become None; tensors, numpy arrays and scalars become lists and numbers;
     tuples become lists; paths become strings; dataclasses with ``to_dict`` are expanded.
+    Anything else goes through ``default`` (e.g. ``str``) or is a :class:`TypeError`.
     """
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -233,21 +234,23 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         return finite_or_none(obj)
     if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, default) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, default) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if hasattr(obj, "to_dict"):
-        return to_jsonable(obj.to_dict())
+        return to_jsonable(obj.to_dict(), default)
     if hasattr(obj, "tolist"):  # torch.Tensor, numpy arrays and scalars
-        return to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist(), default)
+    if default is not None:
+        return to_jsonable(default(obj))
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-def dumps_json(obj: Any, **kwargs: Any) -> str:
+def dumps_json(obj: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: Any) -> str:
     """Strict JSON text of ``obj``: non-finite numbers are ``null`` (see :func:`to_jsonable`)."""
-    return json.dumps(to_jsonable(obj), allow_nan=False, **kwargs)
+    return json.dumps(to_jsonable(obj, default), allow_nan=False, **kwargs)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:

@@ -193,3 +193,30 @@ def test_bad_device_is_a_one_line_error(fixtures_dir, device, match):
     with pytest.raises(AdllmError, match=match) as info:
         load_model(fixtures_dir / "llada_tiny", device=device)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("poison", ["all_nan", "one_inf"])
+def test_non_finite_weights_are_refused_at_load(broken, name, poison):
+    d = broken(name)
+    tensors = load_file(d / "model.safetensors")
+    key = sorted(tensors)[-1]
+    if poison == "all_nan":
+        tensors = {k: torch.full_like(v, float("nan")) for k, v in tensors.items()}
+    else:
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[3] = float("inf")
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="non-finite values") as info:
+        load(d, device="cpu")
+    assert "\n" not in str(info.value)
+    if poison == "one_inf":
+        assert f"{key} in" in str(info.value) and "holds 1 of" in str(info.value)
+
+
+def test_bundled_model_weights_are_finite():
+    from adaptive_dllm.models.checks import check_finite_weights
+
+    model = load_model(device="cpu")
+    for name, param in model.named_parameters():
+        check_finite_weights(name, param, "bundled")  # raises on a NaN or Inf
