@@ -35,7 +35,10 @@ def test_a_line_every_30_seconds_when_progress_is_slow():
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and "about" in lines[-1] and "s left" in lines[-1]
     bar.set_postfix_str("uniform 0.3")
-    bar.close()  # the last count is printed once, with the note
+    bar.update(1)  # too soon for a line ...
+    assert len(out.getvalue().splitlines()) == 3
+    bar.close()  # ... but the last count is printed at the end, with the note
+    bar.close()
     assert out.getvalue().splitlines()[-1].endswith("[uniform 0.3]")
     assert len(out.getvalue().splitlines()) == 4
 
