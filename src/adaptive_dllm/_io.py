@@ -21,21 +21,44 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from adaptive_dllm.errors import AdllmError
 
-__all__ = ["atomic_write", "check_output_path", "dumps_json", "finite_or_none", "to_jsonable",
+__all__ = ["append_jsonl", "atomic_path", "atomic_write", "check_jsonl_append",
+           "check_output_path", "dumps_json", "finite_or_none", "read_text_input", "to_jsonable",
            "write_json", "write_text"]
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; put it straight back.
+    # Linux reports the umask in /proc; elsewhere os.umask can only be read by setting it (which
+    # another thread creating a file at that instant would see), so that is the fallback.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_output_path(path: str | os.PathLike[str], *, flag: str = "--out",
@@ -54,6 +77,8 @@ def check_output_path(path: str | os.PathLike[str], *, flag: str = "--out",
         raise AdllmError(f"{flag} {out}: directory {parent} does not exist; create it first")
     if not parent.is_dir():
         raise AdllmError(f"{flag} {out}: {parent} is not a directory; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AdllmError(f"{flag} {out}: directory {parent} is not writable; choose another path")
     for source in inputs:
         if source is None:
             continue
@@ -88,6 +113,97 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_directory(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A unique temporary path next to ``path`` (same suffix) for writers that want a file name,
+    such as matplotlib's ``savefig``; on success it is fsynced and renamed onto ``path``.
+
+    The writer creates the file itself, so it gets the umask's permissions. On an exception the
+    temporary file is removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.",
+                               suffix=target.suffix or ".tmp")
+    os.close(fd)
+    os.unlink(tmp)  # the writer creates it with open()'s permissions
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(target.parent)
+
+
+def check_jsonl_append(path: str | os.PathLike[str], *, flag: str = "--out",
+                       is_own: Callable[[Any], bool],
+                       inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Path:
+    """Validate a JSONL file that records will be appended to, before any work.
+
+    The path passes :func:`check_output_path`; an existing file must be empty or hold only
+    JSON lines for which ``is_own(record)`` is true, so that appending never corrupts a file of
+    another kind (a ``.safetensors``, a report, someone's notes).
+
+    Raises:
+        AdllmError: as :func:`check_output_path`, or the file holds a line that is not one of
+            this command's records.
+    """
+    out = check_output_path(path, flag=flag, inputs=inputs)
+    if not out.exists():
+        return out
+    foreign = f"{flag} {out} exists and is not a JSONL file of these records; "
+    fix = "give a new file name (records are only appended to a file of their own kind)"
+    try:
+        with open(out, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except (UnicodeDecodeError, ValueError):
+                    raise AdllmError(f"{foreign}line {number} is not JSON; {fix}") from None
+                if not is_own(record):
+                    raise AdllmError(f"{foreign}line {number} is another kind of record; {fix}")
+    except OSError as err:
+        raise AdllmError(f"{flag} {out} cannot be read ({err.strerror or err})") from None
+    return out
+
+
+def append_jsonl(handle: IO[str], record: Any) -> None:
+    """Append one strict-JSON line to an open text file and push it to disk.
+
+    One ``write`` per record: a crash leaves whole lines, at most the last one cut short.
+    """
+    handle.write(dumps_json(record) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def read_text_input(path: str | os.PathLike[str], *, flag: str = "--text") -> str:
+    """A text input file as ``str``: UTF-8, with any other byte kept as a lone surrogate.
+
+    ``surrogateescape`` (as Python does for ``argv``) keeps every byte: the byte-level
+    tokenizer turns them back into the exact bytes, other tokenizers report the position of
+    the first one (:func:`adaptive_dllm.models.tokenizer.check_text`).
+
+    Raises:
+        AdllmError: the path is missing, a directory or unreadable.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        what = "is a directory" if file.is_dir() else "does not exist"
+        raise AdllmError(f"{flag} {str(file)!r} {what}; give a text file")
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise AdllmError(f"{flag} {str(file)!r} cannot be read ({err.strerror or err})") from None
+    return data.decode("utf-8", errors="surrogateescape")
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -104,11 +220,12 @@ def finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
     """A copy of ``obj`` that :func:`json.dumps` accepts with ``allow_nan=False``.
 
     Non-finite floats become None; tensors, numpy arrays and scalars become lists and numbers;
     tuples become lists; paths become strings; dataclasses with ``to_dict`` are expanded.
+    Anything else goes through ``default`` (e.g. ``str``) or is a :class:`TypeError`.
     """
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -117,21 +234,23 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         return finite_or_none(obj)
     if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, default) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, default) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if hasattr(obj, "to_dict"):
-        return to_jsonable(obj.to_dict())
+        return to_jsonable(obj.to_dict(), default)
     if hasattr(obj, "tolist"):  # torch.Tensor, numpy arrays and scalars
-        return to_jsonable(obj.tolist())
+        return to_jsonable(obj.tolist(), default)
+    if default is not None:
+        return to_jsonable(default(obj))
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-def dumps_json(obj: Any, **kwargs: Any) -> str:
+def dumps_json(obj: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: Any) -> str:
     """Strict JSON text of ``obj``: non-finite numbers are ``null`` (see :func:`to_jsonable`)."""
-    return json.dumps(to_jsonable(obj), allow_nan=False, **kwargs)
+    return json.dumps(to_jsonable(obj, default), allow_nan=False, **kwargs)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:

@@ -79,8 +79,8 @@ def test_bundled_model_defaults_to_its_heldout_text(capsys):
     (["--mask-ratios", "0"], "each value must be in (0, 1]"),
     (["--mask-ratios", "1.5"], "each value must be in (0, 1]"),
     (["--mask-ratios", "a,b"], "not a comma-separated list"),
-    (["--batch-size", "0"], "--batch-size 0"),
-    (["--max-passages", "0"], "--max-passages 0"),
+    (["--batch-size", "0"], "--batch-size: 0 must be at least 1"),
+    (["--max-passages", "0"], "--max-passages: 0 must be at least 1"),
     (["--length", "65"], "--length 65 must be in [1, 64]"),
     (["--text", "/nonexistent.txt"], "does not exist"),
     ([], "ships no heldout.txt; pass --text FILE"),
@@ -88,17 +88,19 @@ def test_bundled_model_defaults_to_its_heldout_text(capsys):
 def test_errors_are_one_line_exit_2(capsys, tiny_dir, argv, message):
     rc, _, err = run(capsys, "--model", str(tiny_dir), *argv)
     assert rc == 2
-    assert err.count("\n") == 1 and err.startswith("adllm eval: error:")
-    assert message in err
+    assert err.count("\n") == 1 and err.startswith("adllm eval")  # "adllm eval [nll]: error:"
+    assert ": error: " in err and message in err
 
 
 def test_missing_model_and_bad_text(capsys, tmp_path):
     rc, _, err = run(capsys, "--model", str(tmp_path / "nope"))
     assert rc == 2 and err.count("\n") == 1 and "does not exist" in err
     bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"\xff\xfe\x00bad")
-    rc, _, err = run(capsys, "--text", str(bad))
-    assert rc == 2 and err.count("\n") == 1 and "UTF-8" in err
+    bad.write_bytes(b"\xff\xfe\x00bad" * 200)
+    # The bundled model is byte-level: it scores any bytes, UTF-8 or not.
+    rc, out, err = run(capsys, "--text", str(bad), "--length", "64", "--max-passages", "2",
+                       "--json", "--quiet")
+    assert rc == 0 and json.loads(out)["results"][0]["n_passages"] == 2
 
 
 def test_eval_without_subcommand_shows_help(capsys):

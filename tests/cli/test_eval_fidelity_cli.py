@@ -101,7 +101,7 @@ def test_importance_file(capsys, tiny_dir, text_file, tmp_path):
     (["--mask-ratios", "0"], "--mask-ratios"),
     (["--importance", "x.safetensors", "--modes", "dense,uniform"], "only used by the adaptive"),
     (["--importance", "missing.safetensors"], "missing.safetensors"),
-    (["--plot", "out.jpg"], "must end in .png"),
+    (["--plot", "out.txt"], "'txt' file format; end the name in one of"),
     (["--plot", "no/such/dir/out.png"], "does not exist"),
     (["--passages", "9"], "lower --passages"),
     (["--gen-length", "48"], "exceeds the model context"),

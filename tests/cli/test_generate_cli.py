@@ -57,7 +57,8 @@ def test_text_prompt_with_a_tokenizer_and_progress_bar(monkeypatch, capsys, scri
 
 @pytest.mark.parametrize("extra, words", [
     (["--gen-length", "16", "--block-length", "5"], ["gen_length=16", "block_length=5"]),
-    (["--steps", "0"], ["steps=0"]),
+    (["--steps", "0"], ["--steps 0 must be in [1, 2048]"]),
+    (["--steps", "100000000"], ["--steps 100000000 must be in [1, 2048]"]),
     (["--gen-length", "16", "--block-length", "8", "--steps", "7"], ["steps=7"]),
     (["--gen-length", "5000"], ["5000", "4096"]),
     (["--alg", "entropy"], ["alg", "llada", "remasking"]),

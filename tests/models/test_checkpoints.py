@@ -146,9 +146,34 @@ def test_hub_id_offline_gives_one_line_hint(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_hub)
-    with pytest.raises(CheckpointError, match="--model") as info:
-        load_model("GSAI-ML/LLaDA-8B-Instruct")
+    with pytest.raises(CheckpointError, match="needs huggingface_hub") as info:
+        load("GSAI-ML/LLaDA-8B-Instruct", download=True)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("api", ["load", "load_model"])
+def test_hub_id_is_never_fetched_without_download(monkeypatch, api):
+    import adaptive_dllm.models.checkpoints as ckpt
+
+    def fetch(repo_id):  # noqa: ANN001
+        raise AssertionError(f"tried to download {repo_id}")
+
+    monkeypatch.setattr(ckpt, "_download_from_hub", fetch)
+    with pytest.raises(CheckpointError) as info:
+        getattr(ckpt, api)("GSAI-ML/LLaDA-8B-Instruct")
+    message = str(info.value)
+    assert "\n" not in message and "does not exist" in message
+    assert "--download" in message and "download=True" in message
+
+
+def test_hub_id_is_fetched_with_download(monkeypatch, tmp_path):
+    import adaptive_dllm.models.checkpoints as ckpt
+
+    fetched = []
+    monkeypatch.setattr(ckpt, "_download_from_hub", lambda repo: fetched.append(repo) or tmp_path)
+    with pytest.raises(CheckpointError, match="config.json"):  # the stand-in directory is empty
+        ckpt.load("org/model", download=True)
+    assert fetched == ["org/model"]
 
 
 def test_bf16_load(fixtures_dir):
@@ -168,3 +193,30 @@ def test_bad_device_is_a_one_line_error(fixtures_dir, device, match):
     with pytest.raises(AdllmError, match=match) as info:
         load_model(fixtures_dir / "llada_tiny", device=device)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("poison", ["all_nan", "one_inf"])
+def test_non_finite_weights_are_refused_at_load(broken, name, poison):
+    d = broken(name)
+    tensors = load_file(d / "model.safetensors")
+    key = sorted(tensors)[-1]
+    if poison == "all_nan":
+        tensors = {k: torch.full_like(v, float("nan")) for k, v in tensors.items()}
+    else:
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[3] = float("inf")
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="non-finite values") as info:
+        load(d, device="cpu")
+    assert "\n" not in str(info.value)
+    if poison == "one_inf":
+        assert f"{key} in" in str(info.value) and "holds 1 of" in str(info.value)
+
+
+def test_bundled_model_weights_are_finite():
+    from adaptive_dllm.models.checks import check_finite_weights
+
+    model = load_model(device="cpu")
+    for name, param in model.named_parameters():
+        check_finite_weights(name, param, "bundled")  # raises on a NaN or Inf

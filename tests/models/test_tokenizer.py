@@ -62,3 +62,40 @@ def test_broken_tokenizer_file(hf_dir):
     (hf_dir / "tokenizer.json").write_text("garbage")
     with pytest.raises(CheckpointError, match="cannot read"):
         HFTokenizer(hf_dir, mask_id=3, eos_id=2, pad_id=2, bos_id=1)
+
+
+def test_byte_tokenizer_takes_any_bytes():
+    tok = ByteTokenizer()
+    raw = b"caf\xc3\xa9 \xff\x80\xfe end"
+    as_argv = raw.decode("utf-8", errors="surrogateescape")  # how Python hands argv over
+    assert tok.encode(as_argv) == list(raw)
+    assert tok.encode(raw) == list(raw)
+    with pytest.raises(AdllmError, match="lone surrogate"):
+        tok.encode("a\ud800b")  # not a byte at all
+
+
+def test_hf_tokenizer_names_the_byte_position_of_non_utf8(hf_dir):
+    from adaptive_dllm.models.tokenizer import encode_text
+
+    tok = HFTokenizer(hf_dir, mask_id=3, eos_id=2, pad_id=2, bos_id=1)
+    text = b"h\xc3\xa9llo \xff world".decode("utf-8", errors="surrogateescape")
+    with pytest.raises(AdllmError, match="byte 0xff at byte position 7") as info:
+        tok.encode(text)
+    assert "\n" not in str(info.value)
+    with pytest.raises(AdllmError, match=r"^notes\.txt is not valid UTF-8: byte 0xff at byte position 7"):
+        encode_text(tok, text, source="notes.txt")
+    assert encode_text(tok, "hello world") == tok.encode("hello world", add_special_tokens=False)
+
+
+@pytest.mark.parametrize("template, words", [
+    ("{% for m in messages %}{{ m['content'] }", "TemplateSyntaxError line 1"),
+    ("{% if %}x{% endif %}", "TemplateSyntaxError"),
+    ("{{ messages.__class__.__mro__ }}", "SecurityError"),
+    ("{{ undefined_function() }}", "UndefinedError"),
+])
+def test_malformed_chat_template_is_one_line(hf_dir, template, words):
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    tok = HFTokenizer(hf_dir, mask_id=3, eos_id=2, pad_id=2, bos_id=1)
+    with pytest.raises(AdllmError, match="chat_template in tokenizer_config.json is malformed") as info:
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert words in str(info.value) and "\n" not in str(info.value)

@@ -20,13 +20,28 @@ from adaptive_dllm.errors import AdllmError
 COMMANDS = ("generate", "budget", "importance", "prune", "eval", "bench")
 
 
+def package_version() -> str:
+    """The installed distribution's version, or the source tree's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adaptive-dllm")
+    except PackageNotFoundError:  # running from a source checkout (PYTHONPATH=src)
+        from adaptive_dllm import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from adaptive_dllm.cli.arguments import OneLineParser
+
+    parser = OneLineParser(
         prog="adllm",
         description="Diffusion LM inference with head-adaptive block-sparse attention.",
         epilog="Run `adllm COMMAND --help` for examples of each command.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"adllm {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"adaptive_dllm.cli.{name}").register(sub)
@@ -35,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help/--version exit 0; a usage error returns 2 like any other
+        if done.code in (0, None):
+            raise
+        return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
+from adaptive_dllm.cli.arguments import add_quiet, check_plot, check_steps, device, positive_int
 from adaptive_dllm.errors import AdllmError
+
+#: The "kind" of every record the sweep emits; --out appends only to files of such records.
+RECORD_KINDS = ("kernel", "e2e", "compile", "skipped", "error")
 
 EPILOG = """\
 examples:
@@ -19,6 +22,8 @@ examples:
 
 Needs a CUDA GPU (random bf16 weights at the LLaDA-8B / Dream-7B geometry, fewer layers);
 --tiny --device cpu runs a seconds-long smoke test of the harness. Protocol: benchmarks/README.md.
+--out appends to a JSONL file of earlier bench records (or creates it); any other existing file
+is refused. A line per finished measurement goes to stderr (--quiet: none).
 """
 
 
@@ -30,70 +35,76 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--what", nargs="+", choices=("kernel", "e2e"), default=["kernel", "e2e"])
     p.add_argument("--family", nargs="+", choices=("llada", "dream"), default=["llada", "dream"])
-    p.add_argument("--lengths", nargs="+", type=int, default=[4096, 8192, 16384, 32768, 65536],
-                   help="kernel sequence lengths")
-    p.add_argument("--e2e-lengths", nargs="+", type=int, default=[4096, 16384, 65536],
+    p.add_argument("--lengths", nargs="+", type=positive_int,
+                   default=[4096, 8192, 16384, 32768, 65536], help="kernel sequence lengths")
+    p.add_argument("--e2e-lengths", nargs="+", type=positive_int, default=[4096, 16384, 65536],
                    help="prompt lengths for end-to-end generation")
-    p.add_argument("--layers", type=int, default=4, help="layers of the random model (e2e)")
+    p.add_argument("--layers", type=positive_int, default=4,
+                   help="layers of the random model (e2e)")
     p.add_argument("--select", type=float, default=0.3,
                    help="mean fraction of key blocks kept, in (0, 1] (default 0.3)")
     p.add_argument("--skip", type=float, default=0.2,
                    help="fraction of steps run dense before the plan (default 0.2)")
     p.add_argument("--block-size", type=int, default=128, choices=(32, 64, 128))
-    p.add_argument("--steps", type=int, default=128, help="denoising steps (default 128)")
-    p.add_argument("--gen-length", type=int, default=128, help="generated tokens (default 128)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel (median)")
+    p.add_argument("--steps", type=positive_int, default=128,
+                   help="denoising steps, at most 16 x --gen-length (default 128)")
+    p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
+                   default=128, help="generated tokens (default 128)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed repeats per kernel (median)")
     p.add_argument("--modes", nargs="+", choices=("uniform", "adaptive"),
                    default=["uniform", "adaptive"])
     p.add_argument("--no-cold", action="store_true", help="skip the cold (first) sparse run")
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="start no generation that would end later than this after launch")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (harness smoke test)")
-    p.add_argument("--device", default=None, help="cuda (default) or cpu (with --tiny)")
+    p.add_argument("--device", type=device, default=None,
+                   help="cuda, cuda:N (default) or cpu (with --tiny)")
     p.add_argument("--json", action="store_true", help="print one JSON record per line")
-    p.add_argument("--out", default=None, metavar="FILE", help="append JSON records to FILE")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write a speedup plot")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="append JSON records to FILE (a new file or one of bench records)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="write a speedup plot (any format matplotlib writes: png, svg, pdf ...)")
+    add_quiet(p)
     p.set_defaults(func=run)
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("kind") in RECORD_KINDS and "family" in value
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from adaptive_dllm._io import append_jsonl, check_jsonl_append, dumps_json
     from adaptive_dllm.bench.sweep import SweepSettings, plot, run_sweep, table
+    from adaptive_dllm.cli.arguments import save_plot
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AdllmError("adllm bench needs a CUDA GPU; use --tiny --device cpu for a smoke test")
-    if device != "cuda" and not args.tiny:
+    if not device.startswith("cuda") and not args.tiny:
         raise AdllmError("full-size benchmarks need a CUDA GPU; add --tiny for a CPU smoke test")
-    for name in ("layers", "steps", "gen_length", "repeats"):
-        if getattr(args, name) < 1:
-            raise AdllmError(f"--{name.replace('_', '-')} must be at least 1")
-    if any(n < 1 for n in args.lengths + args.e2e_lengths):
-        raise AdllmError("lengths must be positive")
+    check_steps(args.steps, args.gen_length)
     from adaptive_dllm.sparsity.config import SparseConfig
 
     SparseConfig(select=args.select, skip=args.skip, block_size=args.block_size)  # validates
+    if args.out:
+        check_jsonl_append(args.out, is_own=_is_record)
+    check_plot(args.plot, inputs=[args.out])
     settings = SweepSettings(
         families=tuple(args.family), lengths=tuple(args.lengths),
         e2e_lengths=tuple(args.e2e_lengths), n_layers=args.layers, select=args.select,
         skip=args.skip, block_size=args.block_size, steps=args.steps, gen_length=args.gen_length,
         repeats=args.repeats, modes=tuple(args.modes), cold=not args.no_cold, tiny=args.tiny,
-        device=device, dtype="bfloat16" if device == "cuda" else "float32",
+        device=device, dtype="bfloat16" if device.startswith("cuda") else "float32",
         deadline=None if args.deadline is None else time.monotonic() + args.deadline)
-    out = None
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        out = open(args.out, "a")  # noqa: SIM115 - closed below
+    out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below
 
     def emit(rec: dict) -> None:
-        line = json.dumps(rec, default=str)
         if out is not None:
-            out.write(line + "\n")
-            out.flush()
+            append_jsonl(out, rec)
         if args.json:
-            print(line, flush=True)
-        else:
+            print(dumps_json(rec), flush=True)
+        if not args.quiet:
             print(f"  done: {rec.get('kind')} {rec.get('family')} {rec.get('seq_len')} "
                   f"{rec.get('mode', '')} {rec.get('run', '')}", file=sys.stderr, flush=True)
 
@@ -105,5 +116,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(table(records))
     if args.plot:
-        plot(records, args.plot)
+        save_plot(lambda tmp: plot(records, str(tmp)), args.plot)
     return 0

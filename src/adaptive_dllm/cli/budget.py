@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from adaptive_dllm.budget import Allocation, allocate, relative_weights, uniform_weights
 from adaptive_dllm.budget.weights import NORMALIZATIONS
+from adaptive_dllm.cli.arguments import check_plot, save_plot, seed
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance import HeadImportance
 
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="llada-8b, dream-7b or LAYERSxHEADS[xKV_HEADS]")
     src.add_argument("--synthetic", choices=("uniform", "lognormal"),
                      help="synthetic importance for --shape (default uniform)")
-    src.add_argument("--seed", type=int, default=0, help="seed for --synthetic lognormal")
+    src.add_argument("--seed", type=seed, default=0, help="seed for --synthetic lognormal")
     src.add_argument("--sigma", type=float, default=0.6,
                      help="log-normal spread for --synthetic lognormal (default 0.6)")
     src.add_argument("--negate", action=argparse.BooleanOptionalAction, default=None,
@@ -92,12 +92,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="refuse a select below the floor instead of lowering it")
     out = p.add_argument_group("output")
     out.add_argument("--per-layer", action="store_true", help="add a per-layer table")
-    out.add_argument("--plot", metavar="FILE.png", help="keep-ratio heatmap and histogram")
+    out.add_argument("--plot", metavar="FILE.png",
+                     help="keep-ratio heatmap and histogram (png, svg, pdf ...)")
     out.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from adaptive_dllm._io import dumps_json
+
+    check_plot(args.plot, inputs=[args.importance])
     selects = _parse_selects(args.select)
     n_blocks = _n_blocks(args)
     weights, source = _weights(args)
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         for s in selects
     ]
     if args.json:
-        print(json.dumps(_json_report(allocations, source, args)))
+        print(dumps_json(_json_report(allocations, source, args)))
     else:
         _print_report(allocations, source, args)
     if args.plot:
@@ -341,7 +345,7 @@ def _plot(allocations: list[Allocation], source: _Source, path: str) -> Path:
         hist.legend(loc="upper right", fontsize="small")
     fig.suptitle(f"{source.label}, N = {allocations[0].n_blocks}")
     try:
-        fig.savefig(path, dpi=100)
+        save_plot(lambda tmp: fig.savefig(tmp, dpi=100), path)
     except OSError as err:
         raise AdllmError(f"cannot write plot {path}: {err.strerror or err}") from None
     return Path(path)

@@ -9,12 +9,21 @@ Each subcommand has a ``_register_<name>(sub)`` that adds its parser and sets ``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from adaptive_dllm.cli.importance import add_model_args, floats, load_model
+from adaptive_dllm.cli.arguments import (
+    add_model_args,
+    add_quiet,
+    check_plot,
+    check_steps,
+    load_model,
+    positive_int,
+    save_plot,
+    seed,
+)
+from adaptive_dllm.cli.importance import floats
 from adaptive_dllm.errors import AdllmError
 
 NLL_EPILOG = """\
@@ -74,28 +83,28 @@ def _register_nll(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--text", type=Path, default=None,
-                   help="UTF-8 text file to score (default: heldout.txt of the model directory)")
+                   help="text file to score (default: heldout.txt of the model directory); "
+                        "UTF-8, or any bytes for the byte-level model")
     p.add_argument("--mask-ratios", default="0.15,0.5,0.9", metavar="R[,R...]",
                    help="comma-separated mask ratios in (0, 1] (default: 0.15,0.5,0.9)")
-    p.add_argument("--seed", type=int, default=0, help="mask seed (default: 0)")
-    p.add_argument("--length", type=int, default=None,
+    p.add_argument("--seed", type=seed, default=0, help="mask seed (default: 0)")
+    p.add_argument("--length", type=positive_int, default=None,
                    help="passage length in tokens (default: min(1024, the model's maximum))")
-    p.add_argument("--max-passages", type=int, default=None, help="score only the first N passages")
-    p.add_argument("--batch-size", type=int, default=8, help="passages per forward (default: 8)")
+    p.add_argument("--max-passages", type=positive_int, default=None,
+                   help="score only the first N passages (with 1, stderr is null)")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="passages per forward (default: 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_quiet(p)
     p.set_defaults(eval_func=run_nll)
 
 
 def run_nll(args: argparse.Namespace) -> int:
-
+    from adaptive_dllm._io import dumps_json
     from adaptive_dllm.evaluation.likelihood import masked_nll
     from adaptive_dllm.models.tokenizer import ByteTokenizer
 
     ratios = _float_list("--mask-ratios", args.mask_ratios)
-    if args.batch_size < 1:
-        raise AdllmError(f"--batch-size {args.batch_size} must be at least 1")
-    if args.max_passages is not None and args.max_passages < 1:
-        raise AdllmError(f"--max-passages {args.max_passages} must be at least 1")
     if args.text is not None:
         _read_text(args.text)  # fail on a bad path before loading a large model
     model, tok, passages, text_path, length = _model_and_passages(args)
@@ -103,15 +112,15 @@ def run_nll(args: argparse.Namespace) -> int:
     if args.max_passages is not None:
         passages = passages[: args.max_passages]
     results = masked_nll(model, passages, ratios, seed=args.seed, batch_size=args.batch_size,
-                         progress=not args.json and sys.stderr.isatty())
+                         progress=not args.quiet)
     unit = "byte" if isinstance(tok, ByteTokenizer) else "token"
     param = next(model.parameters())
     if args.json:
-        print(json.dumps({
+        print(dumps_json(_explain_nulls({
             "model": str(directory), "text": str(text_path), "unit": unit,
             "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch."),
             "results": [r.to_dict() for r in results],
-        }, indent=1))
+        }), indent=1))
         return 0
     print(f"model {directory}")
     print(f"text  {text_path}: {passages.shape[0]} passages of {passages.shape[1]} {unit}s, "
@@ -122,10 +131,29 @@ def run_nll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain_nulls(record: Any) -> Any:
+    """Strict-JSON copy of ``record`` in which a non-finite ``stderr`` is null with a
+    ``stderr_reason`` (one passage has no passage-to-passage spread)."""
+    from adaptive_dllm._io import to_jsonable
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {k: walk(v) for k, v in value.items()}
+            if "stderr" in out and out["stderr"] is None:
+                out["stderr_reason"] = "one passage: no spread to estimate (score 2 or more)"
+            return out
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(to_jsonable(record))
+
+
 def _model_and_passages(args: argparse.Namespace) -> tuple[Any, Any, Any, Path, int]:
     """Load the model and cut the evaluation text (default: the model's heldout.txt) into
     (n, length) token passages; shared by ``nll`` and ``fidelity``."""
     from adaptive_dllm.evaluation.data import split_passages
+    from adaptive_dllm.models.tokenizer import encode_text
 
     model, tok = load_model(args)
     directory = Path(model.source)
@@ -137,17 +165,15 @@ def _model_and_passages(args: argparse.Namespace) -> tuple[Any, Any, Any, Path, 
     text_path = args.text if args.text is not None else directory / "heldout.txt"
     if args.text is None and not text_path.is_file():
         raise AdllmError(f"model {str(directory)!r} ships no heldout.txt; pass --text FILE")
-    passages = split_passages(tok.encode(_read_text(text_path), add_special_tokens=False), length)
+    passages = split_passages(encode_text(tok, _read_text(text_path), source=str(text_path)),
+                              length)
     return model, tok, passages, Path(text_path), length
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise AdllmError(f"text file {str(path)!r} does not exist")
-    try:
-        return path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as err:
-        raise AdllmError(f"cannot read {str(path)!r} as UTF-8 text ({err})") from None
+    from adaptive_dllm._io import read_text_input
+
+    return read_text_input(path, flag="--text")
 
 
 FIDELITY_EPILOG = """\
@@ -190,7 +216,7 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--text", type=Path, default=None,
                    help="UTF-8 held-out text (default: heldout.txt of the model directory)")
-    p.add_argument("--length", type=int, default=None,
+    p.add_argument("--length", type=positive_int, default=None,
                    help="passage length in tokens (default: min(1024, the model's maximum))")
     p.add_argument("--select", default=",".join(f"{v:g}" for v in d.selects), metavar="S[,S...]",
                    help="target keep ratios in (0, 1] (default: %(default)s; 1 = exactness check)")
@@ -219,19 +245,22 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                    help="generation prompts (default: %(default)s; 0 skips generation)")
     p.add_argument("--prompt-length", type=int, default=d.prompt_length, metavar="N",
                    help="prompt tokens (default: %(default)s)")
-    p.add_argument("--gen-length", type=int, default=d.gen_length, metavar="N",
+    p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
+                   default=d.gen_length, metavar="N",
                    help="generated tokens (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: --gen-length, one token per step)")
+                   help="denoising steps, at most 16 x --gen-length (default: --gen-length, one "
+                        "token per step)")
     p.add_argument("--block-length", type=int, default=d.block_length, metavar="N",
                    help="sampler block length (LLaDA; default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=seed, default=d.seed,
                    help="mask, sampler and estimator seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="passages per likelihood forward (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
-                   help="write a PNG of quality vs select per mode")
+                   help="write a plot of quality vs select per mode (png, svg, pdf ...)")
+    add_quiet(p)
     p.set_defaults(eval_func=run_fidelity)
 
 
@@ -241,6 +270,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
 
     import torch
 
+    from adaptive_dllm._io import dumps_json
     from adaptive_dllm.evaluation.fidelity import (
         FidelitySettings,
         evaluate_fidelity,
@@ -260,11 +290,8 @@ def run_fidelity(args: argparse.Namespace) -> int:
         block_length=args.block_length, calibration=args.calibration,
         importance_method=args.importance_method, seed=args.seed, batch_size=args.batch_size,
     )
-    if args.plot is not None:
-        if args.plot.suffix.lower() != ".png":
-            raise AdllmError(f"--plot {str(args.plot)!r} must end in .png")
-        if not args.plot.parent.is_dir():
-            raise AdllmError(f"--plot: directory {str(args.plot.parent)!r} does not exist")
+    check_steps(args.steps, args.gen_length)
+    check_plot(args.plot, inputs=[args.text, args.importance])
     if args.text is not None:
         _read_text(args.text)
     importance = None
@@ -275,7 +302,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
     model, tok, passages, text_path, length = _model_and_passages(args)
     directory = Path(model.source)
     report = evaluate_fidelity(model, passages, settings, importance=importance, tokenizer=tok,
-                               progress=sys.stderr.isatty())
+                               progress=not args.quiet)
     param = next(model.parameters())
     record = {
         "command": "adllm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
@@ -287,9 +314,9 @@ def run_fidelity(args: argparse.Namespace) -> int:
         **report.to_dict(),
     }
     if args.plot is not None:
-        plot_fidelity(record, args.plot)
+        save_plot(lambda tmp: plot_fidelity(record, tmp), args.plot)
     if args.json:
-        print(json.dumps(record, indent=1))
+        print(dumps_json(_explain_nulls(record), indent=1))
         return 0
     print(f"model {directory}, {record['device']} {record['dtype']}")
     parts = []

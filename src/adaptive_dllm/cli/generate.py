@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, get_args
 
@@ -27,39 +26,41 @@ Dream options: --steps --gen-length --alg --alg-temp --eps --temperature --top-p
 An option the model's sampler does not have is an error.
 """
 
-# LLaDA's published chat examples decode in 32-token blocks; one block over the whole generation
-# (the library default, as upstream's generate()) degrades into repetition on the bundled model.
-DEFAULT_BLOCK = 32
-
 # CLI flag dest -> generate() option name; only flags the user set are passed on.
 _OPTIONS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
             "alg", "alg_temp", "eps", "top_p", "top_k")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from adaptive_dllm.cli.arguments import add_model_args, positive_int, seed
     from adaptive_dllm.generation.dream import Algorithm
     from adaptive_dllm.generation.llada import Remasking
-    from adaptive_dllm.models.checkpoints import DTYPES
     from adaptive_dllm.sparsity.cli_args import add_sparse_arguments
 
+    default_length = _default_gen_length()
     p = subparsers.add_parser(
         "generate",
         help="generate text with a diffusion LM",
         description="Generate a continuation of PROMPT by iterative unmasking (LLaDA or Dream "
-                    "sampler, picked by the model's family).",
+                    "sampler, picked by the model's family). Defaults are those of ad.generate, "
+                    "so both give the same text.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("prompt", metavar="PROMPT", help="prompt text ('-' reads standard input)")
-    p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: bundled model)")
+    p.add_argument("prompt", metavar="PROMPT",
+                   help="prompt text ('-' reads standard input); any bytes for the byte-level "
+                        "bundled model, UTF-8 for other tokenizers")
+    add_model_args(p)
     p.add_argument("--ids", action="store_true",
                    help="PROMPT is token ids separated by spaces or commas (no tokenizer needed)")
     p.add_argument("--chat", action="store_true", help="wrap PROMPT in the chat template")
-    p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default gen-length)")
-    p.add_argument("--gen-length", type=int, metavar="N", help="tokens to generate (default 128)")
-    p.add_argument("--block-length", type=int, metavar="N",
-                   help=f"LLaDA semi-autoregressive block (default {DEFAULT_BLOCK} when it divides "
-                        "the generation length, else the whole generation)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="denoising steps, 1 to 16 x the generated tokens (default: gen-length)")
+    p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
+                   metavar="N", help=f"tokens to generate (default {default_length})")
+    p.add_argument("--block-length", type=positive_int, metavar="N",
+                   help="LLaDA semi-autoregressive block (default: the whole generation, as "
+                        "upstream; 32 often reads better on small models)")
     p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default)")
     p.add_argument("--remasking", choices=get_args(Remasking), help="LLaDA remasking")
     p.add_argument("--cfg-scale", type=float, metavar="S", help="LLaDA classifier-free guidance")
@@ -68,27 +69,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, help="Dream final noise level (default 1e-3)")
     p.add_argument("--top-p", type=float, metavar="P", help="Dream nucleus filtering")
     p.add_argument("--top-k", type=int, metavar="K", help="Dream top-k filtering")
-    p.add_argument("--seed", type=int, metavar="S", help="random seed")
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    p.add_argument("--seed", type=seed, metavar="S", help="random seed, 0 to 2**64 - 1")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object {ids, text, stats} and no progress bar")
     add_sparse_arguments(p)
     p.set_defaults(func=run)
 
 
+def _default_gen_length() -> int:
+    """The samplers' own default (both families share it), so the CLI never differs from
+    ``ad.generate``."""
+    import dataclasses
+
+    from adaptive_dllm.generation.dream import DreamOptions
+    from adaptive_dllm.generation.llada import LladaOptions
+
+    defaults = {f.default for cls in (LladaOptions, DreamOptions)
+                for f in dataclasses.fields(cls) if f.name == "gen_length"}
+    return defaults.pop() if len(defaults) == 1 else max(defaults)
+
+
+def _read_prompt(prompt: str) -> str:
+    """PROMPT, or standard input for '-', read as bytes: a byte that is not UTF-8 is kept as a
+    lone surrogate (as Python does for argv), for the byte tokenizer to restore."""
+    if prompt != "-":
+        return prompt
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stand-in (tests, embedding)
+        return sys.stdin.read()
+    return stream.read().decode("utf-8", errors="surrogateescape")
+
+
 def run(args: argparse.Namespace) -> int:
+    from adaptive_dllm._io import dumps_json
+    from adaptive_dllm.cli.arguments import check_steps, load_model
     from adaptive_dllm.generation.api import generate
-    from adaptive_dllm.models.checkpoints import load
-    from adaptive_dllm.models.families import get_family
     from adaptive_dllm.sparsity.cli_args import sparse_config_from_args, summary_stats
 
-    prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    check_steps(args.steps, args.gen_length or _default_gen_length())
+    prompt_text = _read_prompt(args.prompt)
     prompt: Any = _parse_ids(prompt_text) if args.ids else prompt_text
     options = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
     sparse = sparse_config_from_args(args)
     try:
-        model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
+        model, tokenizer = load_model(args)
     except CheckpointError as err:
         if args.model is None:
             raise AdllmError(f"the bundled model is missing or unreadable ({err}); "
@@ -96,10 +120,6 @@ def run(args: argparse.Namespace) -> int:
         raise
     if tokenizer is None and not args.ids:
         raise AdllmError(f"model {args.model!r} has no tokenizer; pass token ids with --ids")
-    if get_family(model.config.family).sampler == "llada" and "block_length" not in options:
-        gen_length = options.get("gen_length", 128)
-        if gen_length % DEFAULT_BLOCK == 0:
-            options["block_length"] = DEFAULT_BLOCK
     warning = None
     if getattr(model, "untrained", False):
         warning = "the model is untrained: its output is noise"
@@ -119,31 +139,27 @@ def run(args: argparse.Namespace) -> int:
         record: dict[str, Any] = {"ids": ids, "text": out.text, "stats": stats}
         if warning:
             record["warning"] = warning
-        print(json.dumps(record, default=_to_json))
+        print(dumps_json(record, default=str))
     else:
         print(out.text if out.text is not None else " ".join(map(str, ids)))
-        s = out.stats
-        summary = summary_stats(s.get("sparse"), s["steps"])
-        attention = "dense attention"
-        if sparse is not None:
-            realised = summary["realized_keep_ratio"]
-            kept = "no plan used" if realised is None else f"realised keep ratio {realised:.3f}"
-            attention = (f"{sparse.mode} sparse via {summary['backend']} ({summary['dense_steps']} "
-                         f"dense + {summary['sparse_steps']} sparse steps, {kept})")
-            if summary.get("backend_reason"):
-                attention += f"; {summary['backend_reason']}"
-        print(f"[{s['steps']} steps, {s['gen_length']} tokens, {s['total_s']:.2f} s, "
-              f"{s['step_median_s'] * 1000:.1f} ms/step, {attention}]", file=sys.stderr)
+        print(_summary_line(out.stats, sparse), file=sys.stderr)
     return 0
 
 
-def _to_json(value: Any) -> Any:
-    """JSON fallback for session stats: tensors become numbers or lists, the rest strings."""
-    import torch
+def _summary_line(s: dict[str, Any], sparse: Any) -> str:
+    from adaptive_dllm.sparsity.cli_args import summary_stats
 
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    return str(value)
+    summary = summary_stats(s.get("sparse"), s["steps"])
+    attention = "dense attention"
+    if sparse is not None:
+        realised = summary["realized_keep_ratio"]
+        kept = "no plan used" if realised is None else f"realised keep ratio {realised:.3f}"
+        attention = (f"{sparse.mode} sparse via {summary['backend']} ({summary['dense_steps']} "
+                     f"dense + {summary['sparse_steps']} sparse steps, {kept})")
+        if summary.get("backend_reason"):
+            attention += f"; {summary['backend_reason']}"
+    return (f"[{s['steps']} steps, {s['gen_length']} tokens, {s['total_s']:.2f} s, "
+            f"{s['step_median_s'] * 1000:.1f} ms/step, {attention}]")
 
 
 def _parse_ids(text: str) -> list[int]:

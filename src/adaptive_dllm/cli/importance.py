@@ -85,15 +85,15 @@ def layer_range(text: str | None) -> tuple[int, int] | None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: bf16 on GPU, fp32 on CPU)")
+    from adaptive_dllm.cli.arguments import add_model_args as add  # --download, checked --device
+
+    add(p)
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    from adaptive_dllm.models.checkpoints import load
+    from adaptive_dllm.cli.arguments import load_model as load
 
-    return load(args.model, device=args.device, dtype=args.dtype)
+    return load(args)
 
 
 def out_stream(args: argparse.Namespace) -> Any:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import sys
 from pathlib import Path
+from typing import Any
 
-from adaptive_dllm.cli.importance import add_model_args, floats, layer_range, load_model, out_stream
+from adaptive_dllm.cli.arguments import add_model_args, add_quiet, load_model, positive_int, seed
+from adaptive_dllm.cli.importance import floats, layer_range, out_stream
 from adaptive_dllm.errors import AdllmError
 
 EPILOG = """\
@@ -40,13 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--importance", required=True, type=Path, help="head-importance .safetensors file")
     count = p.add_mutually_exclusive_group()
-    count.add_argument("--k", type=int, default=None,
+    count.add_argument("--k", type=positive_int, default=None,
                        help="heads to prune (per layer with --scope per-layer)")
     count.add_argument("--fraction", type=float, default=None,
                        help="fraction of the heads to prune (default 0.25)")
     p.add_argument("--scope", default="global", choices=("global", "per-layer"))
     p.add_argument("--which", default="most,least,random", help="comma-separated: most, least, random")
-    p.add_argument("--seeds", type=int, default=5, help="random prunings: seeds 0..N-1 (default 5)")
+    p.add_argument("--seeds", type=positive_int, default=5,
+                   help="random prunings: seeds 0..N-1 (default 5; with 1 the spread is null)")
     p.add_argument("--layers", default=None, help="candidate layers FIRST:LAST (default all)")
     p.add_argument("--allow-empty-layer", action="store_true", help="allow pruning every head of a layer")
     add_model_args(p)
@@ -54,17 +58,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--task-cmd", default=None, help="evaluate with this command instead of NLL")
     m.add_argument("--text", type=Path, default=None,
                    help="held-out text for the NLL (default: heldout.txt of the model directory)")
-    m.add_argument("--length", type=int, default=None, help="passage length (default min(1024, max))")
-    m.add_argument("--max-passages", type=int, default=None, help="score only the first N passages")
+    m.add_argument("--length", type=positive_int, default=None,
+                   help="passage length (default min(1024, the model's maximum))")
+    m.add_argument("--max-passages", type=positive_int, default=None,
+                   help="score only the first N passages")
     m.add_argument("--mask-ratios", default="0.15,0.5,0.9", help="NLL mask ratios (default 0.15,0.5,0.9)")
-    m.add_argument("--nll-seed", type=int, default=0, help="NLL mask seed (default 0)")
-    m.add_argument("--batch-size", type=int, default=8, help="passages per forward (default 8)")
+    m.add_argument("--nll-seed", type=seed, default=0, help="NLL mask seed (default 0)")
+    m.add_argument("--batch-size", type=positive_int, default=8,
+                   help="passages per forward (default 8)")
     p.add_argument("--out", type=Path, default=None, help="also write the full report as JSON here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from adaptive_dllm._io import check_output_path, dumps_json, read_text_input, write_json
+    from adaptive_dllm._progress import progress_bar
     from adaptive_dllm.importance import HeadImportance
     from adaptive_dllm.importance.pruning import (
         WHICH,
@@ -77,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
     bad = [w for w in which if w not in WHICH]
     if bad or not which:
         raise AdllmError(f"--which {args.which!r}: choose from {', '.join(WHICH)}")
-    if args.seeds < 1:
-        raise AdllmError(f"--seeds {args.seeds} must be at least 1")
+    if args.out is not None:  # before any work: never overwrite an input, never fail at the end
+        check_output_path(args.out, inputs=[args.importance, args.text])
+    if args.text is not None and args.task_cmd is None:
+        read_text_input(args.text)  # fail on a bad path before loading a large model
+    floats(args.mask_ratios, "--mask-ratios")
     imp = HeadImportance.load(args.importance)
     fraction = args.fraction if args.fraction is not None or args.k is not None else 0.25
     scope = args.scope.replace("-", "_")
@@ -94,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         evaluate, metric_info = _nll(args, imp)
         primary = "nll_mean"
+    runs = 1 + sum(args.seeds if w == "random" else 1 for w in which)
+    bar = progress_bar(runs, desc="prune", unit="run", enabled=not args.quiet)
+
+    def counted(gates):  # noqa: ANN001, ANN202
+        metrics = evaluate(gates)
+        bar.update(1)
+        return metrics
 
     def on_run(r) -> None:  # noqa: ANN001
         shown = r.metrics if primary is None else {primary: r.metrics[primary]}
@@ -103,37 +123,60 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"pruning {imp.metadata.get('estimator')} importance: "
           f"{'k=' + str(args.k) if args.k is not None else f'fraction {fraction:g}'} {scope}", file=say)
-    report = pruning_test(imp, evaluate, which=which, seeds=range(args.seeds), on_run=on_run, **options)
+    with bar:
+        report = pruning_test(imp, counted, which=which, seeds=range(args.seeds), on_run=on_run,
+                              **options)
     report.settings["metric"] = metric_info
+    record = _record(report)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        write_json(args.out, record)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=1))
+        print(dumps_json(record, indent=1))
         return 0
     print(f"{'metric':<12} {'baseline':>9} {'most':>9} {'least':>9} {'random':>17}")
     for metric, row in report.summary().items():
         cells = [f"{row.get(c, float('nan')):>9.4f}" for c in ("baseline", "most", "least")]
-        rand = (f"{row['random_mean']:.4f} ± {row['random_std']:.4f}" if "random_mean" in row else "")
+        rand = ""
+        if "random_mean" in row:
+            std = row["random_std"]
+            rand = f"{row['random_mean']:.4f} ± {std:.4f}" if math.isfinite(std) else \
+                f"{row['random_mean']:.4f} (1 seed)"
         print(f"{metric:<12} {' '.join(cells)} {rand:>17}")
+    if args.out is not None:
+        print(f"report written to {args.out}", file=sys.stderr)
     return 0
 
 
+def _record(report: Any) -> dict[str, Any]:
+    """The report as a dict for strict JSON: a spread of one random seed is null, with why."""
+    record = report.to_dict()
+    for row in record["summary"].values():
+        std = row.get("random_std")
+        if std is not None and not math.isfinite(std):
+            row["random_std"] = None
+            row["random_std_reason"] = "one random seed: no spread (use --seeds 2 or more)"
+    return record
+
+
 def _nll(args: argparse.Namespace, imp) -> tuple:  # noqa: ANN001
+    from adaptive_dllm._io import read_text_input
     from adaptive_dllm.evaluation.data import split_passages
     from adaptive_dllm.importance.pruning import nll_evaluator
+    from adaptive_dllm.models.tokenizer import encode_text
 
     model, tok = load_model(args)
     imp.validate_for(model.config)
     directory = Path(model.source)
     text_path = args.text if args.text is not None else directory / "heldout.txt"
-    if not text_path.is_file():
-        raise AdllmError(f"held-out text {str(text_path)!r} not found; pass --text FILE")
+    if args.text is None and not text_path.is_file():
+        raise AdllmError(f"model {str(directory)!r} ships no heldout.txt; pass --text FILE")
     if tok is None:
         raise AdllmError(f"model {str(directory)!r} has no tokenizer; use --task-cmd")
-    length = args.length or min(1024, model.config.max_seq_len)
-    passages = split_passages(tok.encode(text_path.read_text(encoding="utf-8"), add_special_tokens=False),
-                              length)
+    length = args.length if args.length is not None else min(1024, model.config.max_seq_len)
+    if length > model.config.max_seq_len:
+        raise AdllmError(f"--length {length} must be at most {model.config.max_seq_len} for this model")
+    text = read_text_input(text_path)
+    passages = split_passages(encode_text(tok, text, source=str(text_path)), length)
     if args.max_passages is not None:
         passages = passages[: args.max_passages]
     ratios = floats(args.mask_ratios, "--mask-ratios")

@@ -436,9 +436,9 @@ def _real(x: object) -> bool:
 def _bar(total: int, enabled: bool, *, desc: str = "fidelity", leave: bool = True) -> Any:
     if not enabled:
         return None
-    from tqdm import tqdm
+    from adaptive_dllm._progress import progress_bar  # tqdm on a terminal, lines in logs
 
-    return tqdm(total=total, desc=desc, unit="run" if leave else "step", leave=leave)
+    return progress_bar(total, desc=desc, unit="run" if leave else "step", leave=leave)
 
 
 def _set(bar: Any, text: str) -> None:

@@ -138,9 +138,9 @@ def masked_nll(
 
     bar = None
     if progress:
-        from tqdm import tqdm
+        from adaptive_dllm._progress import progress_bar  # tqdm on a terminal, lines in logs
 
-        bar = tqdm(total=len(counts) * P, desc="masked NLL", unit="passage", leave=False)
+        bar = progress_bar(len(counts) * P, desc="masked NLL", unit="passage", leave=False)
     for j, k in enumerate(counts):
         for start in range(0, P, batch_size):
             x = passages[start : start + batch_size]  # (B, L)

@@ -27,6 +27,7 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.dream import DreamOptions, sample_dream
 from adaptive_dllm.generation.llada import LladaOptions, sample_llada
 from adaptive_dllm.generation.schedule import StepSession
+from adaptive_dllm.models.checks import checked_first_forward
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import get_family
 
@@ -167,8 +168,8 @@ def generate(
     start = time.perf_counter()
     clock.mark()
     with torch.inference_mode():
-        sequences = sample(model, input_ids, options=opts, attention_mask=mask,
-                           session=session, on_step=step_done)
+        sequences = sample(checked_first_forward(model), input_ids, options=opts,
+                           attention_mask=mask, session=session, on_step=step_done)
     step_s = clock.durations()  # waits for the device
     total_s = time.perf_counter() - start
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from adaptive_dllm.errors import AdllmError, CheckpointError
+from adaptive_dllm.models.checks import check_finite_weights
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import FamilySpec, family_for_model_type, get_family
 from adaptive_dllm.models.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
@@ -83,7 +84,7 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
     return data
 
 
-def _resolve_directory(path: str | os.PathLike[str] | None) -> Path:
+def _resolve_directory(path: str | os.PathLike[str] | None, *, download: bool = False) -> Path:
     if path is None:
         return BUNDLED_DIR
     directory = Path(path).expanduser()
@@ -91,9 +92,16 @@ def _resolve_directory(path: str | os.PathLike[str] | None) -> Path:
         return directory
     text = str(path)
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
-    if looks_like_hub_id:
+    if download and looks_like_hub_id:
         return _download_from_hub(text)
-    raise CheckpointError(f"model directory {text!r} does not exist; pass a local checkpoint directory")
+    if directory.exists():
+        raise CheckpointError(f"model {text!r} is a file; pass its checkpoint directory")
+    if download:
+        raise CheckpointError(f"model directory {text!r} does not exist and is not a hub id "
+                              "(org/name) to download; pass a local checkpoint directory")
+    raise CheckpointError(
+        f"model directory {text!r} does not exist; pass a local checkpoint directory, or fetch "
+        "a Hugging Face hub id with --download (download=True in ad.load)")
 
 
 def _download_from_hub(repo_id: str) -> Path:
@@ -101,8 +109,8 @@ def _download_from_hub(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError(
-            f"{repo_id!r} is not a local directory and huggingface_hub is not installed; download "
-            "the checkpoint and pass its local directory with --model"
+            f"--download {repo_id!r} needs huggingface_hub (pip install 'adaptive-dllm[hub]'), "
+            "or download the checkpoint yourself and pass its local directory"
         ) from None
     log.warning("%r is not a local directory; fetching it from the Hugging Face hub", repo_id)
     try:
@@ -174,6 +182,7 @@ def _read_tensors(files: list[Path], key_map: dict[str, str], model: Transformer
                         f"{tuple(expected[ours])}; the config does not match the weights"
                     )
                 state[ours] = tensor.to(device=device, dtype=dtype)
+                check_finite_weights(key, state[ours], file)
     if unexpected:
         raise CheckpointError(
             f"checkpoint has {len(unexpected)} tensor(s) this model does not use, e.g. "
@@ -233,14 +242,17 @@ def load(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
+    download: bool = False,
 ) -> tuple[Transformer, Tokenizer | None]:
     """Load a model and its tokenizer.
 
     Args:
-        path: local checkpoint directory; None loads the bundled small Shakespeare model. A hub
-            id ("org/name") is fetched only when ``huggingface_hub`` is installed and reachable.
+        path: local checkpoint directory; None loads the bundled small Shakespeare model.
         device: default CUDA when available, else CPU.
         dtype: default bfloat16 on GPU, float32 on CPU.
+        download: when ``path`` is not a local directory but a hub id ("org/name"), fetch it
+            from the Hugging Face hub (needs ``huggingface_hub``). Off by default: nothing is
+            ever downloaded unless asked for (a real model is many gigabytes).
 
     Returns:
         (model, tokenizer); the tokenizer is None when the directory has no tokenizer files,
@@ -248,9 +260,9 @@ def load(
 
     Raises:
         CheckpointError: missing directory, missing/malformed config.json, unknown model_type,
-            missing or unexpected tensor, shape mismatch.
+            missing or unexpected tensor, shape mismatch, non-finite weights.
     """
-    directory = _resolve_directory(path)
+    directory = _resolve_directory(path, download=download)
     return load_model(directory, device=device, dtype=dtype), load_tokenizer(directory)
 
 

@@ -2,6 +2,12 @@
 
 Both expose the same small interface: ``encode``, ``decode``, ``apply_chat_template`` and the
 special ids ``eos_id``, ``pad_id``, ``mask_id``, ``bos_id``.
+
+Text that came from bytes which are not UTF-8 (a prompt in ``argv``, standard input, a
+``--text`` file) reaches the tokenizers as ``str`` with each such byte kept as a lone surrogate
+(Python's ``surrogateescape``). The byte tokenizer turns them back into the exact bytes; a
+``tokenizer.json`` tokenizer reads UTF-8 only and refuses them with the byte position
+(:func:`check_text`).
 """
 
 from __future__ import annotations
@@ -47,8 +53,14 @@ class ByteTokenizer:
     def vocab_size(self) -> int:
         return 258
 
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(text.encode("utf-8"))
+    def encode(self, text: str | bytes, *, add_special_tokens: bool = True) -> list[int]:
+        if isinstance(text, bytes):
+            return list(text)
+        try:
+            return list(text.encode("utf-8", errors="surrogateescape"))
+        except UnicodeEncodeError as err:  # a surrogate that never was a byte, e.g. "\ud800"
+            raise AdllmError(f"text holds the lone surrogate {text[err.start]!r} at character "
+                             f"{err.start}; it is neither UTF-8 nor a raw byte") from None
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         data = bytes(i for i in ids if 0 <= i < self.n_bytes)
@@ -90,6 +102,7 @@ class HFTokenizer:
         return self._tok.get_vocab_size()
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        check_text(text)
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
@@ -117,11 +130,41 @@ class HFTokenizer:
         def raise_exception(message: str) -> None:
             raise AdllmError(f"chat template: {message}")
 
+        from jinja2 import TemplateError
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
-        return env.from_string(template).render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self._token_str("bos_token"),
-            eos_token=self._token_str("eos_token"),
-        )
+        try:
+            return env.from_string(template).render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._token_str("bos_token"),
+                eos_token=self._token_str("eos_token"),
+            )
+        except TemplateError as err:  # syntax errors, undefined names, sandbox violations
+            line = f" line {err.lineno}" if getattr(err, "lineno", None) else ""
+            message = " ".join(str(err.message or err).split())
+            raise AdllmError(f"the chat_template in tokenizer_config.json is malformed "
+                             f"({type(err).__name__}{line}: {message}); fix it or drop --chat"
+                             ) from None
+
+
+def check_text(text: str, *, source: str = "text") -> None:
+    """Raise :class:`AdllmError` when ``text`` holds a byte that was not UTF-8 (a lone
+    surrogate from ``surrogateescape``), naming its byte position in ``source``."""
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            offset = len(text[:i].encode("utf-8", errors="surrogateescape"))
+            raw = ord(ch) - 0xDC00 if "\udc80" <= ch <= "\udcff" else None
+            byte = f"byte 0x{raw:02x}" if raw is not None else f"character {ch!r}"
+            raise AdllmError(f"{source} is not valid UTF-8: {byte} at byte position {offset}; "
+                             "this tokenizer reads UTF-8 text only (fix the encoding, e.g. with "
+                             "iconv; the byte-level bundled model takes any bytes)")
+
+
+def encode_text(tokenizer: Tokenizer, text: str, *, source: str = "text") -> list[int]:
+    """``tokenizer.encode(text, add_special_tokens=False)``, naming ``source`` when a
+    non-byte-level tokenizer meets bytes that are not UTF-8."""
+    if not isinstance(tokenizer, ByteTokenizer):
+        check_text(text, source=source)
+    return tokenizer.encode(text, add_special_tokens=False)
