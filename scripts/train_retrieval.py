@@ -171,6 +171,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps is None and args.minutes is None:
         p.error("give --steps or --minutes (or both: whichever ends first)")
+    if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
+        p.error(f"--steps {args.steps} / --minutes {args.minutes}: the budget must be positive")
+    if not 0.0 <= args.text_frac < 1.0 or not 0.0 <= args.answer_mask_min < 1.0:
+        p.error("--text-frac and --answer-mask-min must lie in [0, 1)")
     check_train_seed(args.data_seed)
     args.eval_kinds = tuple(k for k in args.eval_kinds.split(",") if k)
     return args
