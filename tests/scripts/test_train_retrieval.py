@@ -23,25 +23,22 @@ from adaptive_dllm.models import load
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def load_script(name: str):
-    sys.path.insert(0, str(SCRIPTS))  # train_retrieval imports retrieval_data from beside it
-    try:
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
+def load_script():
+    """The recipe as a module; it puts scripts/ on sys.path and imports retrieval_data from there."""
+    spec = importlib.util.spec_from_file_location("train_retrieval", SCRIPTS / "train_retrieval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 
 @pytest.fixture(scope="module")
-def rd():
-    return load_script("retrieval_data")
+def script():
+    return load_script()
 
 
 @pytest.fixture(scope="module")
-def script():
-    return load_script("train_retrieval")
+def rd(script):
+    return sys.modules["retrieval_data"]
 
 
 def fake_corpus(directory: Path) -> Path:
