@@ -42,7 +42,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -57,16 +56,20 @@ import torch.nn.functional as F
 from adaptive_dllm.evaluation import data
 from adaptive_dllm.evaluation.tasks.retrieval import KINDS, TEST_SEEDS, check_train_seed, make_task
 from adaptive_dllm.generation.api import generate
-from adaptive_dllm.models.checkpoints import load, load_model, save_checkpoint
+from adaptive_dllm.models.checkpoints import load, load_model
 from adaptive_dllm.models.families import get_family
 from adaptive_dllm.models.tokenizer import ByteTokenizer
 from adaptive_dllm.models.transformer import Transformer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recipe's data module sits beside it
-from retrieval_data import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recipe's parts sit beside it
+from retrieval_recipe import (  # noqa: E402
     ItemStream,
+    Log,
     curriculum,
+    device_name,
+    load_resume,
     make_batch,
+    save_state,
     stage_length,
     step_length,
     train_text,
@@ -103,23 +106,28 @@ def lr_at(step: int, progress: float, args: argparse.Namespace) -> float:
     return floor + 0.5 * (args.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def evaluate(model: torch.nn.Module, tok: ByteTokenizer, *, lengths: list[int], n: int, seed: int,
-             device: torch.device, kinds: tuple[str, ...] = KINDS) -> dict[str, dict[str, float]]:
-    """Accuracy per length and kind on the retrieval task's held-out items (one prompt at a time:
-    no padding mask, so CUDA runs flash attention)."""
+def evaluate(model: torch.nn.Module, tok: ByteTokenizer, *, length: int, n: int, seed: int,
+             device: torch.device, kinds: tuple[str, ...] = KINDS,
+             deadline: float | None = None) -> dict[str, dict[str, float]]:
+    """``{kind: {"accuracy", "n"}}`` on the retrieval task's held-out items of ``length``.
+
+    One prompt at a time (no padding mask, so CUDA runs flash attention), item i of every kind
+    before item i + 1, so that a ``deadline`` (``time.perf_counter()`` value) cuts all kinds alike.
+    """
     was_training = model.training
     model.eval()
-    results: dict[str, dict[str, float]] = {}
-    for length in lengths:
-        task = make_task(tokenizer=tok, length=length, n=n, seed=seed, kinds=kinds)
-        scores: dict[str, list[float]] = {}
-        for item in task.items():
+    task = make_task(tokenizer=tok, length=length, n=n, seed=seed, kinds=kinds)
+    scores: dict[str, list[float]] = {k: [] for k in kinds}
+    for i in range(n):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        for kind in kinds:
+            item = task.item(kind, i)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 text = generate(model, tok, item.prompt, **task.generation_defaults()).text
-            scores.setdefault(item.meta["kind"], []).append(task.score(item, [text])["correct"])
-        results[str(length)] = {k: sum(v) / len(v) for k, v in scores.items()}
+            scores[kind].append(task.score(item, [text])["correct"])
     model.train(was_training)
-    return results
+    return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in scores.items() if v}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,8 +176,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e.add_argument("--final-n", type=int, default=100, help="items per kind and length, final eval")
     e.add_argument("--final-seed", type=int, default=0)
     e.add_argument("--eval-kinds", default=",".join(KINDS), help="kinds of both evaluations")
+    e.add_argument("--final-max-minutes", type=float, default=None,
+                   help="stop the final eval after this long (fewer items, counted in eval.json)")
+    e.add_argument("--eval-only", action="store_true", help="no training: evaluate OUT/final")
     args = p.parse_args(argv)
-    if args.steps is None and args.minutes is None:
+    if args.steps is None and args.minutes is None and not args.eval_only:
         p.error("give --steps or --minutes (or both: whichever ends first)")
     if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
         p.error(f"--steps {args.steps} / --minutes {args.minutes}: the budget must be positive")
@@ -216,42 +227,6 @@ def check_fused_attention(device: torch.device) -> None:
         attend(q, kv, kv)  # raises when no fused kernel can run it
 
 
-def save_state(model: Transformer, opt: torch.optim.Optimizer, out: Path, config_json: dict,
-               extra: dict) -> None:
-    """``final/`` (bf16 checkpoint) and ``resume.pt`` (moments in bf16: it must come back through
-    the device's 16 MiB-per-file channel in a few parts), each written atomically."""
-    save_checkpoint(copy.deepcopy(model).to(torch.bfloat16), out / "final", config_json)
-    opt_state = opt.state_dict()  # its per-parameter dicts are the optimizer's own: copy, never cast
-    opt_state["state"] = {i: {k: v.to(torch.bfloat16) if k in ("exp_avg", "exp_avg_sq") else v
-                              for k, v in st.items()} for i, st in opt_state["state"].items()}
-    tmp = out / "resume.pt.tmp"
-    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "opt": opt_state, **extra}, tmp)
-    os.replace(tmp, out / "resume.pt")
-
-
-def load_resume(model: Transformer, opt: torch.optim.Optimizer, path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.pop("model"))
-    opt_state = state.pop("opt")
-    for s in opt_state["state"].values():
-        for key in ("exp_avg", "exp_avg_sq"):
-            s[key] = s[key].float()
-    opt.load_state_dict(opt_state)
-    return state
-
-
-class Log:
-    """``train_log.jsonl``: one JSON object a line, flushed as written (appended on resume)."""
-
-    def __init__(self, path: Path, resume: bool) -> None:
-        self.file = open(path, "a" if resume else "w")  # noqa: SIM115 - closed at the end of main
-
-    def write(self, event: str, **fields: object) -> None:
-        self.file.write(json.dumps({"event": event, **fields}) + "\n")
-        self.file.flush()
-
-
 def build_model(args: argparse.Namespace, config_json: dict, device: torch.device) -> Transformer:
     model = Transformer(get_family("llada").parse_config(config_json, {}))
     init_weights(model)
@@ -266,22 +241,22 @@ def build_model(args: argparse.Namespace, config_json: dict, device: torch.devic
 
 
 def final_eval(args: argparse.Namespace, device: torch.device, log: Log, summary: dict) -> dict:
-    """Reload ``final/`` (bf16 weights; float32 on CPU) and score the held-out items; eval.json."""
+    """Reload ``final/`` (bf16 weights; float32 on CPU), score the held-out items, write eval.json."""
     model, tok = load(args.out / "final", device=device)
-    lengths = [int(n) for n in args.final_lengths.split(",") if n]
-    result = {**summary, "dtype": str(next(model.parameters()).dtype), "seed": args.final_seed,
-              "n_per_kind": args.final_n, "generation": {"gen_length": 32, "steps": 32,
-                                                         "block_length": 32, "temperature": 0.0},
-              "accuracy": {}, "seconds": {}}
-    for length in lengths:
+    deadline = None if args.final_max_minutes is None else time.perf_counter() + 60 * args.final_max_minutes
+    result = {**summary, "checkpoint": str(args.out / "final"), "dtype": str(next(model.parameters()).dtype),
+              "seed": args.final_seed, "n_per_kind": args.final_n,
+              "generation": {"gen_length": 32, "steps": 32, "block_length": 32, "temperature": 0.0},
+              "results": {}, "seconds": {}}
+    for length in [int(n) for n in args.final_lengths.split(",") if n]:
         start = time.perf_counter()
-        acc = evaluate(model, tok, lengths=[length], n=args.final_n, seed=args.final_seed, device=device,
-                       kinds=args.eval_kinds)
-        result["accuracy"].update(acc)
+        cell = evaluate(model, tok, length=length, n=args.final_n, seed=args.final_seed, device=device,
+                        kinds=args.eval_kinds, deadline=deadline)
+        result["results"][str(length)] = cell
         result["seconds"][str(length)] = time.perf_counter() - start
-        log.write("final_eval", length=length, accuracy=acc[str(length)],
-                  seconds=result["seconds"][str(length)])
-        print(f"final eval {length}: " + "  ".join(f"{k} {v:.3f}" for k, v in acc[str(length)].items()))
+        log.write("final_eval", length=length, results=cell, seconds=result["seconds"][str(length)])
+        print(f"final eval {length}: " + "  ".join(f"{k} {v['accuracy']:.3f} ({v['n']})"
+                                                   for k, v in cell.items()))
     tmp = args.out / "eval.json.tmp"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, args.out / "eval.json")
@@ -307,14 +282,13 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict:
         done.update(load_resume(model, opt, args.out / "resume.pt"))
         stream.next_seed = check_train_seed(done["next_seed"])
     log = Log(args.out / "train_log.jsonl", args.resume)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     log.write("start", args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              n_params=n_params, device=device_name, torch=torch.__version__, lengths=lengths,
+              n_params=n_params, device=device_name(device), torch=torch.__version__, lengths=lengths,
               train_works=list(train_works), heldout_works=list(heldout_works), resumed_from=done)
     print(f"model: {n_params:,} parameters ({2 * n_params / 2**20:.1f} MiB bf16); curriculum {lengths}; "
-          f"first data seed {stream.next_seed}; device {device_name}")
+          f"first data seed {stream.next_seed}; device {device_name(device)}")
     return {"lengths": lengths, "stream": stream, "config_json": config_json, "model": model, "opt": opt,
-            "done": done, "log": log, "device_name": device_name,
+            "done": done, "log": log,
             # the three poems are shorter than a long window: plain-text rows come from the plays
             "windows": data.WindowSampler({k: v for k, v in train_works.items() if len(v) >= args.max_length},
                                           args.max_length, device)}
@@ -370,11 +344,12 @@ def train(args: argparse.Namespace, device: torch.device, run: dict) -> dict:
                       tokens_per_s=tokens / train_s)
         if step % args.eval_every == 0:
             loss_now, train_s, e0 = loss.item(), train_seconds(), time.perf_counter()
-            acc = evaluate(model, ByteTokenizer(), lengths=[stage], n=args.eval_n, seed=args.eval_seed,
+            acc = evaluate(model, ByteTokenizer(), length=stage, n=args.eval_n, seed=args.eval_seed,
                            device=device, kinds=args.eval_kinds)
-            log.write("eval", step=done["step"] + step, accuracy=acc, train_seconds=train_s)
+            log.write("eval", step=done["step"] + step, length=stage, results=acc, train_seconds=train_s)
             print(f"step {done['step'] + step} ({train_s / 60:.1f} min, {tokens / train_s:,.0f} tok/s) "
-                  f"loss {loss_now:.3f} eval {acc}")
+                  f"loss {loss_now:.3f} eval at {stage}: "
+                  + " ".join(f"{k} {v['accuracy']:.2f}" for k, v in acc.items()))
             save_state(model, opt, args.out, run["config_json"], totals())
             eval_s += time.perf_counter() - e0
     if device.type == "cuda":
@@ -395,12 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         check_fused_attention(device)
+    if args.eval_only:
+        with Log(args.out / "train_log.jsonl", resume=True) as log:
+            final_eval(args, device, log, {"device": device_name(device), "torch": torch.__version__})
+        return 0
     run = setup(args, device)
     total = train(args, device, run)
     if device.type == "cuda":
         total["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    final_eval(args, device, run["log"], {"device": run["device_name"], "torch": torch.__version__, **total})
-    run["log"].file.close()
+    with run["log"] as log:
+        final_eval(args, device, log, {"device": device_name(device), "torch": torch.__version__, **total})
     return 0
 
 

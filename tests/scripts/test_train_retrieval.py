@@ -24,7 +24,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def load_script():
-    """The recipe as a module; it puts scripts/ on sys.path and imports retrieval_data from there."""
+    """The recipe as a module; it puts scripts/ on sys.path and imports retrieval_recipe from there."""
     spec = importlib.util.spec_from_file_location("train_retrieval", SCRIPTS / "train_retrieval.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -38,7 +38,7 @@ def script():
 
 @pytest.fixture(scope="module")
 def rd(script):
-    return sys.modules["retrieval_data"]
+    return sys.modules["retrieval_recipe"]
 
 
 def fake_corpus(directory: Path) -> Path:
@@ -69,7 +69,7 @@ def test_cpu_run_checkpoint_resume_and_eval(script, tmp_path):
     end = next(e for e in log if e["event"] == "end")
     assert end["step"] == 4 and end["next_seed"] >= TEST_SEEDS.stop + 4
     result = json.loads((out / "eval.json").read_text())
-    assert set(result["accuracy"]["512"]) == {"passkey"} and result["n_per_kind"] == 1
+    assert list(result["results"]["512"]) == ["passkey"] and result["results"]["512"]["passkey"]["n"] == 1
 
     model, tok = load(out / "final", device="cpu")
     assert model.config.n_kv_heads == 1 and model.config.max_seq_len == 17408 and tok.mask_id == 257
@@ -192,3 +192,15 @@ def test_curriculum_and_lengths(rd, script):
 def test_bad_budgets_are_refused(script, bad):
     with pytest.raises(SystemExit):
         script.parse_args(bad)
+
+
+@pytest.mark.slow
+def test_eval_only_with_deadline_counts_items(script, tmp_path):
+    out, corpus = tmp_path / "run", fake_corpus(tmp_path / "corpus")
+    assert script.main(["--data", str(corpus), "--out", str(out), "--steps", "1", "--final-lengths", "",
+                        *TINY]) == 0
+    assert script.main(["--data", str(corpus), "--out", str(out), "--eval-only", "--final-lengths", "512",
+                        "--final-max-minutes", "0", *TINY]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["results"] == {"512": {}}  # the deadline had passed: no item, no made-up score
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["event"] == "final_eval"

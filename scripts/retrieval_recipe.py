@@ -1,4 +1,5 @@
-"""Training data of the retrieval recipe (``scripts/train_retrieval.py``): items, batches, curriculum.
+"""Parts of the retrieval recipe (``scripts/train_retrieval.py``): training items, batches, the
+length curriculum, run state (checkpoint + resume file) and the JSONL log.
 
 Task items reuse the needle and question text of :mod:`adaptive_dllm.evaluation.tasks.retrieval`
 (its ``_spec`` and ``_insert``), so that training and evaluation prompts have one layout, but are
@@ -11,16 +12,22 @@ Shape legend: B rows, L sequence length (bytes).
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from adaptive_dllm.evaluation import data
 from adaptive_dllm.evaluation.tasks._common import item_rng
 from adaptive_dllm.evaluation.tasks.retrieval import KINDS, _insert, _spec, check_train_seed
+from adaptive_dllm.models.checkpoints import save_checkpoint
 from adaptive_dllm.models.tokenizer import ByteTokenizer
+from adaptive_dllm.models.transformer import Transformer
 
 ANSWER_TOKENS = 32  # the retrieval task's gen_length: the region the sampler fills
 SHORTEST = 512
@@ -125,3 +132,49 @@ def step_length(stage: int, mix_short: float, rng: random.Random) -> int:
     """``stage``, or with probability ``mix_short`` a random shorter power of two (>= 512)."""
     shorter = [2**k for k in range(int(math.log2(SHORTEST)), int(math.log2(stage)))]
     return rng.choice(shorter) if shorter and rng.random() < mix_short else stage
+
+
+def save_state(model: Transformer, opt: torch.optim.Optimizer, out: Path, config_json: dict,
+               extra: dict) -> None:
+    """``final/`` (bf16 checkpoint) and ``resume.pt`` (moments in bf16: it must come back through
+    the device's 16 MiB-per-file channel in a few parts), each written atomically."""
+    save_checkpoint(copy.deepcopy(model).to(torch.bfloat16), out / "final", config_json)
+    opt_state = opt.state_dict()  # its per-parameter dicts are the optimizer's own: copy, never cast
+    opt_state["state"] = {i: {k: v.to(torch.bfloat16) if k in ("exp_avg", "exp_avg_sq") else v
+                              for k, v in st.items()} for i, st in opt_state["state"].items()}
+    tmp = out / "resume.pt.tmp"
+    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "opt": opt_state, **extra}, tmp)
+    os.replace(tmp, out / "resume.pt")
+
+
+def load_resume(model: Transformer, opt: torch.optim.Optimizer, path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.pop("model"))
+    opt_state = state.pop("opt")
+    for s in opt_state["state"].values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            s[key] = s[key].float()
+    opt.load_state_dict(opt_state)
+    return state
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+class Log:
+    """``train_log.jsonl``: one JSON object a line, flushed as written (appended on resume)."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.file = open(path, "a" if resume else "w")  # noqa: SIM115 - closed at the end of main
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def write(self, event: str, **fields: object) -> None:
+        self.file.write(json.dumps({"event": event, **fields}) + "\n")
+        self.file.flush()
