@@ -166,7 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--data-seed", type=int, default=TEST_SEEDS.stop,
                    help=f"seed of the first training item (>= {TEST_SEEDS.stop}: outside the test seeds)")
     t.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    t.add_argument("--compile", action="store_true", help="torch.compile, dynamic shapes (eager if it fails)")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile, dynamic shapes (eager if it fails)")
     t.add_argument("--grad-checkpointing", action="store_true")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=int, default=200)
