@@ -59,7 +59,7 @@ from adaptive_dllm.generation.api import generate
 from adaptive_dllm.models.checkpoints import load, load_model
 from adaptive_dllm.models.families import get_family
 from adaptive_dllm.models.tokenizer import ByteTokenizer
-from adaptive_dllm.models.transformer import Transformer
+from adaptive_dllm.models.transformer import Transformer, fused_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the recipe's parts sit beside it
 from retrieval_recipe import (  # noqa: E402
@@ -118,12 +118,15 @@ def evaluate(model: torch.nn.Module, tok: ByteTokenizer, *, length: int, n: int,
     model.eval()
     task = make_task(tokenizer=tok, length=length, n=n, seed=seed, kinds=kinds)
     scores: dict[str, list[float]] = {k: [] for k in kinds}
+    # The Triton RMSNorm/RoPE/SwiGLU kernels are meant for a model in one dtype; the training
+    # model is fp32 under bf16 autocast, so it evaluates with the eager code.
+    mixed = device.type == "cuda" and next(model.parameters()).dtype == torch.float32
     for i in range(n):
         if deadline is not None and time.perf_counter() > deadline:
             break
         for kind in kinds:
             item = task.item(kind, i)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed), fused_kernels(not mixed):
                 text = generate(model, tok, item.prompt, **task.generation_defaults()).text
             scores[kind].append(task.score(item, [text])["correct"])
     model.train(was_training)
@@ -166,7 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--data-seed", type=int, default=TEST_SEEDS.stop,
                    help=f"seed of the first training item (>= {TEST_SEEDS.stop}: outside the test seeds)")
     t.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile, dynamic shapes (eager if it fails)")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile, dynamic shapes (eager if it fails)")
     t.add_argument("--grad-checkpointing", action="store_true")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=int, default=200)

@@ -204,3 +204,9 @@ def test_eval_only_with_deadline_counts_items(script, tmp_path):
     result = json.loads((out / "eval.json").read_text())
     assert result["results"] == {"512": {}}  # the deadline had passed: no item, no made-up score
     assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["event"] == "final_eval"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_attention_runs_a_fused_kernel_on_gpu(script):
+    script.check_fused_attention(torch.device("cuda"))  # raises if only the math kernel could run
