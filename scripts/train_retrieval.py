@@ -34,8 +34,9 @@ retrieval task with seed ``--final-seed``, its default generation settings, gree
 
 Examples:
     # CPU smoke test, seconds
-    python scripts/train_retrieval.py --device cpu --steps 4 --min-length 256 --max-length 256 \\
-        --tokens-per-step 1024 --d-model 32 --n-layers 1 --eval-every 2 --final-lengths 256
+    python scripts/train_retrieval.py --device cpu --steps 4 --min-length 512 --max-length 512 \\
+        --tokens-per-step 1024 --d-model 32 --n-layers 1 --eval-every 2 --eval-n 1 \\
+        --eval-kinds passkey --final-lengths 512 --final-n 1
     # GPU: docs/retrieval_model.md (scripts/device_train_retrieval.sh)
 """
 
