@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from adaptive_dllm.bench.timing import environment, fastest_dense, sdpa_backend, time_fn
+from adaptive_dllm.kernels.support import n_blocks
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.sparsity.cost import CostModel
 
@@ -127,10 +128,9 @@ def sparse_config(mode: str, config: ModelConfig, s: SweepSettings, *, backend: 
 def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str, Any]]:
     """Per-layer attention at ``length`` tokens: fastest dense SDPA, flex sparse (uniform and
     adaptive), flex with every block kept (kernel efficiency), and the plan build."""
-    from adaptive_dllm.attention.api import attend
-    from adaptive_dllm.attention.flex import block_mask
-    from adaptive_dllm.sparsity.plan import build_plan
-    from adaptive_dllm.sparsity.scoring import block_mass
+    from adaptive_dllm.attention.api import attend, get_backend
+    from adaptive_dllm.attention.mass import block_mass
+    from adaptive_dllm.attention.plan import build_plan
 
     dtype = getattr(torch, s.dtype)
     cfg = model_config(family, n_layers=1, max_seq_len=length, tiny=s.tiny)
@@ -146,13 +146,15 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
             "dense_backend": dense["best"], "dense_ms": dense["best_ms"],
             "dense_backends_ms": dense["backends"]}
     records = []
-    n_blocks = -(-length // s.block_size)
-    full = build_plan(torch.zeros(1, Hkv, n_blocks, n_blocks, device=s.device),
-                      torch.full((Hkv,), n_blocks), None, layer=0, block_size=s.block_size,
-                      seq_len=length, prompt_blocks=n_blocks, group=H // Hkv)
-    block_mask(full, H)
+    n = n_blocks(length, s.block_size)
+    full = build_plan(torch.zeros(1, Hkv, n, n, device=s.device),
+                      torch.full((Hkv,), n), None, layer=0, block_size=s.block_size,
+                      seq_len=length, prompt_blocks=n, group=H // Hkv)
     for backend in s.sparse_backends():
-        t_full = time_fn(functools.partial(attend, q, k, v, plan=full, backend=backend), **reps)
+        impl = get_backend(backend)
+        prepared = impl.prepare(full, H)  # once per plan, as a generation does
+        t_full = time_fn(functools.partial(attend, q, k, v, plan=full, backend=impl,
+                                           prepared=prepared), **reps)
         records.append({**base, "mode": f"{backend}_all_blocks", "backend": backend,
                         "ms": t_full["median_ms"], "speedup": dense["best_ms"] / t_full["median_ms"],
                         "keep_ratio": 1.0})
@@ -163,7 +165,7 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
                        warmup=1, repeats=max(1, s.repeats // 2))
     t_twopass = None
     if q.is_cuda:
-        from adaptive_dllm.sparsity.mass_kernel import block_mass_triton
+        from adaptive_dllm.kernels.block_mass import block_mass_triton
 
         t_twopass = time_fn(functools.partial(block_mass_triton, q, k, block_size=s.block_size,
                                               method="twopass"),
@@ -178,10 +180,12 @@ def kernel_records(family: str, length: int, s: SweepSettings) -> list[dict[str,
         t_build = time_fn(build, warmup=1, repeats=max(1, s.repeats // 2))
         fused = _fused_build_ms(sc, cfg, q, k, v, s) if q.is_cuda else None
         session, plan = build()
-        block_mask(plan, H)  # what a flex generation builds with the plan (cached in it)
         ratio = plan.keep_ratio()
         for backend in s.sparse_backends():
-            t = time_fn(functools.partial(attend, q, k, v, plan=plan, backend=backend), **reps)
+            impl = get_backend(backend)
+            prepared = impl.prepare(plan, H)  # what a generation builds with the plan
+            t = time_fn(functools.partial(attend, q, k, v, plan=plan, backend=impl,
+                                          prepared=prepared), **reps)
             records.append({
                 **base, "mode": mode, "backend": backend, "ms": t["median_ms"],
                 "speedup": dense["best_ms"] / t["median_ms"], "keep_ratio": ratio,
@@ -212,16 +216,6 @@ def _fused_build_ms(sc: Any, cfg: ModelConfig, q: torch.Tensor, k: torch.Tensor,
 
 
 # -- end to end ---------------------------------------------------------------------------------
-class _WithGenLength:
-    """Passes the generation length to ``new_session`` (prompt/generation regions)."""
-
-    def __init__(self, cfg: Any, gen_length: int) -> None:
-        self.cfg, self.gen_length = cfg, gen_length
-
-    def new_session(self, config: ModelConfig, total_steps: int) -> Any:
-        return self.cfg.new_session(config, total_steps, gen_length=self.gen_length)
-
-
 def _generate(model: Any, ids: torch.Tensor, s: SweepSettings, *, sparse: Any = None,
               steps: int | None = None) -> dict[str, Any]:
     from adaptive_dllm.generation.api import generate
@@ -229,12 +223,11 @@ def _generate(model: Any, ids: torch.Tensor, s: SweepSettings, *, sparse: Any = 
     opts: dict[str, Any] = {"steps": steps or s.steps, "gen_length": s.gen_length}
     if model.config.family == "llada":
         opts["block_length"] = min(s.llada_block_length, s.gen_length)
-    wrapped = None if sparse is None else _WithGenLength(sparse, s.gen_length)
     if s.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    out = generate(model, None, ids, sparse=wrapped, **opts)
-    stats = dict(out.stats)
+    out = generate(model, None, ids, sparse=sparse, **opts)
+    stats = out.stats.to_dict()
     stats.pop("step_s", None)
     if s.device == "cuda":
         torch.cuda.synchronize()
@@ -250,15 +243,17 @@ def _dynamo_graphs() -> int:
 
 
 def warmup_compile(model: Any, s: SweepSettings, *, length: int = 2048) -> dict[str, Any]:
-    """One short sparse generation that compiles the flex kernel (reported separately)."""
-    from adaptive_dllm.attention import flex
+    """One short sparse generation that compiles the sparse backend's kernels (reported
+    separately: the backend's compile log)."""
+    from adaptive_dllm.attention.api import get_backend
 
     ids = torch.randint(0, min(1000, model.config.mask_id), (1, length), device=s.device)
-    before = len(flex.COMPILE_LOG)
     sc = sparse_config("uniform", model.config, s)
+    backend = get_backend(sc.backend)
+    before = len(backend.compile_log)
     steps = 4 if model.config.family == "llada" else 2
     stats = _generate(model, ids, s, sparse=sc, steps=steps)
-    compiles = flex.COMPILE_LOG[before:]
+    compiles = [dataclasses.asdict(c) for c in backend.compile_log[before:]]
     return {"kind": "compile", "family": model.config.family, "seq_len": length + s.gen_length,
             "compile_s": sum(c["seconds"] for c in compiles), "signatures": compiles,
             "warmup_total_s": stats["total_s"]}
@@ -331,7 +326,7 @@ def _sparse_record(base: dict[str, Any], mode: str, run: str, st: dict[str, Any]
            if st.get("peak_memory_gb") and dense.get("peak_memory_gb") else None,
            "same_tokens_as_dense": st["ids_head"] == dense["ids_head"],
            "auto_decision": auto.backend, "auto_reason": auto.reason,
-           "sparse_stats": {k: v for k, v in sp.items() if not isinstance(v, dict)}}
+           "sparse_stats": sp}
     if attn_ms_per_layer is not None and sp["realized_keep_ratio"] is not None:
         ideal = _ideal_e2e(dense_step, attn_ms_per_layer / 1000 * n_layers,
                            sp["realized_keep_ratio"], sp["dense_steps"], sp["sparse_steps"])
@@ -482,7 +477,7 @@ def table(records: list[dict[str, Any]]) -> str:
                 f"{_f(keep, 3):>5}")
     comp = [r for r in records if r.get("kind") == "compile"]
     for r in comp:
-        lines.append(f"one-time flex compile ({r['family']}): {r['compile_s']:.1f} s")
+        lines.append(f"one-time compile ({r['family']}): {r['compile_s']:.1f} s")
     for r in records:
         if r.get("kind") == "error":
             lines.append(f"ERROR {r['family']} {r['seq_len']}: {r['error']}")
