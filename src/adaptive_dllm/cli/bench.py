@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from adaptive_dllm.bench.sweep import SweepSettings, plot, run_sweep, table
+    from adaptive_dllm.bench.reports import plot, table
+    from adaptive_dllm.bench.sweep import SweepSettings, run_sweep
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
