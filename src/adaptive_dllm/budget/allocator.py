@@ -42,13 +42,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from adaptive_dllm._checks import check_float, check_int
+from adaptive_dllm._checks import check_choice, check_float, check_int
 from adaptive_dllm.budget.solvers import water_fill, webster
 from adaptive_dllm.errors import AdllmError
 
@@ -237,14 +237,8 @@ def allocate(
         AdllmError: invalid arguments, or in strict mode a budget below the floor.
     """
     w = _check_weights(weights)  # (Ly, Hu) float64
-    select = check_float("select", select, low=0.0, high=1.0, low_open=True)
-    n = check_int("n_blocks", n_blocks)
-    hard = min(check_int("min_blocks", min_blocks), n)
-    check_float("min_keep_ratio", min_keep_ratio, low=0.0, high=1.0)
-    if budget not in ("global", "per_layer"):
-        raise AdllmError(f"budget={budget!r} must be 'global' or 'per_layer'")
-    # Tolerance: 0.7 * 10 is 7.000000000000001 in floating point, which must stay 7 blocks.
-    requested = min(max(hard, math.ceil(float(min_keep_ratio) * n - 1e-9)), n)
+    select, n, hard, requested = _check_budget(select, n_blocks, min_blocks, min_keep_ratio,
+                                               budget)
 
     n_layers, n_per_layer = w.shape
     n_units = w.size
@@ -288,6 +282,18 @@ def allocate(
         lam=torch.from_numpy(lam / n),
         continuous=torch.from_numpy(cont.reshape(n_layers, n_per_layer)),
     )
+
+
+def _check_budget(select: float, n_blocks: int, min_blocks: int, min_keep_ratio: float,
+                  budget: str) -> tuple[float, int, int, int]:
+    """(select, N, hard floor, requested floor in blocks), validated."""
+    select = check_float("select", select, low=0.0, high=1.0, low_open=True)
+    n = check_int("n_blocks", n_blocks)
+    hard = min(check_int("min_blocks", min_blocks), n)
+    check_float("min_keep_ratio", min_keep_ratio, low=0.0, high=1.0)
+    check_choice("budget", budget, get_args(BudgetMode))
+    # Tolerance: 0.7 * 10 is 7.000000000000001 in floating point, which must stay 7 blocks.
+    return select, n, hard, min(max(hard, math.ceil(float(min_keep_ratio) * n - 1e-9)), n)
 
 
 def _check_weights(weights: Tensor) -> np.ndarray:

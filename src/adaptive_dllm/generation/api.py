@@ -155,22 +155,11 @@ def generate(
     session = None if sparse is None else _new_session(sparse, config, opts)
     grid_note = None if session is None else _block_grid_note(mask)
 
-    clock = StepClock(device)
-
-    def step_done(done: int, total: int) -> None:
-        clock.mark()
-        if on_step is not None:
-            on_step(done, total)
-
     if seed is not None:
         torch.manual_seed(seed)
-    start = time.perf_counter()
-    clock.mark()
-    with torch.inference_mode():
-        sequences = sample(model, input_ids, options=opts, attention_mask=mask,
-                           session=session, on_step=step_done)
-    step_s = clock.durations()  # waits for the device
-    total_s = time.perf_counter() - start
+    sequences, step_s, total_s = _run_timed(
+        lambda step_done: sample(model, input_ids, options=opts, attention_mask=mask,
+                                 session=session, on_step=step_done), device, on_step)
 
     ids = sequences[:, P:]
     stats = GenerationStats(
@@ -185,6 +174,25 @@ def generate(
         texts = decode(tokenizer, ids, eos_id=_eos_id(tokenizer, config), mask_id=config.mask_id)
         text = texts[0] if single else texts
     return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats)
+
+
+def _run_timed(run: Callable[[Callable[[int, int], None]], torch.Tensor], device: torch.device,
+               on_step: Callable[[int, int], None] | None) -> tuple[torch.Tensor, list[float], float]:
+    """``run(step_done)`` under inference mode: its result, the seconds of every step (CUDA
+    events on a GPU: no sync inside the loop) and the loop's wall time."""
+    clock = StepClock(device)
+
+    def step_done(done: int, total: int) -> None:
+        clock.mark()
+        if on_step is not None:
+            on_step(done, total)
+
+    start = time.perf_counter()
+    clock.mark()
+    with torch.inference_mode():
+        out = run(step_done)
+    step_s = clock.durations()  # waits for the device
+    return out, step_s, time.perf_counter() - start
 
 
 def _new_session(sparse: SparseConfig | SparseSpec, config: ModelConfig,
