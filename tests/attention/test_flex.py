@@ -65,7 +65,7 @@ def test_no_kv_repetition(monkeypatch):
     seen = []
     real = fa.flex_attention
 
-    def spy(q, k, v, **kw):  # noqa: ANN001, ANN003
+    def spy(q, k, v, **kw):
         seen.append((tuple(k.shape), tuple(v.shape), kw.get("enable_gqa")))
         return real(q, k, v, **kw)
 
@@ -173,7 +173,7 @@ def test_gpu_flex_matches_reference_on_fixture_models(fixture_model, name, bs, b
     model = fixture_model(name)
     captured = {}
 
-    def spy(layer, q, k, v, km):  # noqa: ANN001
+    def spy(layer, q, k, v, km):
         captured[layer] = (q, k, v)
         return attend(q, k, v, key_mask=km)
 

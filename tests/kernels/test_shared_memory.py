@@ -13,7 +13,7 @@ import torch
 HOPPER_SHARED_BYTES = 232448  # 227 KiB per block on an H100
 
 
-def _compile(fn, pointers, constexprs, options):  # noqa: ANN001, ANN202
+def _compile(fn, pointers, constexprs, options):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -23,7 +23,7 @@ class WithGen:
     def __init__(self, cfg: SparseConfig, gen_length: int = G) -> None:
         self.cfg, self.gen_length, self.sessions = cfg, gen_length, []
 
-    def new_session(self, config, total_steps):  # noqa: ANN001
+    def new_session(self, config, total_steps):
         s = self.cfg.new_session(config, total_steps, gen_length=self.gen_length)
         self.sessions.append(s)
         return s
@@ -179,7 +179,7 @@ def test_length_change_rebuilds_plan(fixture_model):
 
 @contextlib.contextmanager
 def _no_host_sync(monkeypatch):
-    def boom(*a, **k):  # noqa: ANN002, ANN003
+    def boom(*a, **k):
         raise AssertionError("host sync in a sparse step")
 
     with monkeypatch.context() as m:
@@ -198,7 +198,7 @@ def test_sparse_step_does_not_sync(fixture_model, monkeypatch):
     session.begin_step(1, 2)
     captured = {}
 
-    def spy(layer, q, k, v, km):  # noqa: ANN001
+    def spy(layer, q, k, v, km):
         captured[layer] = (q, k, v, km)
         return session(layer, q, k, v, km)
 

@@ -207,7 +207,7 @@ def _guarded(fn: Callable[[], list[dict[str, Any]]], family: str,
     record instead of ending the sweep."""
     try:
         return fn()
-    except Exception as err:  # noqa: BLE001 - reported in the record, the sweep goes on
+    except Exception as err:  # reported in the record, the sweep goes on
         _free()
         return [{"kind": "error", "family": family, "seq_len": length,
                  "error": f"{type(err).__name__}: " + str(err).splitlines()[0][:200]}]
