@@ -13,13 +13,15 @@ time after which no further generation starts (the rest is recorded as skipped).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from adaptive_dllm.attention import flex
+from adaptive_dllm.attention.api import attend, get_backend, register_backend
+from adaptive_dllm.attention.flex import FLEX_TILES, FlexBackend, FlexOptions
 from adaptive_dllm.bench.sweep import (
     SweepSettings,
     model_config,
@@ -53,22 +55,25 @@ def tune(family: str, L: int, s: SweepSettings) -> dict:
     dense = fastest_dense(q, k, v)
     session = sparse_config("uniform", cfg, s).new_session(cfg, s.steps, gen_length=s.gen_length)
     plan = session.build_plan(0, q, k, None)
-    ref = session.run(plan, q, k, v, None).float()
+    ref = attend(q, k, v, plan=plan, backend="flex").float()
     rows = []
     for opts in VARIANTS:
-        flex.KERNEL_OPTIONS[128] = opts
-        n_log = len(flex.COMPILE_LOG)
+        # One backend per variant: the options are the backend's, no module is mutated.
+        backend = FlexBackend(FlexOptions(tiles={**FLEX_TILES, 128: opts}))
+        prepared = backend.prepare(plan, cfg.n_heads)
         try:
-            t = time_fn(lambda: session.run(plan, q, k, v, None), warmup=2, repeats=5)
-            err = float((session.run(plan, q, k, v, None).float() - ref).abs().max())
+            t = time_fn(functools.partial(backend.run, q, k, v, plan=plan, prepared=prepared),
+                        warmup=2, repeats=5)
+            err = float((backend.run(q, k, v, plan=plan, prepared=prepared).float()
+                         - ref).abs().max())
             rows.append({"options": opts, "ms": t["median_ms"], "max_diff_vs_first": err,
-                         "compile_s": sum(c["seconds"] for c in flex.COMPILE_LOG[n_log:])})
+                         "compile_s": sum(c.seconds for c in backend.compile_log)})
         except Exception as exc:  # noqa: BLE001 - a variant this build cannot compile
             rows.append({"options": opts, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
         print(family, L, rows[-1], flush=True)
     ok = [r for r in rows if "ms" in r and r["max_diff_vs_first"] < 0.05]
     best = min(ok, key=lambda r: r["ms"])["options"]
-    flex.KERNEL_OPTIONS[128] = best
+    register_backend("flex", FlexBackend(FlexOptions(tiles={**FLEX_TILES, 128: best})))
     return {"family": family, "seq_len": L, "dense": dense, "variants": rows, "best": best,
             "keep_ratio": plan.keep_ratio()}
 
@@ -88,7 +93,7 @@ def cold_calls(family: str, s: SweepSettings, lengths=(20000, 40000, 65000)) -> 
         times = []
         for _ in range(2):
             t0 = time.perf_counter()
-            session.run(plan, q, k, v, None)
+            attend(q, k, v, plan=plan, backend="flex")
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         out.append({"family": family, "seq_len": L, "first_s": times[0], "second_s": times[1],
@@ -106,11 +111,7 @@ def main() -> None:
     p.add_argument("--e2e-lengths", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--largest-modes", nargs="*", default=["uniform"])
-    p.add_argument("--mass-kernel", choices=("onepass", "twopass"), default="onepass")
     args = p.parse_args()
-    from adaptive_dllm.sparsity import mass_kernel
-
-    mass_kernel.DEFAULT_METHOD = args.mass_kernel
     start = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,10 +119,10 @@ def main() -> None:
     s = SweepSettings(lengths=tuple(args.lengths), e2e_lengths=tuple(args.e2e_lengths),
                       n_layers=args.layers, deadline=deadline,
                       largest_modes=tuple(args.largest_modes) or None)
-    result = {"env": environment(), "mass_kernel": args.mass_kernel,
+    result = {"env": environment(), "mass_kernel": "onepass",
               "tune": [tune("llada", args.tune_length, s)]}
     result["cold_calls"] = cold_calls("llada", s) + cold_calls("dream", s, lengths=(30000, 65000))
-    result["compile_log"] = flex.COMPILE_LOG
+    result["compile_log"] = [c.__dict__ for c in get_backend("flex").compile_log]
     (out / "tune.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"tuning done at {time.monotonic() - start:.0f} s", flush=True)
     with open(out / "bench.jsonl", "w") as f:
@@ -133,7 +134,7 @@ def main() -> None:
 
         records = run_sweep(s, what=("kernel", "e2e"), emit=emit)
     print(table(records), flush=True)
-    result["compile_log"] = flex.COMPILE_LOG
+    result["compile_log"] = [c.__dict__ for c in get_backend("flex").compile_log]
     (out / "tune.json").write_text(json.dumps(result, indent=1, default=str))
 
 

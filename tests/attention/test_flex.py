@@ -1,7 +1,7 @@
 """The flex backend against the eager reference (CPU: eager flex; GPU: the compiled kernel).
 
 The GPU tolerance tests also run the ``triton`` backend (its CPU tests, through Triton's
-interpreter, are in ``test_block_sparse.py``)."""
+interpreter, are in ``test_triton.py``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from adaptive_dllm.attention import flex
 from adaptive_dllm.attention.api import attend
+from adaptive_dllm.attention.mass import block_mass
+from adaptive_dllm.attention.plan import build_plan
 from adaptive_dllm.attention.reference import reference_attention
 from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.sparsity.plan import build_plan
-from adaptive_dllm.sparsity.scoring import block_mass
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -65,7 +65,7 @@ def test_no_kv_repetition(monkeypatch):
     seen = []
     real = fa.flex_attention
 
-    def spy(q, k, v, **kw):  # noqa: ANN001, ANN003
+    def spy(q, k, v, **kw):
         seen.append((tuple(k.shape), tuple(v.shape), kw.get("enable_gqa")))
         return real(q, k, v, **kw)
 
@@ -87,10 +87,21 @@ def test_key_mask_mod_left_padding_and_general():
             assert torch.equal(got, mask[b])
 
 
-def test_block_mask_is_cached_per_plan():
-    q, k, v = _inputs(1, 4, 2, 96, 16)
-    plan = _plan(q, k, 32)
-    assert flex.block_mask(plan, 4) is flex.block_mask(plan, 4)
+def test_block_mask_is_prepared_once_per_plan(monkeypatch, fixture_model):
+    """A sparse generation on flex builds each plan's BlockMask once, when the plan is built,
+    and every sparse step reuses it (the plan itself holds no backend data)."""
+    from adaptive_dllm.generation.api import generate
+    from adaptive_dllm.sparsity import SparseConfig
+
+    built = []
+    real = flex.block_mask
+    monkeypatch.setattr(flex, "block_mask", lambda plan, n: built.append(plan) or real(plan, n))
+    model = fixture_model("dream_tiny")
+    cfg = SparseConfig(select=0.5, skip=0.25, block_size=32, backend="flex")
+    out = generate(model, None, list(range(1, 57)), sparse=cfg, steps=8, gen_length=16)
+    st = out.stats.sparse
+    assert st.sparse_steps == 6 and st.plan_builds == model.config.n_layers
+    assert len(built) == st.plan_builds and len({id(p) for p in built}) == st.plan_builds
 
 
 def test_flex_needs_a_plan_of_the_right_shape():
@@ -162,7 +173,7 @@ def test_gpu_flex_matches_reference_on_fixture_models(fixture_model, name, bs, b
     model = fixture_model(name)
     captured = {}
 
-    def spy(layer, q, k, v, km):  # noqa: ANN001
+    def spy(layer, q, k, v, km):
         captured[layer] = (q, k, v)
         return attend(q, k, v, key_mask=km)
 

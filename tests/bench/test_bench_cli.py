@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from adaptive_dllm.bench.sweep import _ideal_e2e, plot, summarize, table
+from adaptive_dllm.bench.e2e import ideal_e2e as _ideal_e2e
+from adaptive_dllm.bench.reports import plot, summarize, table
 from adaptive_dllm.cli import main
 
 

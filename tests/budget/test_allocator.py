@@ -310,8 +310,8 @@ def test_summary_is_json_ready_and_consistent():
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
-        ((0.0, 8), {}, r"select=0.0 must be in \(0, 1\]"),
-        ((1.5, 8), {}, r"select=1.5 must be in \(0, 1\]"),
+        ((0.0, 8), {}, r"select=0.0 must be a number in \(0, 1\]"),
+        ((1.5, 8), {}, r"select=1.5 must be a number in \(0, 1\]"),
         ((float("nan"), 8), {}, "select=nan"),
         (("0.3", 8), {}, "must be a number"),
         ((0.3, 0), {}, "n_blocks=0 must be a positive integer"),

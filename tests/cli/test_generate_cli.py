@@ -116,14 +116,16 @@ def test_help_has_examples(capsys):
 
 def test_json_is_serialisable_with_session_tensors(fixtures_dir, monkeypatch, capsys):
     """Stats from a session may hold tensors; --json still prints one object."""
+    import dataclasses
+
     import adaptive_dllm.generation.api as api
 
     real = api.generate
 
     def with_tensor_stats(*a, **k):
         out = real(*a, **k)
-        out.stats["sparse"] = {"keep_ratio": torch.tensor(0.5)}
-        return out
+        stats = dataclasses.replace(out.stats, sparse={"keep_ratio": torch.tensor(0.5)})
+        return dataclasses.replace(out, stats=stats)
 
     monkeypatch.setattr(api, "generate", with_tensor_stats)
     code, out, _ = _run(capsys, ["generate", LLADA_PROMPT, "--ids", "--model",

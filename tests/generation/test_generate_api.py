@@ -136,15 +136,26 @@ class StubSparse:
         return self.session
 
 
-def test_gen_length_is_passed_when_new_session_accepts_it(scripted, stub_session):
-    class WithLength:
-        def new_session(self, model_config, total_steps, *, gen_length=None):
-            self.args = (total_steps, gen_length)
-            return stub_session()
+def test_sparse_config_session_gets_the_generation_length_and_block_starts(scripted,
+                                                                           monkeypatch):
+    """generate() builds a SparseConfig's session itself, telling it the generated tokens
+    (prompt/generation budgets) and the first steps of LLaDA's later blocks (plan refresh)."""
+    import adaptive_dllm.generation.api as api
+    from adaptive_dllm.sparsity import SparseConfig
 
-    sparse = WithLength()
-    generate(scripted(2, 8), None, [1, 2], sparse=sparse, gen_length=8, steps=4)
-    assert sparse.args == (4, 8)
+    seen = []
+    real = api.build_session
+
+    def spy(config, model_config, steps, **kw):
+        seen.append((steps, kw))
+        return real(config, model_config, steps, **kw)
+
+    monkeypatch.setattr(api, "build_session", spy)
+    cfg = SparseConfig(select=0.5, block_size=8, backend="reference", refresh="block")
+    out = generate(scripted(2, 8), None, [1, 2], sparse=cfg, gen_length=8, steps=4,
+                   block_length=4)
+    assert seen == [(4, {"gen_length": 8, "block_starts": (2,)})]
+    assert out.stats.sparse.total_steps == 4 and out.stats["sparse"]["region"] == "separate"
 
 
 @pytest.mark.parametrize("name, kw", [

@@ -48,11 +48,12 @@ def test_invalid_values_raise_one_line(kw, needle):
 
 
 def test_block_size_not_supported_by_backend():
-    SparseConfig(block_size=16, backend="reference")  # the oracle takes any power of two
-    for backend in ("auto", "flex"):
+    SparseConfig(block_size=8, backend="reference")  # the oracle takes any power of two
+    for backend in ("auto", "flex", "triton"):
+        SparseConfig(block_size=16, backend=backend)  # the one list: kernels.support.BLOCK_SIZES
         with pytest.raises(AdllmError) as err:
-            SparseConfig(block_size=16, backend=backend)
-        assert backend in _one_line(err) and "32, 64, 128" in str(err.value)
+            SparseConfig(block_size=8, backend=backend)
+        assert backend in _one_line(err) and "16, 32, 64, 128" in str(err.value)
     with pytest.raises(AdllmError):
         SparseConfig(block_size=256)
 

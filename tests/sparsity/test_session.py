@@ -7,11 +7,11 @@ import contextlib
 import pytest
 import torch
 
+from adaptive_dllm.attention.plan import prompt_block_count
 from adaptive_dllm.budget.allocator import allocate
 from adaptive_dllm.generation.api import generate
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.sparsity import SparseConfig
-from adaptive_dllm.sparsity.plan import prompt_block_count
 
 FAMILIES = ("llada_tiny", "dream_tiny")
 P, G = 56, 16  # 72 tokens: 9 blocks of 8
@@ -23,7 +23,7 @@ class WithGen:
     def __init__(self, cfg: SparseConfig, gen_length: int = G) -> None:
         self.cfg, self.gen_length, self.sessions = cfg, gen_length, []
 
-    def new_session(self, config, total_steps):  # noqa: ANN001
+    def new_session(self, config, total_steps):
         s = self.cfg.new_session(config, total_steps, gen_length=self.gen_length)
         self.sessions.append(s)
         return s
@@ -104,7 +104,7 @@ def test_plans_identical_within_gqa_group(fixture_model):
     spec = WithGen(SparseConfig(select=0.3, skip=0.5, block_size=8, backend="reference"))
     _gen(model, _ids(), spec, steps=4)
     session = spec.sessions[0]
-    for plan in session._plans:
+    for plan in map(session.plan_of, range(model.config.n_layers)):
         assert plan.n_units == 2 and plan.group == 2  # one plan per KV head
         from adaptive_dllm.attention.flex import block_mask
 
@@ -116,7 +116,7 @@ def test_plans_identical_within_gqa_group(fixture_model):
     q_mode = WithGen(SparseConfig(select=0.3, skip=0.5, block_size=8, backend="reference",
                                   gqa="query"))
     _gen(model, _ids(), q_mode, steps=4)
-    assert q_mode.sessions[0]._plans[0].n_units == 4
+    assert q_mode.sessions[0].plan_of(0).n_units == 4
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -174,12 +174,12 @@ def test_length_change_rebuilds_plan(fixture_model):
     assert session.plan_builds == 2
     session.begin_step(1, 2)
     model(_ids()[:, :30], attn=session)  # sparse step at another length
-    assert session.plan_builds == 4 and session._plans[0].seq_len == 30
+    assert session.plan_builds == 4 and session.plan_of(0).seq_len == 30
 
 
 @contextlib.contextmanager
 def _no_host_sync(monkeypatch):
-    def boom(*a, **k):  # noqa: ANN002, ANN003
+    def boom(*a, **k):
         raise AssertionError("host sync in a sparse step")
 
     with monkeypatch.context() as m:
@@ -198,7 +198,7 @@ def test_sparse_step_does_not_sync(fixture_model, monkeypatch):
     session.begin_step(1, 2)
     captured = {}
 
-    def spy(layer, q, k, v, km):  # noqa: ANN001
+    def spy(layer, q, k, v, km):
         captured[layer] = (q, k, v, km)
         return session(layer, q, k, v, km)
 
@@ -267,9 +267,9 @@ def test_clock_charges_the_build_steps_excess_to_the_plan(monkeypatch):
     """The build step's time beyond a median dense step is plan time (the fused kernel scores
     inside attention, outside any timed build); a rebuild inside a sparse step comes out of the
     sparse time, not the dense time."""
-    from adaptive_dllm.sparsity.session import _Clock
+    from adaptive_dllm.sparsity.stats import PhaseClock
 
-    clock = _Clock(torch.device("cpu"))
+    clock = PhaseClock(torch.device("cpu"))
     now = iter([0.0, 1.0, 2.1, 3.0,  # dense, dense, dense, build
                 3.2, 3.3,  # the timed part of the build (allocation, plan) inside it
                 4.6,  # sparse
@@ -289,9 +289,9 @@ def test_clock_charges_the_build_steps_excess_to_the_plan(monkeypatch):
 def test_clock_charges_no_plan_time_when_no_plan_was_built(monkeypatch):
     """A run the cost model turned dense still has a "build" step in its schedule; its time is
     dense time (a review found it charged as plan time)."""
-    from adaptive_dllm.sparsity.session import _Clock
+    from adaptive_dllm.sparsity.stats import PhaseClock
 
-    clock = _Clock(torch.device("cpu"))
+    clock = PhaseClock(torch.device("cpu"))
     now = iter([0.0, 1.0, 2.0, 3.5, 4.0])  # dense, dense, build (1.5 s), sparse-kind, end
     monkeypatch.setattr(clock, "_now", lambda: next(now))
     for kind in ("dense", "dense", "build", "sparse"):
@@ -326,7 +326,7 @@ def test_build_step_returns_dense_attention_and_installs_the_plan():
     q, k, v = torch.randn(1, 4, 64, 8), torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8)
     out = session.build_step(0, q, k, v, None)
     torch.testing.assert_close(out, attend(q, k, v))
-    assert session._plans[0] is not None and session._plans[0].seq_len == 64
+    assert session.plan_of(0) is not None and session.plan_of(0).seq_len == 64
     assert session.stats()["build_kernel"] == "separate" and session.plan_builds == 1
 
 

@@ -1,39 +1,34 @@
-"""The one attention seam that model code calls.
+"""The one attention seam that model code calls, and the backend registry.
 
 Shape legend:
     B batch, H query heads, Hkv key/value heads (H % Hkv == 0), L sequence length, D head dim.
 
 Model code never picks a kernel. A transformer layer calls ``attend(q, k, v, ...)`` (or the
 :class:`AttentionHook` the caller passed to the model, which in turn calls ``attend``). Backends
-register by name; ``"sdpa"`` (dense, PyTorch's fused kernels) is the default, ``"reference"`` is
-the eager oracle every other backend is tested against, ``"flex"`` runs sparse plans with
-FlexAttention (``adaptive_dllm.attention.flex``) and ``"triton"`` with the project's own Triton
-kernel (``adaptive_dllm.attention.block_sparse``), both imported on first use.
+(:class:`~adaptive_dllm.attention.backends.Backend` objects) are registered by name; this module
+is the only place that knows every built-in one: ``"sdpa"`` (dense, PyTorch's fused kernels) is
+the default, ``"reference"`` is the eager oracle every other backend is tested against,
+``"flex"`` runs sparse plans with FlexAttention and ``"triton"`` with the project's own Triton
+kernel. flex and triton are imported on first use: importing the package loads no kernels.
 
-A backend is a function ``fn(q, k, v, *, key_mask, plan) -> out`` with
-    q (B, H, L, D), k and v (B, Hkv, L, D), key_mask (B, L) bool or None (True = real token),
-    plan: a per-layer sparse plan or None (dense), out (B, H, L, D) in q's dtype.
 Query head h reads key/value head ``h // (H // Hkv)``: backends must not repeat K/V when they
 can avoid it.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
-import os
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
+from adaptive_dllm.attention.backends import Backend, BackendBase
+from adaptive_dllm.attention.plan import SparsePlan
 from adaptive_dllm.errors import AdllmError
 
-Backend = Callable[..., torch.Tensor]
+_lock = threading.Lock()
 _BACKENDS: dict[str, Backend] = {}
-logger = logging.getLogger(__name__)
 
 
 class AttentionHook(Protocol):
@@ -53,47 +48,50 @@ class AttentionHook(Protocol):
     ) -> torch.Tensor: ...
 
 
-def register_backend(name: str, fn: Backend) -> None:
-    """Register (or replace) an attention backend under ``name``."""
-    _BACKENDS[name] = fn
+class FunctionBackend(BackendBase):
+    """A plain function ``fn(q, k, v, *, key_mask, plan) -> out`` as a backend."""
+
+    def __init__(self, name: str, fn: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.name = name  # type: ignore[misc]
+        self.fn = fn
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+            key_mask: torch.Tensor | None = None, plan: SparsePlan | None = None,
+            prepared: Any = None) -> torch.Tensor:
+        return self.fn(q, k, v, key_mask=key_mask, plan=plan)
 
 
-@functools.cache
-def triton_available() -> bool:
-    """Whether triton can be imported: the project's Triton kernels (block scoring, fused
-    RMSNorm/RoPE/SwiGLU) run on CUDA only then; without it the torch code runs instead."""
-    found = importlib.util.find_spec("triton") is not None
-    if not found:
-        logger.info("triton is not installed: block scoring and the fused element-wise kernels "
-                    "run as torch code")
-    return found
-
-
-def check_triton_device(device: torch.device) -> None:
-    """Raise a one-line error unless the ``triton`` backend can run on ``device``: a CUDA GPU
-    with triton installed (or Triton's CPU interpreter, ``TRITON_INTERPRET=1``, for tests)."""
-    if not triton_available():
-        raise AdllmError("backend 'triton' needs the triton package (pip install triton); "
-                         "use backend 'reference' without it")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise AdllmError(f"backend 'triton' runs on a CUDA GPU, not on {device.type}; use "
-                         f"backend 'reference' (or 'auto') there")
-
-
-def check_plan_fits(plan: Any, q: torch.Tensor, backend: str) -> None:
-    """One-line errors for a sparse backend called without a plan, or with one built for another
-    length or batch (a batch-1 plan serves any batch)."""
-    if plan is None:
-        raise AdllmError(f"the {backend!r} backend needs a sparse plan; dense attention uses 'sdpa'")
-    B, _, L, _ = q.shape
-    if plan.seq_len != L or plan.batch not in (1, B):
-        raise AdllmError(f"plan built for length {plan.seq_len} and batch {plan.batch} cannot "
-                         f"run on length {L} and batch {B}")
+def register_backend(name: str, backend: Backend | Callable[..., torch.Tensor]) -> None:
+    """Register (or replace) an attention backend under ``name``: a
+    :class:`~adaptive_dllm.attention.backends.Backend` or a plain function
+    ``fn(q, k, v, *, key_mask, plan) -> out``."""
+    if not isinstance(backend, Backend):
+        backend = FunctionBackend(name, backend)
+    _ensure_builtin()
+    with _lock:
+        _BACKENDS[name] = backend
 
 
 def available_backends() -> tuple[str, ...]:
     _ensure_builtin()
     return tuple(sorted(_BACKENDS))
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend called ``name`` (the built-in ones are made at first use)."""
+    _ensure_builtin()
+    backend = _BACKENDS.get(name)
+    if backend is None:
+        raise AdllmError(
+            f"unknown attention backend {name!r}; choose one of {', '.join(sorted(_BACKENDS))}"
+        )
+    if isinstance(backend, _Lazy):
+        with _lock:
+            backend = _BACKENDS[name]
+            if isinstance(backend, _Lazy):
+                backend = _BACKENDS[name] = backend.make()
+    return backend
 
 
 def attend(
@@ -102,8 +100,9 @@ def attend(
     v: torch.Tensor,
     *,
     key_mask: torch.Tensor | None = None,
-    plan: Any = None,
-    backend: str = "sdpa",
+    plan: SparsePlan | None = None,
+    backend: str | Backend = "sdpa",
+    prepared: Any = None,
 ) -> torch.Tensor:
     """Bidirectional multi-head attention, dense or sparse.
 
@@ -114,58 +113,48 @@ def attend(
         k: (B, Hkv, L, D) keys.
         v: (B, Hkv, L, D) values.
         key_mask: (B, L) bool, True where the key is a real token; padded keys get no weight.
-        plan: a sparse plan for this layer (see ``adaptive_dllm.sparsity.plan``) or None for dense.
-        backend: registered backend name.
+        plan: the layer's :class:`~adaptive_dllm.attention.plan.SparsePlan`, or None for dense.
+        backend: a registered backend name, or a backend object (e.g. one constructed with
+            other options).
+        prepared: ``backend.prepare(plan, H)``'s result when the caller keeps it (None: the
+            backend prepares the plan for this call).
 
     Returns:
         (B, H, L, D) attention output in q's dtype.
     """
-    _ensure_builtin()
-    fn = _BACKENDS.get(backend)
-    if fn is None:
-        raise AdllmError(
-            f"unknown attention backend {backend!r}; choose one of {', '.join(sorted(_BACKENDS))}"
-        )
-    return fn(q, k, v, key_mask=key_mask, plan=plan)
+    impl = get_backend(backend) if isinstance(backend, str) else backend
+    return impl.run(q, k, v, key_mask=key_mask, plan=plan, prepared=prepared)
 
 
-def sdpa_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    key_mask: torch.Tensor | None = None,
-    plan: Any = None,
-) -> torch.Tensor:
-    """Dense attention through ``F.scaled_dot_product_attention`` (flash / cuDNN / efficient)."""
-    if plan is not None:
-        raise AdllmError("the 'sdpa' backend is dense only; use backend 'flex' or 'reference'")
-    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
-    gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+class _Lazy:
+    """A built-in backend whose module is imported when it is first used."""
+
+    def __init__(self, make: Callable[[], Backend]) -> None:
+        self.make = make
+
+
+def _make_flex() -> Backend:
+    # Imported on first use: loading FlexAttention costs time and nothing needs it before.
+    from adaptive_dllm.attention.flex import FlexBackend
+
+    return FlexBackend()
+
+
+def _make_triton() -> Backend:
+    from adaptive_dllm.attention.triton import TritonBackend
+
+    return TritonBackend()
 
 
 def _ensure_builtin() -> None:
     # Lazy so that importing the package registers nothing and loads no kernels.
-    if "sdpa" not in _BACKENDS:
-        from adaptive_dllm.attention import reference
+    if "sdpa" in _BACKENDS:
+        return
+    from adaptive_dllm.attention.reference import ReferenceBackend
+    from adaptive_dllm.attention.sdpa import SdpaBackend
 
-        _BACKENDS.setdefault("sdpa", sdpa_attention)
-        _BACKENDS.setdefault("reference", reference.reference_attention)
-        _BACKENDS.setdefault("flex", _flex_attention)
-        _BACKENDS.setdefault("triton", _triton_attention)
-
-
-def _flex_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN202
-    # Imported on first use: loading FlexAttention costs time and nothing needs it before.
-    from adaptive_dllm.attention.flex import flex_attention_backend
-
-    return flex_attention_backend(q, k, v, key_mask=key_mask, plan=plan)
-
-
-def _triton_attention(q, k, v, *, key_mask=None, plan=None):  # noqa: ANN001, ANN202
-    # Imported on first use, like flex: importing the package loads no kernels.
-    check_triton_device(q.device)
-    from adaptive_dllm.attention.block_sparse import triton_attention_backend
-
-    return triton_attention_backend(q, k, v, key_mask=key_mask, plan=plan)
+    with _lock:
+        _BACKENDS.setdefault("sdpa", SdpaBackend())
+        _BACKENDS.setdefault("reference", ReferenceBackend())
+        _BACKENDS.setdefault("flex", _Lazy(_make_flex))  # type: ignore[arg-type]
+        _BACKENDS.setdefault("triton", _Lazy(_make_triton))  # type: ignore[arg-type]

@@ -1,12 +1,12 @@
-"""FlexAttention backend: executes a :class:`~adaptive_dllm.sparsity.plan.SparsePlan`.
+"""The ``"flex"`` backend: FlexAttention executes a :class:`~adaptive_dllm.attention.plan.SparsePlan`.
 
 Shape legend:
     B batch, H query heads, Hkv KV heads, U plan units, L length, D head dim, bs block size,
     N = ceil(L / bs), kmax = most kept blocks in a row.
 
 The BlockMask is built **directly from the plan's block indices** (``BlockMask.from_kv_blocks``),
-once per plan, and cached in the plan: no mask function is evaluated over L x L to find the
-blocks. Kept blocks are split into
+once per plan (``FlexBackend.prepare``, kept by the caller beside the plan): no mask function is
+evaluated over L x L to find the blocks. Kept blocks are split into
 
 - *full* blocks (every key real): the kernel skips the mask function entirely;
 - *partial* blocks (some key is padding): the mask function (``kv >= start[b]`` for the model's
@@ -19,8 +19,8 @@ query head).
 On CUDA the kernel is ``torch.compile(flex_attention, dynamic=True)``, compiled once per
 (dtype, head dim, GQA, block size, kernel options) at first use: sequence lengths and batch sizes
 are symbolic, and duck sizing is switched off so that a block count that happens to equal a
-head count is not baked in. A new prompt length therefore reuses the compiled kernel;
-:data:`COMPILE_LOG` records the one-time compilation. On the CPU the eager flex implementation
+head count is not baked in. A new prompt length therefore reuses the compiled kernel; the
+backend's ``compile_log`` records the one-time compilation. On the CPU the eager flex implementation
 runs; it ignores the block indices and evaluates the mask function everywhere, so there the mask
 function also encodes the kept blocks (``keep[b, h, q // bs, kv // bs] & valid[b, kv]``). Tests and
 tiny models only.
@@ -31,80 +31,91 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-import time
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from adaptive_dllm.attention.api import check_plan_fits
+from adaptive_dllm.attention.backends import BackendBase, FusedBuildMixin
+from adaptive_dllm.attention.plan import SparsePlan, check_plan_fits
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.support import BLOCK_SIZES
 
-#: Per block size: Triton tile options (BLOCK_M / BLOCK_N must divide the block size).
-KERNEL_OPTIONS: dict[int, dict[str, Any]] = {
-    # Tuned on an H100 (benchmarks/README.md): 47 ms vs 61 ms for inductor's default tile at 64k.
-    128: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True},
-    64: {"BLOCK_M": 64, "BLOCK_N": 64},
-    32: {"BLOCK_M": 32, "BLOCK_N": 32},
-}
-#: One entry per first call of a new kernel signature: {"signature", "seconds"}.
-COMPILE_LOG: list[dict[str, Any]] = []
+#: Triton tile options of the compiled flex kernel per block size (BLOCK_M / BLOCK_N must divide
+#: the block); 128 was tuned on an H100 (``benchmarks/README.md``).
+FLEX_TILES: Mapping[int, Mapping[str, Any]] = MappingProxyType({
+    128: MappingProxyType({"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2,
+                           "USE_TMA": True}),
+    64: MappingProxyType({"BLOCK_M": 64, "BLOCK_N": 64}),
+    32: MappingProxyType({"BLOCK_M": 32, "BLOCK_N": 32}),
+    16: MappingProxyType({"BLOCK_M": 16, "BLOCK_N": 16}),
+})
 
 _lock = threading.Lock()
-_compiled: Any = None
-_seen: set[tuple[Any, ...]] = set()
+_compiled: Any = None  # the process's torch.compile(flex_attention), made at first use
 
 
-def flex_attention_backend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    key_mask: torch.Tensor | None = None,
-    plan: Any = None,
-) -> torch.Tensor:
-    """Block-sparse attention following ``plan`` (the ``"flex"`` backend of ``attend``).
+@dataclass(frozen=True)
+class FlexOptions:
+    """Tuning of the ``flex`` backend.
 
-    Args:
-        q: (B, H, L, D); k, v: (B, Hkv, L, D).
-        key_mask: (B, L) bool; must be the mask the plan was built with (the plan's partial
-            blocks encode it).
-        plan: the layer's SparsePlan (required).
-
-    Returns:
-        (B, H, L, D) in q's dtype.
+    Attributes:
+        tiles: Kernel options of the compiled flex kernel per block size (``kernel_options``).
     """
-    check_plan_fits(plan, q, "flex")
-    B, H, L, D = q.shape
-    mask = block_mask(plan, H)
-    gqa = H != k.shape[1]
-    if not q.is_cuda:
-        from torch.nn.attention.flex_attention import flex_attention
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
-    options = KERNEL_OPTIONS[plan.block_size]
-    signature = (q.dtype, D, H // k.shape[1], plan.block_size, tuple(sorted(options.items())))
-    first = signature not in _seen
-    if first:
-        start = time.perf_counter()
-    out = _run_compiled(q, k, v, mask, gqa, options)
-    if first:
-        torch.cuda.synchronize(q.device)  # once per signature: the compile is host-side anyway
-        with _lock:
-            _seen.add(signature)
-            COMPILE_LOG.append({"signature": repr(signature),
-                                "seconds": time.perf_counter() - start})
-    return out
+    tiles: Mapping[int, Mapping[str, Any]] = field(default_factory=lambda: FLEX_TILES)
+
+    def __post_init__(self) -> None:
+        missing = [bs for bs in BLOCK_SIZES if bs not in self.tiles]
+        if missing:
+            raise AdllmError(f"FlexOptions.tiles lacks block sizes {missing}; give tile options "
+                             f"for each of {', '.join(map(str, BLOCK_SIZES))}")
 
 
-def block_mask(plan: Any, n_heads: int) -> Any:
-    """The plan's flex BlockMask for ``n_heads`` query heads, built once and cached in the plan."""
-    key = ("flex_block_mask", n_heads)
-    cached = plan.cache.get(key)
-    if cached is not None:
-        return cached
+class FlexBackend(FusedBuildMixin, BackendBase):
+    """Block-sparse attention with FlexAttention (compiled on CUDA, eager elsewhere)."""
+
+    name = "flex"
+    block_sizes = BLOCK_SIZES
+
+    def __init__(self, options: FlexOptions | None = None) -> None:
+        super().__init__()
+        self.options = options or FlexOptions()
+
+    def prepare(self, plan: SparsePlan, n_heads: int) -> Any:
+        """The plan's flex BlockMask for ``n_heads`` query heads."""
+        return block_mask(plan, n_heads)
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+            key_mask: torch.Tensor | None = None, plan: SparsePlan | None = None,
+            prepared: Any = None) -> torch.Tensor:
+        """Block-sparse attention following ``plan``: q (B, H, L, D), k and v (B, Hkv, L, D),
+        key_mask (B, L) bool, which must be the mask the plan was built with (the plan's partial
+        blocks encode it); ``prepared`` is ``prepare(plan, H)`` (None: built here). Returns
+        (B, H, L, D) in q's dtype."""
+        plan = check_plan_fits(plan, q, self.name)
+        B, H, L, D = q.shape
+        mask = block_mask(plan, H) if prepared is None else prepared
+        gqa = H != k.shape[1]
+        if not q.is_cuda:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+        options = dict(self.options.tiles[plan.block_size])
+        signature = (q.dtype, D, H // k.shape[1], plan.block_size, tuple(sorted(options.items())))
+        return self.timed_first_use(signature, q.device,
+                                    lambda: _run_compiled(q, k, v, mask, gqa, options),
+                                    synchronize=True)
+
+
+def block_mask(plan: SparsePlan, n_heads: int) -> Any:
+    """The plan's flex BlockMask for ``n_heads`` query heads (build it once per plan)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     keep = plan.block_mask()  # (B, U, N, N)
@@ -135,12 +146,10 @@ def block_mask(plan: Any, n_heads: int) -> Any:
     else:
         # Eager flex ignores the indices and evaluates the mask everywhere: encode the blocks.
         mask_mod = _block_mask_mod(keep, valid, bs)
-    mask = BlockMask.from_kv_blocks(
+    return BlockMask.from_kv_blocks(
         p_num, p_idx, f_num, f_idx, BLOCK_SIZE=bs, mask_mod=mask_mod,
         seq_lengths=(L, L), **extra,
     )
-    plan.cache[key] = mask
-    return mask
 
 
 def _compact(blocks: torch.Tensor, kmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +160,7 @@ def _compact(blocks: torch.Tensor, kmax: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _block_mask_mod(keep: torch.Tensor, valid: torch.Tensor, bs: int) -> Any:
-    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex callback
+    def mask_mod(b, h, q_idx, kv_idx):  # flex's callback signature
         return keep[b, h, q_idx // bs, kv_idx // bs] & valid[b, kv_idx]
 
     return mask_mod
@@ -165,18 +174,19 @@ def _key_mask_mod(valid: torch.Tensor) -> Any:
     arange = torch.arange(L, device=valid.device)
     left_padded = bool(torch.equal(valid, arange[None, :] >= start[:, None]))  # one host read
     if left_padded:
-        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex callback
+        def mask_mod(b, h, q_idx, kv_idx):  # flex's callback signature
             return kv_idx >= start[b]
     else:
         lookup = valid.to(torch.int32).contiguous()
 
-        def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex callback
+        def mask_mod(b, h, q_idx, kv_idx):  # flex's callback signature
             return lookup[b, kv_idx] != 0
 
     return mask_mod
 
 
-def _run_compiled(q, k, v, mask, gqa, options):  # noqa: ANN001, ANN202 - internal
+def _run_compiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, gqa: bool,
+                  options: dict[str, Any]) -> torch.Tensor:
     global _compiled
     import torch.fx.experimental._config as fx_config
 
@@ -188,7 +198,7 @@ def _run_compiled(q, k, v, mask, gqa, options):  # noqa: ANN001, ANN202 - intern
                 # No FX graph cache: with torch 2.11 it served a graph compiled for one block
                 # size to a later call with another (MHA; silently wrong outputs, seen on an
                 # H100 and reproduced in a fresh process). Without it every process compiles
-                # each kernel signature once (2-8 s at first use, reported in COMPILE_LOG).
+                # each kernel signature once (reported in the backend's compile_log).
                 _compiled = torch.compile(flex_attention, dynamic=True, fullgraph=True,
                                           options={"fx_graph_cache": False})
     # One compiled graph per kernel signature (dtype, head dim, GQA, block size, options): a

@@ -5,7 +5,7 @@ Shape legend:
     bs block size, N = ceil(L / bs) key (and query) blocks.
 
 Computes the full (B, H, L, L) score matrix, so it is only for tests, tiny models and CPU runs.
-A sparse plan (:class:`~adaptive_dllm.sparsity.plan.SparsePlan`) is expanded to an element mask:
+A sparse plan (:class:`~adaptive_dllm.attention.plan.SparsePlan`) is expanded to an element mask:
 query i of head h may see key j iff key block ``j // bs`` is among the blocks kept for query block
 ``i // bs`` by h's unit (unit ``h // plan.group``).
 """
@@ -17,7 +17,24 @@ from typing import Any
 
 import torch
 
+from adaptive_dllm.attention.backends import BackendBase
+from adaptive_dllm.attention.plan import SparsePlan
 from adaptive_dllm.errors import AdllmError
+
+#: Block sizes the eager oracle accepts (any power of two in this range; tests use small ones).
+REFERENCE_BLOCK_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+
+
+class ReferenceBackend(BackendBase):
+    """The eager oracle as a backend: dense or sparse, any device, materialises (B, H, L, L)."""
+
+    name = "reference"
+    block_sizes = REFERENCE_BLOCK_SIZES
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+            key_mask: torch.Tensor | None = None, plan: SparsePlan | None = None,
+            prepared: Any = None) -> torch.Tensor:
+        return reference_attention(q, k, v, key_mask=key_mask, plan=plan)
 
 
 def reference_attention(
@@ -26,15 +43,14 @@ def reference_attention(
     v: torch.Tensor,
     *,
     key_mask: torch.Tensor | None = None,
-    plan: Any = None,
+    plan: SparsePlan | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(D) + mask) v, computed eagerly in float32.
 
     Args:
         q: (B, H, L, D); k, v: (B, Hkv, L, D).
         key_mask: (B, L) bool, True = real key.
-        plan: a SparsePlan (``block_mask() -> (B or 1, U, N, N) bool``, ``block_size``,
-            ``group`` query heads per unit, ``seq_len``), or None for dense.
+        plan: the layer's SparsePlan, or None for dense.
 
     Returns:
         (B, H, L, D) in q's dtype.

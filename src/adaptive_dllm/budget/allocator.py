@@ -41,15 +41,15 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
-import operator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from adaptive_dllm._checks import check_choice, check_float, check_int
+from adaptive_dllm.budget.solvers import water_fill, webster
 from adaptive_dllm.errors import AdllmError
 
 logger = logging.getLogger(__name__)
@@ -237,16 +237,8 @@ def allocate(
         AdllmError: invalid arguments, or in strict mode a budget below the floor.
     """
     w = _check_weights(weights)  # (Ly, Hu) float64
-    select = _check_select(select)
-    n = _check_int("n_blocks", n_blocks)
-    hard = min(_check_int("min_blocks", min_blocks), n)
-    if (isinstance(min_keep_ratio, bool) or not isinstance(min_keep_ratio, numbers.Real)
-            or not 0.0 <= float(min_keep_ratio) <= 1.0):
-        raise AdllmError(f"min_keep_ratio={min_keep_ratio!r} must be in [0, 1]")
-    if budget not in ("global", "per_layer"):
-        raise AdllmError(f"budget={budget!r} must be 'global' or 'per_layer'")
-    # Tolerance: 0.7 * 10 is 7.000000000000001 in floating point, which must stay 7 blocks.
-    requested = min(max(hard, math.ceil(float(min_keep_ratio) * n - 1e-9)), n)
+    select, n, hard, requested = _check_budget(select, n_blocks, min_blocks, min_keep_ratio,
+                                               budget)
 
     n_layers, n_per_layer = w.shape
     n_units = w.size
@@ -278,8 +270,8 @@ def allocate(
         totals = base + (np.arange(n_layers) < extra)
     totals = np.clip(totals, groups.shape[1] * k_min, groups.shape[1] * n).astype(np.int64)
 
-    lam, cont = _water_fill(groups, totals, k_min, n)
-    blocks = _webster(groups, totals, k_min, n, lam).reshape(n_layers, n_per_layer)
+    lam, cont = water_fill(groups, totals, k_min, n)
+    blocks = webster(groups, totals, k_min, n, lam).reshape(n_layers, n_per_layer)
     return Allocation(
         blocks=torch.from_numpy(blocks),
         n_blocks=n,
@@ -292,118 +284,16 @@ def allocate(
     )
 
 
-def _webster(
-    w: np.ndarray, totals: np.ndarray, k_min: int, n: int, lam: np.ndarray
-) -> np.ndarray:
-    """Webster counts per group: ``clip(round_half_up(w / t), k_min, n)`` summing to ``totals``.
-
-    Args:
-        w: Positive weights, float64, shape (G, M).
-        totals: Target sums, int64, shape (G,), within ``[M * k_min, M * n]``.
-        lam: The continuous multipliers of :func:`_water_fill`, shape (G,), used only to start
-            the search near the answer.
-
-    Returns:
-        int64 counts, shape (G, M).
-
-    Item (h, j) (block j+1 of unit h) is selected at divisor t iff ``floor(w_h / t + 0.5) > j``,
-    which is monotone in t; the largest such t is the item's priority, about ``w_h / (j + 0.5)``.
-    The divisor is found by bisection on the bit patterns of positive float64 values (they sort
-    like the floats), so the search is exact and ends in at most 64 steps: early when the total
-    hits the target, or when every item left between the bracket ends has the same weight and
-    block index, i.e. the same priority. Tied items go to the lowest unit indices.
-    """
-    g, m = w.shape
-    wmax = w.max(axis=1)
-    wn = w / wmax[:, None]  # (G, M) in (0, 1]: the divisor lives in (0, 2]
-    target = totals.astype(np.float64)
-
-    def counts(t: np.ndarray) -> np.ndarray:  # t: (G,) -> (G, M) float counts
-        with np.errstate(divide="ignore", over="ignore"):
-            return np.clip(np.floor(wn / t[:, None] + 0.5), k_min, n)
-
-    def bits(t: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(t, dtype=np.float64).view(np.int64)
-
-    # Invariant: total(lo) >= target > total(hi). t = 0 keeps all n blocks; t = 2 gives
-    # floor(wn / 2 + 0.5) <= 1 <= k_min. Narrow that around the continuous divisor 1 / (lam wmax).
-    lo, hi = np.zeros(g, dtype=np.int64), bits(np.full(g, 2.0))
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        t_c = 1.0 / (lam * wmax)
-    t_c = np.where(np.isfinite(t_c) & (t_c > 0), np.minimum(t_c, 1.0), 1.0)
-    for t in (t_c * 0.75, t_c * 1.25):
-        total = counts(t).sum(axis=1)
-        lo = np.where(total >= target, np.maximum(lo, bits(t)), lo)
-        hi = np.where(total < target, np.minimum(hi, bits(t)), hi)
-    k_lo, k_hi = counts(lo.view(np.float64)), counts(hi.view(np.float64))
-    done = (totals <= m * k_min) | (totals >= m * n)
-    while True:
-        active = ~done & (hi - lo > 1)
-        if not active.any():
-            break
-        mid = lo + (hi - lo) // 2
-        k_mid = counts(mid.view(np.float64))
-        total = k_mid.sum(axis=1)
-        up, down = active & (total >= target), active & (total < target)
-        lo, k_lo = np.where(up, mid, lo), np.where(up[:, None], k_mid, k_lo)
-        hi, k_hi = np.where(down, mid, hi), np.where(down[:, None], k_mid, k_hi)
-        band = k_lo - k_hi  # items between the bracket ends, per unit
-        inside = band > 0
-        same = ((band <= 1).all(axis=1)
-                & (np.where(inside, wn, -1.0).max(axis=1) == np.where(inside, wn, 2.0).min(axis=1))
-                & (np.where(inside, k_hi, -1.0).max(axis=1)
-                   == np.where(inside, k_hi, n + 1.0).min(axis=1)))
-        done |= active & ((total == target) | same)
-
-    short = target[:, None] - k_hi.sum(axis=1, keepdims=True)  # tied blocks to hand out, (G, 1)
-    tied = k_lo - k_hi
-    before = np.cumsum(tied, axis=1) - tied
-    k = k_hi + np.clip(short - before, 0.0, tied)
-    return k.astype(np.int64)
-
-
-def _water_fill(
-    w: np.ndarray, totals: np.ndarray, k_min: int, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact continuous solution ``x = clip(lam * w, k_min, n)`` with ``x.sum(1) == totals``.
-
-    Breakpoint sweep (survey §3.2): ``f(lam) = sum_h clip(lam * w_h, lo, hi)`` is piecewise
-    linear; unit h leaves its floor at ``lo / w_h`` and hits its cap at ``hi / w_h``. Cumulative
-    sums over the sorted breakpoints give f at every breakpoint; on the crossing interval the
-    floored, free and capped sets are fixed and ``lam`` has a closed form.
-
-    Args:
-        w: Positive weights, float64, shape (G, M).
-        totals: Targets, shape (G,), within ``[M * k_min, M * n]``.
-
-    Returns:
-        ``lam`` of shape (G,) and ``x`` of shape (G, M), both float64.
-    """
-    n_groups, m = w.shape
-    lo, hi = float(k_min), float(n)
-    target = totals.astype(np.float64)
-    if lo == hi:  # nothing to choose: every unit keeps everything
-        return hi / w.min(axis=1), np.full_like(w, hi)
-    bp = np.concatenate([lo / w, hi / w], axis=1)  # (G, 2M)
-    order = np.argsort(bp, axis=1, kind="stable")
-    bp_s = np.take_along_axis(bp, order, axis=1)
-    slope = np.cumsum(np.take_along_axis(np.concatenate([w, -w], axis=1), order, axis=1), axis=1)
-    d_const = np.concatenate([np.full_like(w, -lo), np.full_like(w, hi)], axis=1)
-    const = m * lo + np.cumsum(np.take_along_axis(d_const, order, axis=1), axis=1)
-    f = const + bp_s * slope  # f at each breakpoint, (G, 2M)
-    i = np.argmax(f >= target[:, None] - 1e-9 * target[:, None], axis=1)  # first crossing
-    rows = np.arange(n_groups)
-    prev = np.maximum(i - 1, 0)
-    prev_slope = np.where(i > 0, slope[rows, prev], 0.0)
-    prev_const = np.where(i > 0, const[rows, prev], m * lo)
-    left = np.where(i > 0, bp_s[rows, prev], 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lam = np.where(prev_slope > 0, (target - prev_const) / prev_slope, bp_s[rows, i])
-    lam = np.clip(lam, left, bp_s[rows, i])
-    # The ends, where float rounding of the cumulative sums could misplace the crossing.
-    lam = np.where(target <= m * lo, lo / w.max(axis=1), lam)
-    lam = np.where(target >= m * hi, hi / w.min(axis=1), lam)
-    return lam, np.clip(lam[:, None] * w, lo, hi)
+def _check_budget(select: float, n_blocks: int, min_blocks: int, min_keep_ratio: float,
+                  budget: str) -> tuple[float, int, int, int]:
+    """(select, N, hard floor, requested floor in blocks), validated."""
+    select = check_float("select", select, low=0.0, high=1.0, low_open=True)
+    n = check_int("n_blocks", n_blocks)
+    hard = min(check_int("min_blocks", min_blocks), n)
+    check_float("min_keep_ratio", min_keep_ratio, low=0.0, high=1.0)
+    check_choice("budget", budget, get_args(BudgetMode))
+    # Tolerance: 0.7 * 10 is 7.000000000000001 in floating point, which must stay 7 blocks.
+    return select, n, hard, min(max(hard, math.ceil(float(min_keep_ratio) * n - 1e-9)), n)
 
 
 def _check_weights(weights: Tensor) -> np.ndarray:
@@ -422,24 +312,3 @@ def _check_weights(weights: Tensor) -> np.ndarray:
     if (w / w.max() == 0).any():
         raise AdllmError("weights span more than the float64 range; rescale them")
     return w
-
-
-def _check_select(select: float) -> float:
-    if isinstance(select, bool) or not isinstance(select, numbers.Real):
-        raise AdllmError(f"select={select!r} must be a number in (0, 1]")
-    select = float(select)
-    if not 0.0 < select <= 1.0:  # also rejects NaN
-        raise AdllmError(f"select={select!r} must be in (0, 1] (the mean fraction of blocks kept)")
-    return select
-
-
-def _check_int(name: str, value: int) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise AdllmError(f"{name}={value!r} must be a positive integer") from None
-    if value < 1:
-        raise AdllmError(f"{name}={value} must be a positive integer (at least 1)")
-    return value

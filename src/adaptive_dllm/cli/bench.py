@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from adaptive_dllm._io import append_jsonl, check_jsonl_append, dumps_json
-    from adaptive_dllm.bench.sweep import SweepSettings, plot, run_sweep, table
+    from adaptive_dllm.bench.reports import plot, table
+    from adaptive_dllm.bench.sweep import SweepSettings, run_sweep
     from adaptive_dllm.cli.arguments import save_plot
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -57,6 +57,7 @@ from adaptive_dllm.evaluation.likelihood import masked_nll
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.models.families import get_family
 from adaptive_dllm.sparsity.config import SparseConfig
+from adaptive_dllm.sparsity.stats import SparseStats
 
 Mode = Literal["dense", "uniform", "adaptive"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -415,10 +416,7 @@ def _keep(stats: dict[str, Any] | None) -> float:
     return float(stats["realized_keep_ratio"])
 
 
-_SUMMARY_KEYS = ("backend", "backend_reason", "dense_steps", "sparse_steps", "refresh_steps", "plan_builds",
-                 "target_keep_ratio", "allocator_keep_ratio", "realized_keep_ratio",
-                 "realized_keep_ratio_prompt", "realized_keep_ratio_gen", "allocation_note",
-                 "region", "region_note", "seq_len")
+_SUMMARY_KEYS = SparseStats.summary_keys(detail=True)
 
 
 def _summary(stats: dict[str, Any] | None) -> dict[str, Any] | None:

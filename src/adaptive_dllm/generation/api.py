@@ -12,7 +12,6 @@ masked, so a batch generates what its rows generate one by one.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import statistics
 import time
@@ -27,9 +26,12 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.dream import DreamOptions, sample_dream
 from adaptive_dllm.generation.llada import LladaOptions, sample_llada
 from adaptive_dllm.generation.schedule import StepSession
+from adaptive_dllm.generation.stats import GenerationStats, StepClock
 from adaptive_dllm.models.checks import checked_first_forward
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import get_family
+from adaptive_dllm.sparsity.config import SparseConfig
+from adaptive_dllm.sparsity.session import build_session
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +44,10 @@ _RENAMED = {"max_new_tokens": "gen_length", "sampling_alg": "alg", "mask_id": No
 
 
 class SparseSpec(Protocol):
-    """What ``generate(sparse=...)`` needs: a factory of per-generation sessions.
-
-    ``new_session`` may also take keywords ``gen_length`` (the generated tokens at the end of
-    the sequence) and ``block_starts`` (first steps of LLaDA's later semi-autoregressive blocks);
-    :func:`generate` passes them when the method's signature has them.
-    """
+    """Another kind of ``generate(sparse=...)``: a factory of per-generation sessions (tests,
+    custom attention). A :class:`~adaptive_dllm.sparsity.config.SparseConfig` needs none:
+    :func:`generate` builds its session directly, with the generation length and LLaDA's block
+    starts."""
 
     def new_session(self, model_config: ModelConfig, total_steps: int) -> StepSession: ...
 
@@ -62,15 +62,15 @@ class GenerationOutput:
         text: decoded generation, cut at the first EOS with mask ids dropped; a ``str`` when
             one prompt was given (str, list of ints, 1-D tensor), a list for a batch, None
             without a tokenizer.
-        stats: ``sampler``, ``steps``, ``batch``, ``prompt_length``, ``gen_length``,
-            ``total_s`` (wall time of the loop), ``step_median_s``, ``step_s`` (per step),
-            ``tokens_per_s`` and ``sparse`` (the session's own stats, None when dense).
+        stats: timings and sizes, and the sparse session's stats
+            (:class:`~adaptive_dllm.generation.stats.GenerationStats`; ``stats["key"]`` reads
+            its JSON form).
     """
 
     ids: torch.Tensor
     sequences: torch.Tensor
     text: str | list[str] | None
-    stats: dict[str, Any]
+    stats: GenerationStats
 
 
 def make_options(family: str, **options: Any) -> LladaOptions | DreamOptions:
@@ -102,7 +102,7 @@ def generate(
     tokenizer: Any,
     prompt: Prompt,
     *,
-    sparse: SparseSpec | None = None,
+    sparse: SparseConfig | SparseSpec | None = None,
     chat: bool = False,
     seed: int | None = None,
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
@@ -117,10 +117,10 @@ def generate(
         tokenizer: the model's tokenizer, or None (then prompts must be token ids).
         prompt: a string, a list of strings (tokenised and left-padded with the pad id), a list
             of token ids, a list of such lists (left-padded), or an int64 tensor (B, P) / (P,).
-        sparse: None for dense attention, or an object whose ``new_session(config, steps)``
-            returns the attention session used for this generation (see
-            :class:`~adaptive_dllm.generation.schedule.StepSession`); ``gen_length=`` is
-            passed too when ``new_session`` accepts it.
+        sparse: None for dense attention, a :class:`~adaptive_dllm.sparsity.config.SparseConfig`
+            (its session is built here, told the generation length and LLaDA's block starts),
+            or any object whose ``new_session(config, steps)`` returns the attention session
+            used for this generation (see :class:`~adaptive_dllm.generation.schedule.StepSession`).
         chat: wrap each string prompt in the tokenizer's chat template (one user turn).
         seed: ``torch.manual_seed(seed)`` right before the denoising loop.
         attention_mask: (B, P) 0/1 for a pre-padded tensor or list-of-lists prompt, 0 at the
@@ -156,37 +156,21 @@ def generate(
     session = None if sparse is None else _new_session(sparse, config, opts)
     grid_note = None if session is None else _block_grid_note(mask)
 
-    clock = _StepClock(device)
-
-    def step_done(done: int, total: int) -> None:
-        clock.mark()
-        if on_step is not None:
-            on_step(done, total)
-
     if seed is not None:
         torch.manual_seed(seed)
-    start = time.perf_counter()
-    clock.mark()
-    with torch.inference_mode():
-        sequences = sample(checked_first_forward(model), input_ids, options=opts,
-                           attention_mask=mask, session=session, on_step=step_done)
-    step_s = clock.durations()  # waits for the device
-    total_s = time.perf_counter() - start
+    sequences, step_s, total_s = _run_timed(
+        lambda step_done: sample(checked_first_forward(model), input_ids, options=opts,
+                                 attention_mask=mask, session=session, on_step=step_done),
+        device, on_step)
 
     ids = sequences[:, P:]
-    stats: dict[str, Any] = {
-        "sampler": family.sampler,
-        "steps": opts.steps,
-        "batch": B,
-        "prompt_length": P,
-        "gen_length": opts.gen_length,
-        "total_s": total_s,
-        "step_median_s": statistics.median(step_s),
-        "step_s": step_s,
-        "tokens_per_s": B * opts.gen_length / total_s if total_s > 0 else float("inf"),
-        "sparse": None if session is None else session.stats(),
-        "batch_note": grid_note,
-    }
+    stats = GenerationStats(
+        sampler=family.sampler, steps=opts.steps, batch=B, prompt_length=P,
+        gen_length=opts.gen_length, total_s=total_s, step_median_s=statistics.median(step_s),
+        step_s=step_s,
+        tokens_per_s=B * opts.gen_length / total_s if total_s > 0 else float("inf"),
+        sparse=None if session is None else session.stats(), batch_note=grid_note,
+    )
     text = None
     if tokenizer is not None:
         texts = decode(tokenizer, ids, eos_id=_eos_id(tokenizer, config), mask_id=config.mask_id)
@@ -194,16 +178,35 @@ def generate(
     return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats)
 
 
-def _new_session(sparse: SparseSpec, config: ModelConfig,
+def _run_timed(run: Callable[[Callable[[int, int], None]], torch.Tensor], device: torch.device,
+               on_step: Callable[[int, int], None] | None) -> tuple[torch.Tensor, list[float], float]:
+    """``run(step_done)`` under inference mode: its result, the seconds of every step (CUDA
+    events on a GPU: no sync inside the loop) and the loop's wall time."""
+    clock = StepClock(device)
+
+    def step_done(done: int, total: int) -> None:
+        clock.mark()
+        if on_step is not None:
+            on_step(done, total)
+
+    start = time.perf_counter()
+    clock.mark()
+    with torch.inference_mode():
+        out = run(step_done)
+    step_s = clock.durations()  # waits for the device
+    return out, step_s, time.perf_counter() - start
+
+
+def _new_session(sparse: SparseConfig | SparseSpec, config: ModelConfig,
                  opts: LladaOptions | DreamOptions) -> StepSession:
-    accepted = inspect.signature(sparse.new_session).parameters
-    extra: dict[str, Any] = {}
-    if "gen_length" in accepted:
-        extra["gen_length"] = opts.gen_length
-    if "block_starts" in accepted and isinstance(opts, LladaOptions):
+    if not isinstance(sparse, SparseConfig):
+        return sparse.new_session(config, opts.steps)
+    block_starts: tuple[int, ...] = ()
+    if isinstance(opts, LladaOptions):
         # The first step of every later semi-autoregressive block (the plan may be refreshed).
-        extra["block_starts"] = tuple(b * opts.steps_per_block for b in range(1, opts.num_blocks))
-    return sparse.new_session(config, opts.steps, **extra)
+        block_starts = tuple(b * opts.steps_per_block for b in range(1, opts.num_blocks))
+    return build_session(sparse, config, opts.steps, gen_length=opts.gen_length,
+                         block_starts=block_starts)
 
 
 def _block_grid_note(mask: torch.Tensor | None) -> str | None:
@@ -363,27 +366,3 @@ def _check_left_padded(mask: torch.Tensor) -> torch.Tensor | None:
     if bool((mask[:, 1:].long() < mask[:, :-1].long()).any()):
         raise AdllmError("attention_mask must be left padding: zeros before ones in every row")
     return None if bool(mask.all()) else mask
-
-
-class _StepClock:
-    """Per-step wall times: CUDA events on GPU (no sync in the loop), perf_counter on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def durations(self) -> list[float]:
-        """Seconds between consecutive marks."""
-        pairs = zip(self.marks[:-1], self.marks[1:], strict=True)
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) / 1000 for a, b in pairs]
-        return [b - a for a, b in pairs]

@@ -32,11 +32,9 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from adaptive_dllm._checks import check_choice, check_float, check_int
 from adaptive_dllm.generation.schedule import (
     StepSession,
-    check_choice,
-    check_float,
-    check_int,
     dream_counts,
     dream_timesteps,
 )

@@ -27,12 +27,10 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from adaptive_dllm._checks import check_choice, check_float, check_int
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.schedule import (
     StepSession,
-    check_choice,
-    check_float,
-    check_int,
     select_top,
     split_evenly,
 )

@@ -11,12 +11,9 @@ count never has to be read back to the host inside the loop (upstream bug list Â
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import torch
-
-from adaptive_dllm.errors import AdllmError
 
 
 class StepSession(Protocol):
@@ -33,7 +30,10 @@ class StepSession(Protocol):
 
     def begin_step(self, step: int, total: int) -> None: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> Any:
+        """The session's report (a :class:`~adaptive_dllm.sparsity.stats.SparseStats` for the
+        sparse session), stored as ``GenerationOutput.stats.sparse``."""
+        ...
 
 
 def split_evenly(n: torch.Tensor, steps: int) -> torch.Tensor:
@@ -108,28 +108,3 @@ def select_top(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     rank = torch.arange(confidence.shape[-1], device=confidence.device)
     keep = rank[None, :] < k[:, None]  # (B, N) in sorted order
     return torch.zeros_like(keep).scatter(-1, order, keep)
-
-
-def check_int(name: str, value: object, *, minimum: int = 1) -> None:
-    """Raise AdllmError unless ``value`` is an int (not bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise AdllmError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def check_float(name: str, value: object, *, low: float, high: float = math.inf,
-                low_open: bool = False, high_open: bool = False) -> None:
-    """Raise AdllmError unless ``value`` is a finite real number between ``low`` and ``high``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        upper = "inf)" if high == math.inf else f"{high}{')' if high_open else ']'}"
-        raise AdllmError(
-            f"{name}={value!r} must be a number in {'(' if low_open else '['}{low}, {upper}"
-        )
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise AdllmError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise AdllmError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")

@@ -39,15 +39,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from adaptive_dllm.attention import mass as scoring
 from adaptive_dllm.attention.api import attend
 from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.evaluation.likelihood import mask_count
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
 from adaptive_dllm.importance.headig import HeadIGSettings, derive_seed, headig
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.models.families import get_family
-from adaptive_dllm.sparsity import scoring
+from adaptive_dllm.models.masking import mask_count
 
 Statistic = Literal["entropy", "effective", "topk", "coverage", "deficit"]
 STATISTICS: tuple[str, ...] = ("entropy", "effective", "topk", "coverage", "deficit")
@@ -103,7 +103,7 @@ def random_importance(config: ModelConfig, *, seed: int = 0,
 def block_mass(q: Tensor, k: Tensor, *, block_size: int, key_mask: Tensor | None = None) -> Tensor:
     """Exact block-level attention mass per query head, as row distributions.
 
-    :func:`adaptive_dllm.sparsity.scoring.block_mass` (Triton on CUDA, chunked torch elsewhere;
+    :func:`adaptive_dllm.attention.mass.block_mass` (Triton on CUDA, chunked torch elsewhere;
     nothing of size (B, H, L, L)) sums the mass over the queries of a block; dividing each row by
     its total (the number of real queries in the block) gives the mean over those queries.
 

@@ -1,9 +1,18 @@
-"""ModelConfig: everything the transformer needs to know, for every family."""
+"""ModelConfig: everything the transformer needs to know, for every family, and named presets.
+
+Presets (:data:`PRESETS`, :meth:`ModelConfig.preset`) are the one copy of the real model
+geometries (LLaDA-8B, Dream-v0-7B) and of their tiny CPU twins: benchmarks build random-weight
+models from them, reports take their head counts from them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
+from adaptive_dllm._checks import check_int
 from adaptive_dllm.errors import AdllmError
 
 
@@ -36,9 +45,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads",
                      "intermediate_size", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise AdllmError(f"config {name}={value!r} must be a positive integer")
+            check_int(f"config {name}", getattr(self, name))
         if self.n_heads % self.n_kv_heads:
             raise AdllmError(
                 f"config n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
@@ -61,3 +68,33 @@ class ModelConfig:
     def group_size(self) -> int:
         """Query heads per key/value head."""
         return self.n_heads // self.n_kv_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """The named geometry (:data:`PRESETS`), with ``overrides`` (e.g. ``n_layers``,
+        ``max_seq_len``) applied."""
+        if name not in PRESETS:
+            raise AdllmError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        if ("hidden_size" in overrides or "n_heads" in overrides) and "head_dim" not in overrides:
+            overrides["head_dim"] = 0  # derive it again from the new sizes
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+#: Real geometries (LLaDA-8B, Dream-v0-7B; full depth, 4k context) and tiny variants with the
+#: same family traits for CPU smoke runs.
+PRESETS = MappingProxyType({
+    "llada-8b": ModelConfig(family="llada", vocab_size=126464, hidden_size=4096, n_layers=32,
+                            n_heads=32, n_kv_heads=32, intermediate_size=12288,
+                            rope_theta=500000.0, norm_eps=1e-5, mask_id=126336, eos_id=126081,
+                            pad_id=126081),
+    "dream-7b": ModelConfig(family="dream", vocab_size=152064, hidden_size=3584, n_layers=28,
+                            n_heads=28, n_kv_heads=4, intermediate_size=18944,
+                            rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, mask_id=151666,
+                            eos_id=151643, pad_id=151643),
+    "llada-tiny": ModelConfig(family="llada", vocab_size=128, hidden_size=64, n_layers=2,
+                              n_heads=4, n_kv_heads=4, intermediate_size=128, mask_id=126,
+                              eos_id=125, pad_id=125),
+    "dream-tiny": ModelConfig(family="dream", vocab_size=160, hidden_size=64, n_layers=2,
+                              n_heads=4, n_kv_heads=2, intermediate_size=128, qkv_bias=True,
+                              mask_id=150, eos_id=148, pad_id=148),
+})

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from adaptive_dllm.attention.api import AttentionHook, attend, triton_available
+from adaptive_dllm.attention.api import AttentionHook, attend
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.support import triton_available
 from adaptive_dllm.models.config import ModelConfig
 
 _fused_state = threading.local()  # per thread, like torch's grad mode
@@ -30,7 +31,7 @@ _fused_state = threading.local()  # per thread, like torch's grad mode
 
 @contextlib.contextmanager
 def fused_kernels(enabled: bool) -> Iterator[None]:
-    """Switch the Triton RMSNorm/RoPE/SwiGLU kernels (:mod:`adaptive_dllm.models.fused`) on or off.
+    """Switch the Triton RMSNorm/RoPE/SwiGLU kernels (:mod:`adaptive_dllm.kernels.elementwise`) on or off.
 
     They are on by default and only ever run for CUDA tensors outside autograd; off, CUDA runs
     the eager float32 code too (the reference, for tests and benchmarks). The switch applies to
@@ -72,7 +73,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_fused(x, self.weight):
-            from adaptive_dllm.models import fused
+            from adaptive_dllm.kernels import elementwise as fused
 
             return fused.rms_norm(x, self.weight, self.eps)
         xf = x.float()
@@ -130,7 +131,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,L,D)
         if _use_fused(q, k):
-            from adaptive_dllm.models import fused
+            from adaptive_dllm.kernels import elementwise as fused
 
             q, k = fused.rotary(q, *rope), fused.rotary(k, *rope)  # (B,H,L,D), (B,Hkv,L,D)
         else:
@@ -157,7 +158,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)  # (B, L, F)
         if _use_fused(gate, up):
-            from adaptive_dllm.models import fused
+            from adaptive_dllm.kernels import elementwise as fused
 
             return self.down_proj(fused.silu_mul(gate, up))
         return self.down_proj(F.silu(gate) * up)

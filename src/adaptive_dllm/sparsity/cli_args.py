@@ -6,17 +6,18 @@ Wiring a command takes two lines::
     sparse = sparse_config_from_args(args)        # in run(): a SparseConfig, or None for dense
 
 and, for ``--json`` output, ``summary_stats(out.stats["sparse"], steps)`` gives the keys every
-report carries (``dense_steps``, ``sparse_steps``, ``target_keep_ratio``, ``realized_keep_ratio``,
-``backend``), also for a dense run.
+report carries (:meth:`~adaptive_dllm.sparsity.stats.SparseStats.summary`), also for a dense run.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity.config import BLOCK_SIZES, SparseConfig
+from adaptive_dllm.sparsity.stats import SparseStats
 
 _SPARSE_ONLY = ("select", "skip", "block_size", "importance", "min_keep_ratio", "region",
                 "gqa_unit", "sparse_backend", "estimator", "refresh", "build_kernel")
@@ -94,11 +95,11 @@ def sparse_config_from_args(args: argparse.Namespace) -> SparseConfig | None:
     return SparseConfig(importance=importance, **options)
 
 
-def summary_stats(sparse_stats: dict[str, Any] | None, steps: int) -> dict[str, Any]:
-    """The keys every generation report carries, from a session's stats (None = dense run)."""
+def summary_stats(sparse_stats: Mapping[str, Any] | None, steps: int) -> dict[str, Any]:
+    """The keys every generation report carries (:meth:`SparseStats.summary_keys`) from a
+    session's stats; a dense run (None) reports ``steps`` dense steps and nothing kept."""
     if sparse_stats is None:
-        return {"backend": "dense", "backend_reason": "no --sparse", "dense_steps": steps,
-                "sparse_steps": 0, "target_keep_ratio": 1.0, "realized_keep_ratio": None}
-    keys = ("backend", "backend_reason", "dense_steps", "sparse_steps", "target_keep_ratio",
-            "realized_keep_ratio")
-    return {k: sparse_stats.get(k) for k in keys}
+        dense = {"backend": "dense", "backend_reason": "no --sparse", "dense_steps": steps,
+                 "sparse_steps": 0, "target_keep_ratio": 1.0, "realized_keep_ratio": None}
+        return {k: dense.get(k) for k in SparseStats.summary_keys()}
+    return {k: sparse_stats.get(k) for k in SparseStats.summary_keys()}

@@ -19,32 +19,30 @@ Defaults and why:
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from adaptive_dllm._checks import check_bool, check_choice, check_float
+from adaptive_dllm.attention.mass import Estimator, GqaUnit
+from adaptive_dllm.attention.reference import REFERENCE_BLOCK_SIZES
+from adaptive_dllm.budget.allocator import BudgetMode
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.importance.artifact import HeadImportance
+from adaptive_dllm.kernels.support import BLOCK_SIZES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from adaptive_dllm.importance.artifact import HeadImportance
     from adaptive_dllm.models.config import ModelConfig
     from adaptive_dllm.sparsity.session import SparseSession
 
 Region = Literal["separate", "joint"]
-GqaUnit = Literal["kv", "query"]
 BackendName = Literal["auto", "triton", "flex", "reference"]
-Estimator = Literal["exact", "pooled"]
-Budget = Literal["global", "per_layer"]
+Budget = BudgetMode
 Refresh = Literal["block", "never"]
 BuildKernel = Literal["fused", "separate"]
 
-#: Block sizes every backend supports (the flex kernel tiles must divide the block).
-BLOCK_SIZES: tuple[int, ...] = (32, 64, 128)
-#: Block sizes the eager reference backend accepts (any power of two in this range).
-REFERENCE_BLOCK_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+__all__ = ["BLOCK_SIZES", "REFERENCE_BLOCK_SIZES", "SparseConfig"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,9 @@ class SparseConfig:
             dense attention exactly.
         skip: Fraction of denoising steps run densely before the plan is built, in [0, 1).
             Dense steps are ``max(1, ceil(skip * steps))`` (see ``sparsity.schedule``).
-        block_size: Query and key block size in tokens: 32, 64 or 128 (the reference backend
-            also takes other powers of two for tests).
+        block_size: Query and key block size in tokens, one of
+            :data:`~adaptive_dllm.kernels.support.BLOCK_SIZES` (the reference backend also takes
+            other powers of two for tests).
         importance: Head importance for adaptive budgets, or None for uniform budgets (SparseD).
         min_keep_ratio: Soft floor on every unit's keep ratio, in [0, 1] (see ``allocate``).
         region: ``"separate"``: prompt keys and generation keys are budgeted separately (the
@@ -67,7 +66,7 @@ class SparseConfig:
             over the group); ``"query"``: per query head (ablation; K/V are still not repeated).
         backend: ``"auto"`` (cost model: the ``triton`` kernel on CUDA where sparse attention
             pays off, else dense), ``"triton"`` (the project's block-sparse Triton kernel,
-            :mod:`~adaptive_dllm.attention.block_sparse`), ``"flex"`` (FlexAttention) or
+            :mod:`~adaptive_dllm.kernels.block_sparse`), ``"flex"`` (FlexAttention) or
             ``"reference"`` (eager oracle, CPU and GPU).
         likelihood: Build a fresh plan from every forward's own q/k (no dense steps), for
             likelihood scoring where each forward sees a different input.
@@ -84,7 +83,7 @@ class SparseConfig:
             (docs/fidelity.md), so it is not the default.
         build_kernel: How the build step gets its attention and its block scores. ``"fused"``
             (default): where it applies (CUDA, ``triton`` or ``flex``, exact scores) one Triton attention
-            forward also writes the block scores (:mod:`~adaptive_dllm.sparsity.fused_build`),
+            forward also writes the block scores (:mod:`~adaptive_dllm.kernels.attend_and_score`),
             so scoring costs a fraction of an attention instead of a second one; elsewhere it
             falls back to ``"separate"`` and the stats say which ran. ``"separate"``: the dense
             SDPA kernel, then the scoring kernel.
@@ -106,20 +105,15 @@ class SparseConfig:
     build_kernel: BuildKernel = "fused"
 
     def __post_init__(self) -> None:
-        _check_real("select", self.select, low=0.0, high=1.0, low_open=True)
-        _check_real("skip", self.skip, low=0.0, high=1.0, high_open=True)
-        _check_real("min_keep_ratio", self.min_keep_ratio, low=0.0, high=1.0)
-        _check_real("weight_scale", self.weight_scale, low=0.0, high=1.0, high_open=True)
+        check_float("select", self.select, low=0.0, high=1.0, low_open=True)
+        check_float("skip", self.skip, low=0.0, high=1.0, high_open=True)
+        check_float("min_keep_ratio", self.min_keep_ratio, low=0.0, high=1.0)
+        check_float("weight_scale", self.weight_scale, low=0.0, high=1.0, high_open=True)
         for name, kind in (("region", Region), ("gqa", GqaUnit), ("backend", BackendName),
                            ("estimator", Estimator), ("budget", Budget), ("refresh", Refresh),
                            ("build_kernel", BuildKernel)):
-            value = getattr(self, name)
-            choices = get_args(kind)
-            if value not in choices:
-                raise AdllmError(f"{name}={value!r} is not valid; choose one of: "
-                                 f"{', '.join(choices)}")
-        if not isinstance(self.likelihood, bool):
-            raise AdllmError(f"likelihood={self.likelihood!r} must be True or False")
+            check_choice(name, getattr(self, name), get_args(kind))
+        check_bool("likelihood", self.likelihood)
         bs = self.block_size
         if isinstance(bs, bool) or not isinstance(bs, int) or bs not in REFERENCE_BLOCK_SIZES:
             raise AdllmError(f"block_size={bs!r} is not valid; use one of "
@@ -130,8 +124,6 @@ class SparseConfig:
                 f"{', '.join(map(str, BLOCK_SIZES))} (other sizes only with backend='reference')"
             )
         if self.importance is not None:
-            from adaptive_dllm.importance.artifact import HeadImportance
-
             if not isinstance(self.importance, HeadImportance):
                 raise AdllmError(
                     f"importance must be a HeadImportance or None, got "
@@ -182,11 +174,10 @@ class SparseConfig:
             block_starts: First steps of the sampler's later semi-autoregressive blocks (LLaDA);
                 with ``refresh="block"`` those in the sparse phase rebuild the plan.
         """
-        from adaptive_dllm.sparsity.session import SparseSession
+        from adaptive_dllm.sparsity.session import build_session
 
-        refresh = tuple(block_starts) if self.refresh == "block" else ()
-        return SparseSession(self, model_config, total_steps, gen_length=gen_length,
-                             refresh_steps=refresh)
+        return build_session(self, model_config, total_steps, gen_length=gen_length,
+                             block_starts=block_starts)
 
     def describe(self) -> dict[str, object]:
         """JSON-ready summary of the settings (importance as its provenance, not its tensor)."""
@@ -203,14 +194,3 @@ class SparseConfig:
                 "budget": self.budget, "weight_scale": self.weight_scale, "refresh": self.refresh,
                 "build_kernel": self.build_kernel, "importance": imp}
 
-
-def _check_real(name: str, value: object, *, low: float, high: float, low_open: bool = False,
-                high_open: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = ok and math.isfinite(float(value))
-    if ok:
-        v = float(value)
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lb, rb = "(" if low_open else "[", ")" if high_open else "]"
-        raise AdllmError(f"{name}={value!r} must be a number in {lb}{low:g}, {high:g}{rb}")

@@ -7,14 +7,10 @@ Sparse pays off when
 
     sparse_steps * A * (1 - select / efficiency(L)) > build_cost(L) * A   and   L >= min_seq_len,
 
-where ``min_seq_len`` is the shortest length measured to gain. Measured on an H100
-(``benchmarks/README.md``, bf16, block 128, select 0.3) with the ``triton`` kernel: the attention
-kernel is 1.2-1.4x faster than cuDNN at 4k tokens, 2.2-2.3x at 16k and 2.5-2.7x at 64k; its
-throughput per kept block relative to cuDNN is 0.38-0.46 (4k), 0.68-0.71 (16k), 0.75-0.80 (64k);
-end to end (4 layers, 128 steps, skip 0.2) sparse wins 1.04-1.06x at 4k, 1.19-1.23x at 16k and
-1.50-1.55x at 64k. Below 4k nothing was measured, so ``auto`` stays dense there. The plan build
-(fused into the build step) costs 4.6-5.0 (4k), 0.58-0.69 (16k) and 0.34-0.37 (64k) dense
-attentions of a layer.
+where ``min_seq_len`` is the shortest length measured to gain. The default points
+(:data:`EFFICIENCY_POINTS`, :data:`BUILD_COST_POINTS`) come from the H100 measurements of the
+``triton`` kernel and the fused build in ``benchmarks/README.md`` (bf16, block 128, select 0.3);
+below the shortest measured length ``auto`` stays dense.
 ``efficiency(L)`` and ``build_cost(L)`` interpolate those measurements in log(L). Anything the
 model rejects runs dense, and the session's stats say ``backend: "dense"`` with
 the reason.

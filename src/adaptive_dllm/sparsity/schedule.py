@@ -1,4 +1,4 @@
-"""The SparseD schedule: which denoising steps run dense, when the plan is built, when it is reused.
+"""The SparseD schedule: what each forward is (dense, build, sparse, or its own plan).
 
 With T denoising steps and ``skip`` in [0, 1):
 
@@ -22,6 +22,11 @@ during a generation), and Dream's single pass is the one-block case.
 was all mask tokens when the plan was built holds text later (upstream_reference.md §4 item 10).
 With ``refresh_steps`` (the first step of every later semi-autoregressive block), each such step
 in the sparse phase is again a "build" step: it runs dense and rebuilds the plan from its own q/k.
+
+**Per forward.** Likelihood scoring (``SparseConfig(likelihood=True)``) has no denoising loop:
+every forward sees another input, so every forward builds its own plans from its own q/k and runs
+them (:meth:`Schedule.per_forward_plans`). Forwards outside a denoising loop otherwise (no
+``begin_step``) reuse the plans while they fit, like sparse steps.
 """
 
 from __future__ import annotations
@@ -30,15 +35,16 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from adaptive_dllm.errors import AdllmError
+from adaptive_dllm._checks import check_int
 
-StepKind = Literal["dense", "build", "sparse"]
+#: What a forward does: dense attention; dense attention and a new plan; the current plan
+#: (rebuilt if the length or batch changed); a new plan from its own q/k, then that plan.
+StepKind = Literal["dense", "build", "sparse", "per_forward"]
 
 
 def dense_step_count(total_steps: int, skip: float) -> int:
     """Dense steps before the switch: ``min(T, max(1, ceil(skip * T)))``."""
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise AdllmError(f"total_steps={total_steps!r} must be a positive integer")
+    check_int("total_steps", total_steps)
     return min(total_steps, max(1, math.ceil(skip * total_steps - 1e-9)))
 
 
@@ -50,11 +56,13 @@ class Schedule:
         total_steps: T, denoising steps of the generation.
         skip: Fraction of dense steps requested.
         refresh_steps: Steps of the sparse phase that run dense and rebuild the plan.
+        per_forward_plans: Every forward builds and runs its own plan (likelihood scoring).
     """
 
     total_steps: int
     skip: float
     refresh_steps: tuple[int, ...] = ()
+    per_forward_plans: bool = False
 
     @property
     def dense_steps(self) -> int:
@@ -65,12 +73,22 @@ class Schedule:
         return self.total_steps - self.dense_steps
 
     @property
+    def paying_steps(self) -> int:
+        """Forwards that run a plan, for the cost model: one per forward for per-forward plans
+        (each must pay back its own build), else the sparse steps."""
+        return 1 if self.per_forward_plans else self.sparse_steps
+
+    @property
     def build_step(self) -> int | None:
         """The step whose q/k build the plan, or None when every step is dense."""
         return self.dense_steps - 1 if self.sparse_steps > 0 else None
 
-    def kind(self, step: int) -> StepKind:
-        """What the session does at ``step`` (0-based)."""
+    def kind(self, step: int | None) -> StepKind:
+        """What the session does at ``step`` (0-based; None outside a denoising loop)."""
+        if self.per_forward_plans:
+            return "per_forward"
+        if step is None:
+            return "sparse"
         if step < self.dense_steps - 1:
             return "dense"
         if step == self.dense_steps - 1:

@@ -4,11 +4,10 @@ Shape legend: B batch, L length, H heads (query or key/value), D head dim, d hid
 F MLP hidden size.
 
 The eager RMSNorm and RoPE of :mod:`adaptive_dllm.models.transformer` compute in float32 through
-five to eight separate kernels each, every one a full pass over a float32 copy of the input. At
-64k tokens that was 100 ms of a 460 ms sparse LLaDA step (4 layers, H100, torch profiler; see
-``benchmarks/README.md``): more than the attention saved by keeping 5% fewer blocks. Each kernel
-here reads its input once and writes its output once, with the same float32 arithmetic and the
-same roundings as the eager code, which stays the reference (CPU, training, autograd).
+five to eight separate kernels each, every one a full pass over a float32 copy of the input; at
+long contexts that costs more than sparse attention saves (profile in ``benchmarks/README.md``).
+Each kernel here reads its input once and writes its output once, with the same float32 arithmetic
+and the same roundings as the eager code, which stays the reference (CPU, training, autograd).
 
 Nothing here is imported unless a CUDA tensor reaches :func:`rms_norm`, :func:`rotary` or
 :func:`silu_mul`.

@@ -1,7 +1,7 @@
 """Triton kernels: exact block attention mass without materialising any L x L tensor.
 
 Shape legend: B batch, H query heads, Hkv KV heads, G = H // Hkv, L length, D head dim,
-bs block size, N = ceil(L / bs), Hc heads per chunk.
+DP padded head dim (kernel tiles), bs block size, N = ceil(L / bs), Hc heads per chunk.
 
 Scores are ``s = (q . k) * log2(e) / sqrt(D)`` (float32 accumulation, hardware ``exp2``); the mass
 of key block j for query block i is ``M[i, j] = sum_{r in i} sum_{c in j} exp2(s_rc - lse_r)``
@@ -20,7 +20,7 @@ Default, **one pass over the keys** (:func:`block_mass_triton`):
 ``method="twopass"`` (``_block_mass_kernel``) recomputes the scores in a second pass instead of
 storing block logsumexps: no scratch, twice the Q K^T work and exps.
 
-The pure-torch twin is :func:`adaptive_dllm.sparsity.scoring.block_mass_torch`. Sequence lengths are
+The pure-torch twin is :func:`adaptive_dllm.attention.mass.block_mass_torch`. Sequence lengths are
 runtime arguments marked ``do_not_specialize`` so a new prompt length does not recompile; strides
 are specialised (Triton keys them on divisibility by 16 only, which a new length does not change
 for head dims that are multiples of 16) so that the loads vectorise.
@@ -29,12 +29,14 @@ for head dims that are multiples of 16) so that the loads vectorise.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import triton
 import triton.language as tl
 
-from adaptive_dllm.attention.block_sparse import check_offsets, load_q_rows, load_tile
+from adaptive_dllm.kernels.support import check_offsets, n_blocks, padded_head_dim
+from adaptive_dllm.kernels.tiles import load_q_rows, score_tile
 
 
 @triton.jit(do_not_specialize=["stride_vb", "H", "L", "N"])
@@ -47,7 +49,7 @@ def _block_mass_kernel(
     HEAD_DIM: tl.constexpr,
     HAS_VALID: tl.constexpr,
     BS: tl.constexpr,
-    D: tl.constexpr,
+    DP: tl.constexpr,
 ):
     i = tl.program_id(0)
     bh = tl.program_id(1)
@@ -55,25 +57,19 @@ def _block_mass_kernel(
     h = (bh % H).to(tl.int64)
     hk = h // G
     q, offs_m, offs_d, d_ok, in_len_m = load_q_rows(Q, b, h, i * BS, L, stride_qb, stride_qh,
-                                                    stride_ql, HEAD_DIM, BS, D)
+                                                    stride_ql, HEAD_DIM, BS, DP)
+    valid_base = VALID + b * stride_vb
     row_ok = in_len_m
     if HAS_VALID:
-        row_ok = row_ok & (tl.load(VALID + b * stride_vb + offs_m, mask=in_len_m, other=0) != 0)
+        row_ok = row_ok & (tl.load(valid_base + offs_m, mask=in_len_m, other=0) != 0)
     k_base = K + b * stride_kb + hk * stride_kh
 
     # Pass 1: logsumexp (base 2) of every query row over all valid keys.
     m_i = tl.full([BS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BS], dtype=tl.float32)
     for j in range(0, N):
-        offs_n = j * BS + tl.arange(0, BS)
-        in_len_n = offs_n < L
-        col_ok = in_len_n
-        if HAS_VALID:
-            col_ok = col_ok & (tl.load(VALID + b * stride_vb + offs_n, mask=in_len_n, other=0) != 0)
-        k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
-                      HEAD_DIM != D, True)  # (D, BS)
-        s = tl.dot(q, k) * qk_scale
-        s = tl.where(col_ok[None, :], s, float("-inf"))
+        s = score_tile(q, j, k_base, valid_base, offs_d, d_ok, L, stride_kl, qk_scale,
+                       HAS_VALID, HEAD_DIM != DP, BS)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
@@ -84,15 +80,8 @@ def _block_mass_kernel(
     # Pass 2: probability mass per key block.
     out_base = OUT + ((b * H + h) * N + i) * N
     for j in range(0, N):
-        offs_n = j * BS + tl.arange(0, BS)
-        in_len_n = offs_n < L
-        col_ok = in_len_n
-        if HAS_VALID:
-            col_ok = col_ok & (tl.load(VALID + b * stride_vb + offs_n, mask=in_len_n, other=0) != 0)
-        k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
-                      HEAD_DIM != D, True)
-        s = tl.dot(q, k) * qk_scale
-        s = tl.where(col_ok[None, :], s, float("-inf"))
+        s = score_tile(q, j, k_base, valid_base, offs_d, d_ok, L, stride_kl, qk_scale,
+                       HAS_VALID, HEAD_DIM != DP, BS)
         p = tl.exp2(s - lse[:, None])
         tl.store(out_base + j, tl.sum(tl.sum(p, 1), 0))
 
@@ -107,7 +96,7 @@ def _block_lse_kernel(
     HEAD_DIM: tl.constexpr,
     HAS_VALID: tl.constexpr,
     BS: tl.constexpr,
-    D: tl.constexpr,
+    DP: tl.constexpr,
 ):
     i = tl.program_id(0)
     bh = tl.program_id(1)
@@ -115,19 +104,13 @@ def _block_lse_kernel(
     h = (bh % Hc + h0).to(tl.int64)
     hk = h // G
     q, offs_m, offs_d, d_ok, in_len_m = load_q_rows(Q, b, h, i * BS, L, stride_qb, stride_qh,
-                                                    stride_ql, HEAD_DIM, BS, D)
+                                                    stride_ql, HEAD_DIM, BS, DP)
     k_base = K + b * stride_kb + hk * stride_kh
+    valid_base = VALID + b * stride_vb
     buf_base = BUF + bh.to(tl.int64) * N * L
     for j in range(0, N):
-        offs_n = j * BS + tl.arange(0, BS)
-        in_len_n = offs_n < L
-        col_ok = in_len_n
-        if HAS_VALID:
-            col_ok = col_ok & (tl.load(VALID + b * stride_vb + offs_n, mask=in_len_n, other=0) != 0)
-        k = load_tile(k_base + offs_n[None, :] * stride_kl + offs_d[:, None], d_ok, in_len_n,
-                      HEAD_DIM != D, True)  # (D, BS)
-        s = tl.dot(q, k) * qk_scale
-        s = tl.where(col_ok[None, :], s, float("-inf"))
+        s = score_tile(q, j, k_base, valid_base, offs_d, d_ok, L, stride_kl, qk_scale,
+                       HAS_VALID, HEAD_DIM != DP, BS)
         m = tl.max(s, 1)
         m_safe = tl.where(m == float("-inf"), 0.0, m)
         l_blk = tl.sum(tl.exp2(s - m_safe[:, None]), 1)
@@ -176,8 +159,8 @@ def _mass_from_block_lse_kernel(
 
 #: Scratch memory the one-pass kernel may use for block logsumexps (heads are chunked to fit).
 SCRATCH_BYTES = 512 * 2**20
-#: Kernel used when none is named: ``"onepass"`` or ``"twopass"``.
-DEFAULT_METHOD = "onepass"
+#: The two scoring kernels (see the module docstring).
+MassMethod = Literal["onepass", "twopass"]
 
 
 def block_mass_triton(
@@ -186,7 +169,7 @@ def block_mass_triton(
     *,
     block_size: int,
     key_mask: torch.Tensor | None = None,
-    method: str | None = None,
+    method: MassMethod = "onepass",
     scratch_bytes: int = SCRATCH_BYTES,
 ) -> torch.Tensor:
     """Exact block mass per query head, float32 (B, H, N, N), on the GPU.
@@ -197,10 +180,10 @@ def block_mass_triton(
         block_size: bs, a power of two >= 16.
         key_mask: (B, L) bool, True = real token.
         method: ``"onepass"`` (block logsumexps in a scratch buffer, then the masses) or
-            ``"twopass"`` (recompute the scores; no scratch); None = :data:`DEFAULT_METHOD`.
+            ``"twopass"`` (recompute the scores; no scratch).
         scratch_bytes: Upper bound of the one-pass scratch; heads are processed in chunks.
     """
-    if (method or DEFAULT_METHOD) == "twopass":
+    if method == "twopass":
         return _block_mass_twopass(q, k, block_size=block_size, key_mask=key_mask)
     q, k, valid, stride_vb, out = _launch_inputs(q, k, block_size, key_mask)
     B, H, L, D = q.shape
@@ -210,7 +193,7 @@ def block_mass_triton(
     per_head = B * N * L * 4
     hc = max(1, min(H, scratch_bytes // max(1, per_head)))
     buf = torch.empty(B * hc * N * L, device=q.device, dtype=torch.float32)
-    d_pow2 = max(16, triton.next_power_of_2(D))
+    dp = padded_head_dim(D)
     scale = math.log2(math.e) / math.sqrt(D)
     for h0 in range(0, H, hc):
         n_h = min(hc, H - h0)
@@ -220,7 +203,7 @@ def block_mass_triton(
             k.stride(0), k.stride(1), k.stride(2),
             stride_vb,
             n_h, h0, H // Hkv, L, N, scale,
-            HEAD_DIM=D, HAS_VALID=key_mask is not None, BS=bs, D=d_pow2,
+            HEAD_DIM=D, HAS_VALID=key_mask is not None, BS=bs, DP=dp,
             num_warps=8 if bs >= 128 else 4, num_stages=3,
         )
         masses_from_block_lse(buf, valid if key_mask is not None else None, stride_vb, out,
@@ -261,14 +244,14 @@ def _block_mass_twopass(
     Hkv = k.shape[1]
     bs = block_size
     N = out.shape[-1]
-    d_pow2 = max(16, triton.next_power_of_2(D))
+    dp = padded_head_dim(D)
     _block_mass_kernel[(N, B * H)](
         q, k, valid, out,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         stride_vb,
         H, H // Hkv, L, N, math.log2(math.e) / math.sqrt(D),
-        HEAD_DIM=D, HAS_VALID=key_mask is not None, BS=bs, D=d_pow2,
+        HEAD_DIM=D, HAS_VALID=key_mask is not None, BS=bs, DP=dp,
         num_warps=8 if bs >= 128 else 4, num_stages=2,
     )
     return out
@@ -284,7 +267,7 @@ def _launch_inputs(
         q = q.contiguous()
     if k.stride(-1) != 1:
         k = k.contiguous()
-    N = -(-L // block_size)
+    N = n_blocks(L, block_size)
     check_offsets(L, q, k, extra=N * L)
     out = torch.empty(B, H, N, N, device=q.device, dtype=torch.float32)
     if key_mask is None:

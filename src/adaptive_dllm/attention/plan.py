@@ -1,11 +1,14 @@
-"""SparsePlan: the immutable per-layer choice of key blocks that kernels execute.
+"""SparsePlan: the immutable per-layer choice of key blocks that the attention backends execute.
 
 Shape legend:
     B batch, U allocation units (KV heads or query heads), G query heads per unit, L length,
     bs block size, N = ceil(L / bs) blocks (query rows and key columns), kmax = max kept blocks
     in a row.
 
-Scorers and the allocator produce a plan; kernels only execute it (plan, then run). For every
+The planner (:mod:`adaptive_dllm.sparsity.planner`) produces a plan from block scores and the
+allocator's counts; backends only execute it (``prepare`` once, then ``run``). A plan holds no
+backend data: what a backend derives from it (a flex BlockMask, device-side counts) is the
+backend's ``prepare(plan)`` result, kept by whoever keeps the plan. For every
 unit u, **every query-block row keeps exactly k_u key blocks**, where k_u is the allocator's
 count (``counts``), chosen per row as the blocks of highest score:
 
@@ -24,10 +27,12 @@ not inferred from ``select``; the tests check it equals the allocator's total ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
+
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.support import n_blocks
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +50,6 @@ class SparsePlan:
         indices: (B, U, N, kmax) int32 on the device: kept key blocks of each row in ascending
             order, padded with -1 (rows differ between samples, counts do not).
         key_mask: (B, L) bool key validity the plan was built with, or None (no padding).
-        cache: Backend artefacts built from the plan (e.g. the flex BlockMask), once per plan.
     """
 
     layer: int
@@ -57,7 +61,6 @@ class SparsePlan:
     counts: torch.Tensor
     indices: torch.Tensor
     key_mask: torch.Tensor | None = None
-    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def n_units(self) -> int:
@@ -101,12 +104,29 @@ class SparsePlan:
         return kept / sum(self.total_blocks())
 
 
+def check_plan_fits(plan: SparsePlan | None, q: torch.Tensor, backend: str) -> SparsePlan:
+    """``plan``, after one-line errors for a sparse backend called without a plan, or with one
+    built for another length or batch (a batch-1 plan serves any batch)."""
+    if plan is None:
+        raise AdllmError(f"the {backend!r} backend needs a sparse plan; dense attention uses 'sdpa'")
+    B, _, L, _ = q.shape
+    if plan.seq_len != L or plan.batch not in (1, B):
+        raise AdllmError(f"plan built for length {plan.seq_len} and batch {plan.batch} cannot "
+                         f"run on length {L} and batch {B}")
+    return plan
+
+
+def plan_fits(plan: SparsePlan | None, q: torch.Tensor) -> bool:
+    """Whether ``plan`` was built for exactly q's length and batch (else it is rebuilt)."""
+    return plan is not None and plan.seq_len == q.shape[2] and plan.batch == q.shape[0]
+
+
 def prompt_block_count(seq_len: int, gen_length: int | None, block_size: int) -> int:
     """N_p = ceil(P / bs) with P = L - G: the straddling block counts with the prompt.
 
     Returns N (one joint region) when ``gen_length`` is None.
     """
-    n = -(-seq_len // block_size)
+    n = n_blocks(seq_len, block_size)
     if gen_length is None:
         return n
     prompt = max(0, seq_len - gen_length)
@@ -139,7 +159,7 @@ def build_plan(
         The plan; ``indices`` on ``scores``' device.
     """
     B, U, N, N2 = scores.shape
-    assert N == N2 == -(-seq_len // block_size), (scores.shape, seq_len, block_size)
+    assert N == N2 == n_blocks(seq_len, block_size), (scores.shape, seq_len, block_size)
     assert 0 < prompt_blocks <= N
     device = scores.device
     s = scores.float().clone()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from adaptive_dllm.sparsity.scoring import block_mass, block_mass_torch, pooled_block_scores
+from adaptive_dllm.attention.mass import block_mass, block_mass_torch, pooled_block_scores
 
 
 def _naive(q, k, bs, key_mask=None):
@@ -94,8 +94,8 @@ def test_pooled_respects_padding():
 
 @pytest.mark.parametrize("kw", [{"units": "q"}, {"estimator": "poold"}])
 def test_unknown_scoring_mode_is_an_error(kw):
+    from adaptive_dllm.attention.mass import block_mass
     from adaptive_dllm.errors import AdllmError
-    from adaptive_dllm.sparsity.scoring import block_mass
 
     q, k = torch.randn(1, 4, 16, 8), torch.randn(1, 2, 16, 8)
     with pytest.raises(AdllmError, match="not valid"):
@@ -108,8 +108,8 @@ def test_triton_mass_kernels_in_the_interpreter(triton_interpreter):
     head chunks in the one-pass kernel (the GPU tests repeat this at real sizes)."""
     out = triton_interpreter("""
         import torch
-        from adaptive_dllm.sparsity.mass_kernel import block_mass_triton
-        from adaptive_dllm.sparsity.scoring import block_mass_torch
+        from adaptive_dllm.kernels.block_mass import block_mass_triton
+        from adaptive_dllm.attention.mass import block_mass_torch
 
         torch.manual_seed(0)
         for H, Hkv, L, D, bs in ((4, 2, 100, 16, 32), (2, 2, 70, 32, 16), (2, 1, 96, 24, 32)):

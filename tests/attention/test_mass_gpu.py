@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptive_dllm.sparsity.scoring import block_mass_torch
+from adaptive_dllm.attention.mass import block_mass_torch
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu,
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("method", ["onepass", "twopass"])
 def test_triton_mass_matches_torch(H, Hkv, L, D, bs, padded, method):
-    from adaptive_dllm.sparsity.mass_kernel import block_mass_triton
+    from adaptive_dllm.kernels.block_mass import block_mass_triton
 
     g = torch.Generator(device="cuda").manual_seed(L)
     q = torch.randn(2, H, L, D, device="cuda", dtype=torch.bfloat16, generator=g) * 1.5

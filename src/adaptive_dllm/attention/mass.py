@@ -13,29 +13,33 @@ the masses of its G query heads are summed (the group is scored once, DESIGN §3
 
 Nothing of size (B, H, L, L) is materialised:
 
-- on CUDA a Triton kernel (:mod:`~adaptive_dllm.sparsity.mass_kernel`) makes two passes over the
-  keys per query block (row logsumexp, then per-block sums of ``exp(s - lse)``) and writes only
-  the (B, H, N, N) result;
+- on CUDA a Triton kernel (:mod:`~adaptive_dllm.kernels.block_mass`) scores every key tile once
+  (block logsumexps, then per-block sums of ``exp(s - lse)``) and writes only the (B, H, N, N)
+  result;
 - elsewhere (and as the oracle in tests) :func:`block_mass_torch` works on query chunks of many
   blocks at a time (a loop over large chunks, never over single blocks), in float32.
 
 :func:`pooled_block_scores` is the cheap estimator: softmax over key blocks of block-mean queries
 against block-mean keys (plus the log of the valid keys per block), O(N^2 D) instead of
-O(L^2 D). It ranks blocks approximately; ``tests/sparsity/test_scoring.py`` measures how much
+O(L^2 D). It ranks blocks approximately; ``tests/attention/test_mass.py`` measures how much
 exact mass its choices keep.
 """
 
 from __future__ import annotations
 
 import math
-from typing import get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from adaptive_dllm.attention.api import triton_available
-from adaptive_dllm.generation.schedule import check_choice
-from adaptive_dllm.sparsity.config import Estimator, GqaUnit
+from adaptive_dllm._checks import check_choice
+from adaptive_dllm.kernels.support import n_blocks, triton_available
+
+#: Allocation unit: one per KV head (its query-head group shares the scores) or per query head.
+GqaUnit = Literal["kv", "query"]
+#: Block scores: the exact attention mass, or the pooled (block-mean q/k) estimate.
+Estimator = Literal["exact", "pooled"]
 
 #: Bytes of float32 scores one chunk of :func:`block_mass_torch` may hold.
 CHUNK_BYTES = 256 * 2**20
@@ -66,7 +70,7 @@ def block_mass(
     if estimator == "pooled":
         per_head = pooled_block_scores(q, k, block_size=block_size, key_mask=key_mask)
     elif q.is_cuda and triton_available():
-        from adaptive_dllm.sparsity.mass_kernel import block_mass_triton
+        from adaptive_dllm.kernels.block_mass import block_mass_triton
 
         per_head = block_mass_triton(q, k, block_size=block_size, key_mask=key_mask)
     else:
@@ -99,7 +103,7 @@ def block_mass_torch(
     Hkv = k.shape[1]
     G = H // Hkv
     bs = block_size
-    N = -(-L // bs)
+    N = n_blocks(L, bs)
     Lp = N * bs
     kf = k.float()
     valid = None if key_mask is None else key_mask.bool()
@@ -139,7 +143,7 @@ def pooled_block_scores(
     B, H, L, D = q.shape
     Hkv = k.shape[1]
     bs = block_size
-    N = -(-L // bs)
+    N = n_blocks(L, bs)
     Lp = N * bs
     valid = torch.ones(B, L, device=q.device) if key_mask is None else key_mask.float()
     valid_p = F.pad(valid, (0, Lp - L)).view(B, N, bs)

@@ -1,10 +1,11 @@
 """Triton kernel: dense attention that also scores key blocks, for the plan-build step.
 
 Shape legend: B batch, H query heads, Hkv KV heads, G = H // Hkv, L length, D head dim,
-bs block size, N = ceil(L / bs), Hc heads per chunk, BM query rows per program.
+DP padded head dim (kernel tiles), bs block size, N = ceil(L / bs), Hc heads per chunk,
+BM query rows per program.
 
 The build step of the SparseD schedule runs dense attention *and* needs the exact block mass of
-the same q/k (:mod:`~adaptive_dllm.sparsity.scoring`). Run separately, the scoring pass repeats the
+the same q/k (:mod:`~adaptive_dllm.attention.mass`). Run separately, the scoring pass repeats the
 most expensive part of attention: ``Q K^T`` and one ``exp`` per score. A flash-attention forward
 (Dao et al. 2022, Alg. 1) already computes, for every query row ``r`` and key tile ``j``,
 
@@ -12,7 +13,7 @@ most expensive part of attention: ``Q K^T`` and one ``exp`` per score. A flash-a
 
 (base 2, ``s = q . k * log2(e) / sqrt(D)``). The row's *block* logsumexp is then one ``log2``
 away: ``b[r, j] = m_rj + log2(t_rj) = log2 sum_{c in j} exp2(s_rc)``, exactly the quantity the
-one-pass scoring kernel stores (:func:`~adaptive_dllm.sparsity.mass_kernel.block_mass_triton`).
+one-pass scoring kernel stores (:func:`~adaptive_dllm.kernels.block_mass.block_mass_triton`).
 So :func:`attend_and_score` runs one attention forward whose key tiles are the selection blocks,
 stores ``b`` beside the output, and turns ``b`` into masses with the scoring module's second
 kernel (``M[i, j] = sum_{r in i} exp2(b[r, j] - lse_r)``). The extra work over attention is one
@@ -34,22 +35,29 @@ import torch
 import triton
 import triton.language as tl
 
-from adaptive_dllm.attention.block_sparse import (
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.block_mass import SCRATCH_BYTES, masses_from_block_lse
+from adaptive_dllm.kernels.support import (
     BLOCK_SIZES,
-    FP32_MAX_STAGES,
-    MAX_HEAD_DIM,
+    LaunchOptions,
+    check_block_size,
+    check_head_dim,
     check_offsets,
+    n_blocks,
+    padded_head_dim,
+)
+from adaptive_dllm.kernels.tiles import (
     load_kv_tile,
     load_q_rows,
     softmax_tile,
     store_normalised,
     valid_keys,
 )
-from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.sparsity.mass_kernel import SCRATCH_BYTES, masses_from_block_lse
 
 #: Query rows per program (one flash-attention tile).
 BLOCK_M = 128
+#: Launch options (every block size; float32 tiles get fewer stages), tuned on an H100 at 64k.
+LAUNCH = LaunchOptions(num_warps=8, num_stages=3)
 
 
 @triton.jit
@@ -81,7 +89,7 @@ def _attend_block_lse_kernel(
     HAS_VALID: tl.constexpr,
     BM: tl.constexpr,
     BS: tl.constexpr,
-    D: tl.constexpr,
+    DP: tl.constexpr,
 ):
     # Strides are specialised (divisibility by 16) so that loads vectorise; they change with the
     # length only in that property, so a new prompt length still reuses the compiled kernel.
@@ -91,7 +99,7 @@ def _attend_block_lse_kernel(
     h = (bh % Hc + h0).to(tl.int64)
     hk = h // G
     q, offs_m, offs_d, d_ok, in_len_m = load_q_rows(Q, b, h, pid_m * BM, L, stride_qb,
-                                                    stride_qh, stride_ql, HEAD_DIM, BM, D)
+                                                    stride_qh, stride_ql, HEAD_DIM, BM, DP)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
     valid_base = VALID + b * stride_mb
@@ -99,23 +107,23 @@ def _attend_block_lse_kernel(
 
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
-    acc = tl.zeros([BM, D], dtype=tl.float32)
+    acc = tl.zeros([BM, DP], dtype=tl.float32)
     n_full = L // BS
     for j in range(0, n_full):
         acc, m_i, l_i = _scored_tile(acc, m_i, l_i, q, j, k_base, v_base, valid_base, buf_base,
                                      offs_m, in_len_m, offs_d, d_ok, L, stride_kl, stride_vl,
-                                     qk_scale, HAS_VALID, False, HEAD_DIM != D, BS)
+                                     qk_scale, HAS_VALID, False, HEAD_DIM != DP, BS)
     if n_full < N:
         acc, m_i, l_i = _scored_tile(acc, m_i, l_i, q, n_full, k_base, v_base, valid_base,
                                      buf_base, offs_m, in_len_m, offs_d, d_ok, L, stride_kl,
-                                     stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != D, BS)
+                                     stride_vl, qk_scale, HAS_VALID, True, HEAD_DIM != DP, BS)
     store_normalised(OUT, acc, l_i, b, h, offs_m, offs_d, in_len_m, d_ok,
                      stride_ob, stride_oh, stride_ol)
 
 
 def fused_num_stages(block_size: int, dtype: torch.dtype) -> int:
     """Pipeline stages of the fused kernel: 3, fewer for float32 tiles (shared memory)."""
-    return 3 if dtype.itemsize <= 2 else min(3, FP32_MAX_STAGES[block_size])
+    return LAUNCH.for_dtype(block_size, dtype.itemsize)["num_stages"]
 
 
 def attend_and_score(
@@ -127,14 +135,14 @@ def attend_and_score(
     key_mask: torch.Tensor | None = None,
     scratch_bytes: int = SCRATCH_BYTES,
     block_m: int = BLOCK_M,
-    num_warps: int = 8,
+    num_warps: int = LAUNCH.num_warps,
     num_stages: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense bidirectional attention and the exact block mass of the same q/k, in one pass.
 
     Computes ``softmax(q k^T / sqrt(D)) v`` (Vaswani et al. 2017, Eq. 1; padded keys get no
     weight) and ``M[b, h, i, j]``, the mass of key block j summed over the rows of query block i
-    (as :func:`~adaptive_dllm.sparsity.scoring.block_mass_torch`; padded rows contribute none).
+    (as :func:`~adaptive_dllm.attention.mass.block_mass_torch`; padded rows contribute none).
 
     Args:
         q: (B, H, L, D) queries, fp16/bf16/fp32, on a CUDA device (or Triton's interpreter).
@@ -144,8 +152,9 @@ def attend_and_score(
         scratch_bytes: Size the block-logsumexp scratch should stay within: heads are done in
             chunks of that size, but at least one head at a time (B * N * L * 4 bytes).
         block_m, num_warps, num_stages: Kernel tiling (query rows per program, a power of two
-            >= 16) and launch options; the defaults were tuned on an H100 at 64k tokens (None
-            stages: 3, or what fits shared memory for float32 tiles).
+            >= 16) and launch options; the defaults were tuned on an H100 at 64k tokens
+            (``benchmarks/README.md``; None stages: 3, or what fits shared memory for float32
+            tiles).
 
     Returns:
         out (B, H, L, D) in q's dtype, contiguous; mass (B, H, N, N) float32.
@@ -155,15 +164,11 @@ def attend_and_score(
     if k.shape != (B, Hkv, L, D) or v.shape != k.shape or H % Hkv:
         raise AdllmError(f"attend_and_score needs q (B, H, L, D) and k, v (B, Hkv, L, D) with "
                          f"H % Hkv == 0; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if block_size not in BLOCK_SIZES:
-        raise AdllmError(f"block_size={block_size} is not supported by the fused build kernel; "
-                         f"use one of {', '.join(map(str, BLOCK_SIZES))}")
-    if D > MAX_HEAD_DIM:
-        raise AdllmError(f"head dim {D} is larger than the {MAX_HEAD_DIM} the fused build kernel "
-                         f"takes; use SparseConfig(build_kernel='separate')")
+    check_block_size(block_size, supported=BLOCK_SIZES, who="the fused build kernel", hint="")
+    check_head_dim(D, who="the fused build kernel", hint="use SparseConfig(build_kernel='separate')")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     bs = block_size
-    N = -(-L // bs)
+    N = n_blocks(L, bs)
     check_offsets(L, q, k, v, extra=N * L)
     if num_stages is None:
         num_stages = fused_num_stages(bs, q.dtype)
@@ -184,7 +189,7 @@ def attend_and_score(
             stride_mb,
             n_h, h0, H // Hkv, L, N, math.log2(math.e) / math.sqrt(D),
             HEAD_DIM=D, HAS_VALID=valid is not None, BM=block_m, BS=bs,
-            D=max(16, triton.next_power_of_2(D)), num_warps=num_warps, num_stages=num_stages,
+            DP=padded_head_dim(D), num_warps=num_warps, num_stages=num_stages,
         )
         masses_from_block_lse(buf, valid, stride_mb, mass, h0=h0, n_heads=n_h, seq_len=L,
                               block_size=bs)

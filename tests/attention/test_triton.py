@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from adaptive_dllm.attention.api import attend, available_backends
+from adaptive_dllm.attention.plan import build_plan
 from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.sparsity.plan import build_plan
 
 
 def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
@@ -21,11 +21,11 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
     queries and keys as the model makes them; pointer loads and TMA descriptors."""
     out = triton_interpreter("""
         import torch
-        from adaptive_dllm.attention import block_sparse
         from adaptive_dllm.attention.api import attend
+        from adaptive_dllm.attention.triton import TritonBackend, TritonOptions
         from adaptive_dllm.attention.reference import reference_attention
-        from adaptive_dllm.sparsity.plan import build_plan
-        from adaptive_dllm.sparsity.scoring import block_mass_torch, reduce_units
+        from adaptive_dllm.attention.plan import build_plan
+        from adaptive_dllm.attention.mass import block_mass_torch, reduce_units
 
         torch.manual_seed(0)
         cases = ((4, 2, 100, 16, 32, "kv"), (4, 2, 100, 16, 32, "query"), (2, 2, 70, 32, 16, "kv"),
@@ -49,8 +49,8 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
                                   prompt_blocks=N, group=H // U, key_mask=km)
                 want = reference_attention(q, k, v, key_mask=km, plan=plan)
                 for use_tma in (False, True):  # pointer loads, and TMA descriptors
-                    block_sparse.USE_TMA = use_tma
-                    got = attend(q, k, v, key_mask=km, plan=plan, backend="triton")
+                    backend = TritonBackend(TritonOptions(use_tma=use_tma))
+                    got = attend(q, k, v, key_mask=km, plan=plan, backend=backend)
                     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         print("ok")
     """)
@@ -61,7 +61,7 @@ def test_registered_and_needs_a_fitting_plan(monkeypatch):
     pytest.importorskip("triton")
     # Past the device check on the CPU: the plan checks come before any launch. (Setting
     # TRITON_INTERPRET here instead would make the kernels interpreted for the whole process.)
-    monkeypatch.setattr("adaptive_dllm.attention.api.check_triton_device", lambda device: None)
+    monkeypatch.setattr("adaptive_dllm.attention.triton.triton_device_problem", lambda device: None)
     assert "triton" in available_backends()
     q = k = v = torch.randn(1, 2, 64, 16)
     with pytest.raises(AdllmError, match="needs a sparse plan"):
@@ -97,7 +97,7 @@ def test_cpu_tensors_get_a_one_line_error(monkeypatch):
 
 def test_offsets_past_32_bits_are_one_line_errors():
     pytest.importorskip("triton")
-    from adaptive_dllm.attention.block_sparse import check_offsets
+    from adaptive_dllm.kernels.support import check_offsets
 
     row = 3 * 32 * 128  # packed q/k/v of a 32-head, head-dim-128 model
     base = torch.empty(row + 128)
@@ -111,9 +111,9 @@ def test_offsets_past_32_bits_are_one_line_errors():
 
 def test_a_plan_row_without_blocks_is_a_one_line_error():
     pytest.importorskip("triton")
-    from adaptive_dllm.attention.block_sparse import prepare_plan
+    from adaptive_dllm.attention.triton import TritonBackend
 
     plan = build_plan(torch.rand(1, 2, 2, 2), torch.tensor([0, 2]), None, layer=3, block_size=32,
                       seq_len=64, prompt_blocks=2, group=1)
     with pytest.raises(AdllmError, match=r"plan of layer 3 keeps no block for some unit \(counts"):
-        prepare_plan(plan)
+        TritonBackend().prepare(plan, 2)

@@ -43,7 +43,7 @@ def test_fused_gate_on_cuda_like_inputs():
     check every branch (float64 stays eager, autograd stays eager, the switch is honoured)."""
     from types import SimpleNamespace
 
-    from adaptive_dllm.attention.api import triton_available
+    from adaptive_dllm.kernels.support import triton_available
 
     def cuda(dtype=torch.bfloat16, grad=False):
         return SimpleNamespace(is_cuda=True, dtype=dtype, requires_grad=grad)
@@ -80,7 +80,7 @@ def test_rotary_rejects_tables_that_do_not_fit():
     """Checked before any launch (needs triton importable, not a GPU): a wrong table would make
     the kernel read the wrong memory where the eager code fails to broadcast."""
     pytest.importorskip("triton")
-    from adaptive_dllm.models import fused
+    from adaptive_dllm.kernels import elementwise as fused
 
     B, L, H, D = 2, 10, 3, 8
     x = torch.randn(B, L, H * D).view(B, L, H, D)
@@ -100,7 +100,7 @@ def test_rotary_rejects_tables_that_do_not_fit():
 @pytest.mark.gpu
 @needs_gpu
 def test_rms_norm_matches_eager(d, x_dtype, w_dtype, sliced):
-    from adaptive_dllm.models import fused
+    from adaptive_dllm.kernels import elementwise as fused
 
     g = torch.Generator(device="cuda").manual_seed(d)
     x = torch.randn(2, 50, d, device="cuda", generator=g).mul(3).to(x_dtype)
@@ -121,7 +121,7 @@ def test_rms_norm_matches_eager(d, x_dtype, w_dtype, sliced):
 @pytest.mark.gpu
 @needs_gpu
 def test_rotary_matches_eager(B, L, h, D, dtype, per_row_positions):
-    from adaptive_dllm.models import fused
+    from adaptive_dllm.kernels import elementwise as fused
 
     g = torch.Generator(device="cuda").manual_seed(L * D)
     # as the model lays it out: a (B, L, h * D) projection viewed as (B, L, h, D)
@@ -141,7 +141,7 @@ def test_rotary_matches_eager(B, L, h, D, dtype, per_row_positions):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(2, 77, 512), (1, 3, 18944), (5,)])
 def test_silu_mul_matches_eager(dtype, shape):
-    from adaptive_dllm.models import fused
+    from adaptive_dllm.kernels import elementwise as fused
 
     g = torch.Generator(device="cuda").manual_seed(len(shape))
     gate = (torch.randn(*shape, device="cuda", generator=g) * 4).to(dtype)
@@ -162,7 +162,7 @@ def _tiny_model(family: str) -> Transformer:
 @pytest.mark.gpu
 @needs_gpu
 def test_model_takes_the_fused_path_and_matches_eager(family, monkeypatch):
-    from adaptive_dllm.models import fused
+    from adaptive_dllm.kernels import elementwise as fused
 
     calls = {"rotary": 0, "rms_norm": 0, "silu_mul": 0}
     for name in calls:
@@ -195,7 +195,7 @@ def test_kernels_match_eager_in_the_triton_interpreter(triton_interpreter):
     not build: a head slice of a packed QKV projection, and x[:, k:] of a batch of one."""
     out = triton_interpreter("""
         import torch
-        from adaptive_dllm.models import fused
+        from adaptive_dllm.kernels import elementwise as fused
         from adaptive_dllm.models.transformer import RMSNorm, apply_rotary, rotary_tables
 
         torch.manual_seed(0)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adaptive_dllm.attention.mass import block_mass_torch
 from adaptive_dllm.attention.reference import reference_attention
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.sparsity import SparseConfig
-from adaptive_dllm.sparsity.scoring import block_mass_torch
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -26,8 +26,8 @@ def test_kernel_matches_attention_and_mass_in_the_interpreter(triton_interpreter
     out = triton_interpreter("""
         import torch
         from adaptive_dllm.attention.reference import reference_attention
-        from adaptive_dllm.sparsity.fused_build import attend_and_score
-        from adaptive_dllm.sparsity.scoring import block_mass_torch
+        from adaptive_dllm.kernels.attend_and_score import attend_and_score
+        from adaptive_dllm.attention.mass import block_mass_torch
 
         torch.manual_seed(0)
         for H, Hkv, L, D, bs in ((4, 2, 100, 16, 32), (2, 2, 70, 32, 16), (3, 1, 300, 16, 64),
@@ -57,7 +57,8 @@ def test_fused_build_step_gives_the_separate_plans_in_the_interpreter(triton_int
         from adaptive_dllm.generation.api import generate
         from adaptive_dllm.models import ModelConfig, Transformer
         from adaptive_dllm.sparsity import SparseConfig
-        from adaptive_dllm.sparsity.session import SparseSession
+        from adaptive_dllm.attention.backends import FusedBuildMixin
+        from adaptive_dllm.attention.reference import ReferenceBackend
 
         torch.manual_seed(0)
         cfg = ModelConfig(family="llada", vocab_size=40, hidden_size=32, n_layers=2, n_heads=4,
@@ -78,14 +79,16 @@ def test_fused_build_step_gives_the_separate_plans_in_the_interpreter(triton_int
             hook = Hook(SparseConfig(select=0.4, skip=0.25, block_size=16, backend="reference",
                                      build_kernel=kind))
             if kind == "fused":
-                SparseSession._fused_build_applies = lambda self, q: True
+                ReferenceBackend.can_attend_and_score = lambda self, q: True
+                ReferenceBackend.attend_and_score = FusedBuildMixin.attend_and_score
             out = generate(model, None, ids, steps=8, gen_length=16, block_length=16,
                            sparse=hook)
             runs[kind] = (out, hook.sessions[0])
         (sep, s_sep), (fus, s_fus) = runs["separate"], runs["fused"]
         assert s_sep.stats()["build_kernel"] == "separate", s_sep.stats()["build_kernel"]
         assert s_fus.stats()["build_kernel"] == "fused", s_fus.stats()["build_kernel"]
-        for a, b in zip(s_sep._plans, s_fus._plans):
+        for layer in range(cfg.n_layers):
+            a, b = s_sep.plan_of(layer), s_fus.plan_of(layer)
             assert torch.equal(a.indices, b.indices) and torch.equal(a.counts, b.counts)
         assert torch.equal(sep.ids, fus.ids)
         print("ok")
@@ -95,7 +98,7 @@ def test_fused_build_step_gives_the_separate_plans_in_the_interpreter(triton_int
 
 def test_bad_shapes_and_block_sizes_are_one_line_errors():
     pytest.importorskip("triton")
-    from adaptive_dllm.sparsity.fused_build import attend_and_score
+    from adaptive_dllm.kernels.attend_and_score import attend_and_score
 
     q, k = torch.randn(1, 4, 64, 16), torch.randn(1, 3, 64, 16)
     with pytest.raises(AdllmError, match="H % Hkv == 0"):
@@ -138,7 +141,7 @@ def test_cpu_build_step_reports_the_separate_kernel():
 def test_gpu_fused_matches_reference_within_the_bf16_rule(H, Hkv, L, bs, padded):
     """Error of the fused output (bf16) vs the fp32 reference <= 2x that of dense bf16 SDPA;
     masses equal the torch oracle's."""
-    from adaptive_dllm.sparsity.fused_build import attend_and_score
+    from adaptive_dllm.kernels.attend_and_score import attend_and_score
 
     g = torch.Generator(device="cuda").manual_seed(L)
     q = torch.randn(2, L, H, 128, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)

@@ -13,7 +13,7 @@ import torch
 HOPPER_SHARED_BYTES = 232448  # 227 KiB per block on an H100
 
 
-def _compile(fn, pointers, constexprs, options):  # noqa: ANN001, ANN202
+def _compile(fn, pointers, constexprs, options):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -29,8 +29,9 @@ def _compile(fn, pointers, constexprs, options):  # noqa: ANN001, ANN202
 @pytest.mark.parametrize("bs", [64, 128])
 def test_launch_configurations_fit_hopper_shared_memory(dtype, bs):
     pytest.importorskip("triton")
-    from adaptive_dllm.attention.block_sparse import _sparse_attention_kernel, launch_options
-    from adaptive_dllm.sparsity.fused_build import _attend_block_lse_kernel, fused_num_stages
+    from adaptive_dllm.kernels.attend_and_score import _attend_block_lse_kernel, fused_num_stages
+    from adaptive_dllm.kernels.block_sparse import _sparse_attention_kernel
+    from adaptive_dllm.kernels.support import BLOCK_SPARSE_LAUNCH
 
     t = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
     desc = f"tensordesc<{t}[1,1,{bs},128]>"
@@ -40,12 +41,12 @@ def test_launch_configurations_fit_hopper_shared_memory(dtype, bs):
         for tma in (False, True):
             kv = {"K": desc, "V": desc} if tma else {"K": "*" + t, "V": "*" + t}
             k = _compile(_sparse_attention_kernel, {**common, **kv, "IDX": "*i32", "CNT": "*i32"},
-                         dict(HEAD_DIM=128, HAS_VALID=not tma, USE_TMA=tma, BS=bs, D=128),
-                         launch_options(bs, dtype))
+                         dict(HEAD_DIM=128, HAS_VALID=not tma, USE_TMA=tma, BS=bs, DP=128),
+                         BLOCK_SPARSE_LAUNCH[bs].for_dtype(bs, dtype.itemsize))
             used.append(k.metadata.shared)
         k = _compile(_attend_block_lse_kernel,
                      {**common, "K": "*" + t, "V": "*" + t, "BUF": "*fp32"},
-                     dict(HEAD_DIM=128, HAS_VALID=True, BM=128, BS=bs, D=128),
+                     dict(HEAD_DIM=128, HAS_VALID=True, BM=128, BS=bs, DP=128),
                      {"num_warps": 8, "num_stages": fused_num_stages(bs, dtype)})
         used.append(k.metadata.shared)
     except (ImportError, RuntimeError) as err:  # no sm_90 toolchain in this triton build

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_dllm.sparsity.plan import build_plan, prompt_block_count
+from adaptive_dllm.attention.plan import build_plan, prompt_block_count
 
 
 def _plan(scores, kp, kg=None, prompt_blocks=None, bs=4):

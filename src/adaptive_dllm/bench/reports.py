@@ -1,0 +1,107 @@
+"""Reports of benchmark records: text tables, the speedup plot and medians per mode.
+
+Kept out of the sweep (which only measures): the records are plain dicts (``kind`` = ``kernel``,
+``e2e``, ``compile``, ``error`` or ``skipped``), so these read records from a file as well.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Short text tables: kernel speedups and end-to-end speedups."""
+    lines = []
+    kern = [r for r in records if r.get("kind") == "kernel"]
+    if kern:
+        lines.append("kernel (one layer)   len    dense(ms,backend)   mode              ms     "
+                     "speedup  ideal  ach/ideal  plan_build(ms) fused")
+        for r in kern:
+            lines.append(
+                f"{r['family']:<20} {r['seq_len']:>6} {r['dense_ms']:>9.2f} {r['dense_backend']:<9} "
+                f"{_mode_label(r):<16} {r['ms']:>8.2f} {r['speedup']:>7.2f}x "
+                f"{_f(r.get('ideal_speedup')):>6} {_f(r.get('achieved_over_ideal')):>9} "
+                f"{_f(r.get('plan_build_ms'), 1):>10} {_f(r.get('plan_build_fused_ms'), 1):>6}")
+    e2e = [r for r in records if r.get("kind") == "e2e"]
+    if e2e:
+        lines.append("")
+        lines.append("end-to-end           prompt  mode      run   total(s)  speedup  ideal  "
+                     "ach/ideal  plan/dense_step  peak(GB)  peak/dense  keep")
+        for r in e2e:
+            keep = r.get("sparse_stats", {}).get("realized_keep_ratio")
+            lines.append(
+                f"{r['family']:<20} {r['prompt_len']:>6}  {r['mode']:<9} {r.get('run', ''):<5} "
+                f"{r['total_s']:>8.2f}  {_f(r.get('speedup')):>6}x {_f(r.get('ideal_speedup')):>6} "
+                f"{_f(r.get('achieved_over_ideal')):>9} {_f(r.get('plan_over_dense_step')):>15} "
+                f"{_f(r.get('peak_memory_gb'), 1):>8} {_f(r.get('peak_over_dense'), 3):>10} "
+                f"{_f(keep, 3):>5}")
+    comp = [r for r in records if r.get("kind") == "compile"]
+    for r in comp:
+        lines.append(f"one-time compile ({r['family']}): {r['compile_s']:.1f} s")
+    for r in records:
+        if r.get("kind") == "error":
+            lines.append(f"ERROR {r['family']} {r['seq_len']}: {r['error']}")
+        if r.get("kind") == "skipped":
+            lines.append(f"skipped {r['family']} {r.get('prompt_len')} {r.get('mode', 'all')} "
+                         f"{r.get('run', '')}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def plot(records: list[dict[str, Any]], path: str) -> None:
+    """PNG of speedup over the fastest dense SDPA vs sequence length (kernel and end-to-end)."""
+    # Figure without pyplot: no process-wide backend switch in library code.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, kind, xkey, title in ((axes[0], "kernel", "seq_len", "attention kernel (one layer)"),
+                                  (axes[1], "e2e", "prompt_len", "end-to-end generation")):
+        rows = [r for r in records if r.get("kind") == kind and r.get("mode") not in ("dense",)
+                and r.get("run", "warm") == "warm" and r.get("speedup") is not None]
+        for n, key in enumerate(sorted({(r["family"], _mode_label(r)) for r in rows})):
+            pts = sorted((r[xkey], r["speedup"]) for r in rows
+                         if (r["family"], _mode_label(r)) == key)
+            style = ":" if "all_blocks" in key[1] else "--" if "flex" in key[1] else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls=style,
+                    color=colormaps["tab20"](n % 20), label=f"{key[0]} {key[1]}")
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt tokens" if kind == "e2e" else "sequence length")
+        ax.set_ylabel("speedup over fastest dense SDPA")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    env = next((r["env"] for r in records if "env" in r), {})
+    fig.suptitle(f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median speedups per (kind, family, mode) for quick reading."""
+    out: dict[str, Any] = {}
+    for r in records:
+        if r.get("speedup") is None:
+            continue
+        key = f"{r['kind']}/{r['family']}/{_mode_label(r)}"
+        out.setdefault(key, []).append(r["speedup"])
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def _mode_label(r: dict[str, Any]) -> str:
+    """``uniform`` / ``adaptive`` with the backend when the record names one that is not in the
+    mode already (``uniform [triton]``); dense and ``*_all_blocks`` as they are."""
+    backend = r.get("backend")
+    mode = r["mode"]
+    if backend and r.get("kind") == "kernel" and not mode.startswith(backend):
+        return f"{mode} [{backend}]"
+    return mode
