@@ -1,0 +1,1 @@
+"""Triton kernels (imported on first use; nothing here imports the rest of the package)."""
