@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.cache import LoopCounts
 from adaptive_dllm.generation.dream import DreamOptions, sample_dream
 from adaptive_dllm.generation.llada import LladaOptions, sample_llada
 from adaptive_dllm.generation.schedule import StepSession
@@ -61,15 +62,21 @@ class GenerationOutput:
         text: decoded generation, cut at the first EOS with mask ids dropped; a ``str`` when
             one prompt was given (str, list of ints, 1-D tensor), a list for a batch, None
             without a tokenizer.
-        stats: ``sampler``, ``steps``, ``batch``, ``prompt_length``, ``gen_length``,
-            ``total_s`` (wall time of the loop), ``step_median_s``, ``step_s`` (per step),
-            ``tokens_per_s`` and ``sparse`` (the session's own stats, None when dense).
+        stats: ``sampler``, ``steps`` (denoising steps taken = ``forwards``), ``batch``,
+            ``prompt_length``, ``gen_length``, ``total_s`` (wall time of the loop),
+            ``step_median_s``, ``step_s`` (per step), ``tokens_per_s``, ``cache`` (None,
+            "prefix" or "dual"), ``threshold``, ``forwards`` (model calls), ``refreshes``
+            (full forwards), ``tokens_per_forward`` (gen_length / forwards, per sequence) and
+            ``sparse`` (the session's own stats, None when dense).
+        history: with ``output_history=True``, (forwards + 1, B, G) int64: the generated
+            region before every forward, then the final tokens; else None.
     """
 
     ids: torch.Tensor
     sequences: torch.Tensor
     text: str | list[str] | None
     stats: dict[str, Any]
+    history: torch.Tensor | None = None
 
 
 def make_options(family: str, **options: Any) -> LladaOptions | DreamOptions:
@@ -81,6 +88,10 @@ def make_options(family: str, **options: Any) -> LladaOptions | DreamOptions:
     """
     sampler = get_family(family).sampler
     cls = _SAMPLERS[sampler][0]
+    if "max_new_tokens" in options:  # upstream's (and transformers') name, accepted as an alias
+        if "gen_length" in options:
+            raise AdllmError("give gen_length or max_new_tokens (an alias of it), not both")
+        options["gen_length"] = options.pop("max_new_tokens")
     valid = [f.name for f in dataclasses.fields(cls)]
     for name in options:
         if name not in valid:
@@ -106,6 +117,7 @@ def generate(
     seed: int | None = None,
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    output_history: bool = False,
     **options: Any,
 ) -> GenerationOutput:
     """Generate a continuation of one prompt or a batch of prompts.
@@ -125,9 +137,11 @@ def generate(
         attention_mask: (B, P) 0/1 for a pre-padded tensor or list-of-lists prompt, 0 at the
             left padding; built automatically for lists of different lengths.
         on_step: progress callback ``on_step(done, total)`` after every denoising step.
+        output_history: also return every step's generated tokens (``GenerationOutput.history``).
         **options: the sampler's options, e.g. ``steps``, ``gen_length``, ``block_length``,
             ``temperature``, ``cfg_scale``, ``remasking`` (LLaDA) or ``alg``, ``eps``,
-            ``top_p``, ``top_k``, ``alg_temp`` (Dream); see :class:`LladaOptions` and
+            ``top_p``, ``top_k``, ``alg_temp`` (Dream), ``cache`` and ``threshold`` (both);
+            ``max_new_tokens`` is an alias of ``gen_length``; see :class:`LladaOptions` and
             :class:`DreamOptions` for meanings and defaults.
 
     Returns:
@@ -153,6 +167,8 @@ def generate(
     input_ids = input_ids.to(device)
     mask = None if mask is None else mask.to(device)
     session = None if sparse is None else _new_session(sparse, config, opts)
+    counts = LoopCounts()
+    history: list[torch.Tensor] | None = [] if output_history else None
     grid_note = None if session is None else _block_grid_note(mask)
 
     clock = _StepClock(device)
@@ -168,14 +184,14 @@ def generate(
     clock.mark()
     with torch.inference_mode():
         sequences = sample(model, input_ids, options=opts, attention_mask=mask,
-                           session=session, on_step=step_done)
+                           session=session, on_step=step_done, history=history, counts=counts)
     step_s = clock.durations()  # waits for the device
     total_s = time.perf_counter() - start
 
     ids = sequences[:, P:]
     stats: dict[str, Any] = {
         "sampler": family.sampler,
-        "steps": opts.steps,
+        "steps": counts.forwards,
         "batch": B,
         "prompt_length": P,
         "gen_length": opts.gen_length,
@@ -183,6 +199,11 @@ def generate(
         "step_median_s": statistics.median(step_s),
         "step_s": step_s,
         "tokens_per_s": B * opts.gen_length / total_s if total_s > 0 else float("inf"),
+        "cache": opts.cache,
+        "threshold": opts.threshold,
+        "forwards": counts.forwards,
+        "refreshes": counts.refreshes,
+        "tokens_per_forward": opts.gen_length / max(counts.forwards, 1),
         "sparse": None if session is None else session.stats(),
         "batch_note": grid_note,
     }
@@ -190,7 +211,8 @@ def generate(
     if tokenizer is not None:
         texts = decode(tokenizer, ids, eos_id=_eos_id(tokenizer, config), mask_id=config.mask_id)
         text = texts[0] if single else texts
-    return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats)
+    steps = None if history is None else torch.stack(history)[:, :, P:]
+    return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats, history=steps)
 
 
 def _new_session(sparse: SparseSpec, config: ModelConfig,
@@ -199,6 +221,13 @@ def _new_session(sparse: SparseSpec, config: ModelConfig,
     extra: dict[str, Any] = {}
     if "gen_length" in accepted:
         extra["gen_length"] = opts.gen_length
+    if opts.cache is not None:
+        # With a cache the session's steps are the refresh forwards, one per block.
+        from adaptive_dllm.generation.cached_sparse import wrap_session
+
+        if "block_starts" in accepted:
+            extra["block_starts"] = tuple(range(1, opts.num_blocks))
+        return wrap_session(sparse.new_session(config, opts.num_blocks, **extra), config)
     if "block_starts" in accepted and isinstance(opts, LladaOptions):
         # The first step of every later semi-autoregressive block (the plan may be refreshed).
         extra["block_starts"] = tuple(b * opts.steps_per_block for b in range(1, opts.num_blocks))
