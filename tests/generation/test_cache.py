@@ -136,3 +136,21 @@ def test_bad_options_are_one_line_errors():
         DreamOptions(alg="origin", threshold=0.9)
     with pytest.raises(AdllmError, match="not divisible by block_length"):
         DreamOptions(gen_length=10, block_length=4)
+
+
+def test_a_session_without_a_sparse_config_runs_dense_under_a_cache(bundled, stub_session):
+    """Any StepSession works with a cache: it sees the refresh forwards only, cached steps run
+    dense attention, and the output equals the session-free run."""
+    class Spec:
+        def __init__(self):
+            self.sessions = []
+
+        def new_session(self, config, total_steps):
+            self.sessions.append(stub_session())
+            return self.sessions[-1]
+
+    spec = Spec()
+    out = _llada(bundled, cache="dual", sparse=spec)
+    assert torch.equal(out.sequences, _llada(bundled, cache="dual").sequences)
+    assert spec.sessions[0].begun == [(b, 4) for b in range(4)]
+    assert out.stats["sparse"]["cached_dense_steps"] == 28

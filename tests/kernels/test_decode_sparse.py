@@ -132,3 +132,15 @@ def test_kernel_bf16_on_gpu_matches_reference():
     got = decode_sparse(q, k, v, idx, cnt, block_size=bs)
     want = decode_reference(q.float(), k.float(), v.float(), idx, cnt, block_size=bs)
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_kernel_rejects_offsets_past_32_bits(monkeypatch):
+    pytest.importorskip("triton")
+    from adaptive_dllm.kernels import decode_sparse as ds
+
+    q = torch.zeros(1, 1, 1, 16)
+    k = torch.zeros(1, 1, 16, 16).expand(1, 1, 16, 16)
+    idx, cnt = _all_blocks(1, 1, 16, 16)
+    monkeypatch.setattr(torch.Tensor, "numel", lambda self: 2 ** 31)
+    with pytest.raises(AdllmError, match="exceed 2\\^31"):
+        ds.decode_sparse(q, k, k, idx, cnt, block_size=16)

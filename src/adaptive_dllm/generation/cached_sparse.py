@@ -67,8 +67,9 @@ class CachedSparse:
         from adaptive_dllm.sparsity.schedule import dense_step_count
 
         self.session.begin_step(step, total)
-        config = self.session.config
-        self._build = not config.is_dense and step >= dense_step_count(total, config.skip) - 1
+        config = getattr(self.session, "config", None)  # sessions without one stay dense
+        self._build = (config is not None and not config.is_dense
+                       and step >= dense_step_count(total, config.skip) - 1)
         self._plans = [None] * self.n_layers
 
     def set_window(self, window: tuple[int, int]) -> None:

@@ -90,6 +90,9 @@ def decode_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: to
                          "decode_reference without it") from None
     if block_size < 16 or block_size & (block_size - 1):
         raise AdllmError(f"block_size={block_size} must be a power of two >= 16")
+    if max(q.numel(), k.numel()) >= 2 ** 31:  # the kernel's offsets are 32-bit
+        raise AdllmError(f"q {tuple(q.shape)} / k {tuple(k.shape)} exceed 2^31 elements; "
+                         "split the batch")
     B, H, W, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G, kmax = H // Hkv, indices.shape[-1]
