@@ -171,3 +171,15 @@ def test_history_into_a_missing_directory_fails_before_generating(tmp_path, caps
     assert code == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_cache_with_sparse_reference_backend_on_cpu(capsys):
+    code = main(["generate", "ROMEO:", "--cache", "dual", "--sparse", "uniform", "--select",
+                 "0.5", "--block-size", "32", "--sparse-backend", "reference", "--gen-length",
+                 "64", "--json"])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    sparse = stats["sparse"]
+    assert stats["cache"] == "dual" and sparse["backend"] == "reference"
+    assert sparse["schedule_over"] == "refresh forwards"
+    assert sparse["sparse_steps"] == 1 and sparse["cached_sparse_steps"] == 62
