@@ -132,6 +132,8 @@ def test_bad_options_are_one_line_errors():
         LladaOptions(threshold=0)
     with pytest.raises(AdllmError, match="steps=64 does not apply with threshold"):
         LladaOptions(gen_length=128, steps=64, threshold=0.9)
+    with pytest.raises(AdllmError, match="remasking='low_confidence'"):
+        LladaOptions(threshold=0.9, remasking="random")
     with pytest.raises(AdllmError, match="ranked alg"):
         DreamOptions(alg="origin", threshold=0.9)
     with pytest.raises(AdllmError, match="not divisible by block_length"):

@@ -98,6 +98,9 @@ class LladaOptions:
             if self.steps is not None and self.steps != self.gen_length:
                 raise AdllmError(f"steps={self.steps} does not apply with threshold (each block "
                                  "runs until it is unmasked); leave steps unset")
+            if self.remasking != "low_confidence":
+                raise AdllmError("threshold compares model confidences: it needs "
+                                 "remasking='low_confidence'")
         if self.steps is None:
             object.__setattr__(self, "steps", self.gen_length)
         if self.block_length is None:
@@ -193,7 +196,7 @@ def sample_llada(
                            hi=hi, options=o)
             if history is not None:
                 history.append(x.clone())
-            _step(model, x, lo=lo, hi=hi, k=None if o.threshold else schedule[:, j], options=o,
+            _step(model, x, lo=lo, hi=hi, k=None if o.threshold is not None else schedule[:, j], options=o,
                   mask_id=mask_id, model_mask=model_mask, uncond_positions=uncond_positions,
                   session=session, cache=cache)
             counts.count(refresh=refresh)
