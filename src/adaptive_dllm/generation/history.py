@@ -77,10 +77,8 @@ def write_history_gif(path: str | os.PathLike[str], history: torch.Tensor, *, ma
     """Animate row ``row`` of the (F, B, G) history: one frame per state, a cell per generated
     position (grey while masked, coloured by the step that committed it), the text as title."""
     import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    from matplotlib import pyplot as plt
     from matplotlib.animation import PillowWriter
+    from matplotlib.figure import Figure
 
     states = history[:, row]  # (F, G)
     masked = states == mask_id
@@ -89,10 +87,11 @@ def write_history_gif(path: str | os.PathLike[str], history: torch.Tensor, *, ma
     G = states.shape[1]
     width = min(G, 32)
     rows = -(-G // width)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * rows))
+    fig = Figure(figsize=(8, 1.2 + 0.35 * rows))  # no pyplot: no global backend switch
+    ax = fig.subplots()
     writer = PillowWriter(fps=fps)
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.85")  # masked (and padding) cells: light grey
+    # Masked (and padding) cells: light grey.
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     check_writable(path)
     with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
         tmp_gif = Path(tmp) / "history.gif"
@@ -111,7 +110,6 @@ def write_history_gif(path: str | os.PathLike[str], history: torch.Tensor, *, ma
                     title += "\n" + (text[:90] + "..." if len(text) > 90 else text)
                 ax.set_title(title, fontsize=8, loc="left")
                 writer.grab_frame()
-        plt.close(fig)
         with atomic_file(path, "wb") as handle:
             handle.write(tmp_gif.read_bytes())
 
