@@ -138,8 +138,8 @@ def main() -> None:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise SystemExit(f"fidelity_cache: directory {str(out.parent)!r} does not exist")
+    meta = provenance(args)  # the commit the run starts from
     records = run(args)
-    meta = provenance(args)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         for r in records:
