@@ -62,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default gen-length)")
     p.add_argument("--gen-length", type=int, metavar="N", help="tokens to generate (default 128)")
     p.add_argument("--block-length", type=int, metavar="N",
-                   help=f"LLaDA semi-autoregressive block (default {DEFAULT_BLOCK} when it divides "
-                        "the generation length, else the whole generation)")
+                   help=f"semi-autoregressive block (LLaDA default {DEFAULT_BLOCK} when it divides "
+                        "the generation length, else the whole generation; Dream: one pass)")
     p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default)")
     p.add_argument("--remasking", choices=get_args(Remasking), help="LLaDA remasking")
     p.add_argument("--cfg-scale", type=float, metavar="S", help="LLaDA classifier-free guidance")
