@@ -166,8 +166,7 @@ def sample_dream(
 ) -> torch.Tensor:
     """Generate ``options.gen_length`` tokens after each prompt.
 
-    Mask tokens inside a prompt are filled too (infilling), as upstream (not in the blocked
-    loop, which decides the generated blocks only).
+    Prompt mask tokens are infilled, as upstream (not by the blocked loop: module docstring).
 
     Args:
         model: returns (B, L - s, V) logits from
@@ -183,23 +182,16 @@ def sample_dream(
             final sequence (``forwards + 1`` tensors of shape (B, L)).
         counts: if given, filled with the forwards and refreshes the loop ran.
 
-    Returns:
-        (B, L) int64: prompts followed by the generated tokens.
+    Returns: (B, L) int64: prompts followed by the generated tokens.
     """
-    o = options
-    tally = LoopCounts() if counts is None else counts
+    o, tally = options, LoopCounts() if counts is None else counts
     if o.blocked:
-        return _sample_blocks(model, input_ids, o, attention_mask, session, on_step, history,
-                              tally)
+        return _sample_blocks(model, input_ids, o, attention_mask, session, on_step, history, tally)
     mask_id = model.config.mask_id
     align = get_family(model.config.family).align_logits
     B, P = input_ids.shape
     device = input_ids.device
-    x = torch.cat([input_ids, input_ids.new_full((B, o.gen_length), mask_id)], dim=1)  # (B, L)
-    real = None
-    if attention_mask is not None:
-        gen_ones = torch.ones(B, o.gen_length, dtype=torch.bool, device=device)
-        real = torch.cat([attention_mask.bool(), gen_ones], dim=1)  # (B, L)
+    x, real = _start(input_ids, attention_mask, o.gen_length, mask_id)
 
     # Positions before `lo` hold no mask token and are never decided, so the sampler's
     # softmax / filtering skips them (the prompt when it has no mask ids, i.e. no infilling).
@@ -243,6 +235,17 @@ def sample_dream(
     return x
 
 
+def _start(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, gen_length: int,
+           mask_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, L) prompts followed by mask tokens, and (B, L) bool real positions (None = all)."""
+    B = input_ids.shape[0]
+    x = torch.cat([input_ids, input_ids.new_full((B, gen_length), mask_id)], dim=1)
+    if attention_mask is None:
+        return x, None
+    gen_ones = torch.ones(B, gen_length, dtype=torch.bool, device=input_ids.device)
+    return x, torch.cat([attention_mask.bool(), gen_ones], dim=1)
+
+
 def _sample_blocks(model: nn.Module, input_ids: torch.Tensor, o: DreamOptions,
                    attention_mask: torch.Tensor | None, session: StepSession | None,
                    on_step: Callable[[int, int], None] | None,
@@ -253,11 +256,7 @@ def _sample_blocks(model: nn.Module, input_ids: torch.Tensor, o: DreamOptions,
     lead = 1 if family.logit_shift else 0  # rows before the block that decide its tokens
     B, P = input_ids.shape
     device = input_ids.device
-    x = torch.cat([input_ids, input_ids.new_full((B, o.gen_length), mask_id)], dim=1)  # (B, L)
-    real = None
-    if attention_mask is not None:
-        gen_ones = torch.ones(B, o.gen_length, dtype=torch.bool, device=device)
-        real = torch.cat([attention_mask.bool(), gen_ones], dim=1)  # (B, L)
+    x, real = _start(input_ids, attention_mask, o.gen_length, mask_id)
     width = o.gen_length // o.num_blocks
     timesteps = dream_timesteps(o.steps_per_block, o.eps)
     block_counts = None
