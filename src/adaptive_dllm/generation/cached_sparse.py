@@ -18,7 +18,8 @@ build step again).
   (batch, KV head), the key blocks of highest exact attention mass of the window's queries at
   that refresh (summed over the window and the query heads of the group), the window's own key
   blocks always kept, as many blocks as the allocator gives that unit for Nk key blocks (so the
-  mean keep ratio is ``select`` as for prefill). The cached steps run it with
+  mean keep ratio is ``select`` as for prefill; raised to the window's own block count where
+  that is larger, and the realised ratio is reported as ``cached_keep_ratio``). The cached steps run it with
   :mod:`~adaptive_dllm.kernels.decode_sparse` (the Triton kernel on a GPU, its eager oracle
   under the ``reference`` backend or without Triton).
 - ``select = 1`` (or a session that decided to run dense) runs dense everywhere, so a cached
