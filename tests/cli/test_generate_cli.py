@@ -144,3 +144,45 @@ def test_default_generation_from_romeo_reads_like_a_play(capsys):
     assert any(re.fullmatch(r"[A-Z][A-Z' ]+:", line) for line in lines), out
     verse = [line for line in lines if re.fullmatch(r"[A-Za-z][A-Za-z ,;:.'!?-]+", line)]
     assert len(verse) >= 2 and sum(len(line) for line in verse) > 60, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache, threshold decoding, history (issue 14 acceptance)
+
+
+def test_cache_and_threshold_stats_on_the_bundled_model(tmp_path, capsys):
+    """``adllm generate "ROMEO:" --cache prefix --threshold 0.9 --json``: stats carry cache,
+    forwards, tokens_per_forward, and threshold decoding takes fewer forwards than tokens."""
+    hist, gif = tmp_path / "h.json", tmp_path / "h.gif"
+    code = main(["generate", "ROMEO:", "--cache", "prefix", "--threshold", "0.9", "--json",
+                 "--block-length", "32", "--history", str(hist), "--history-gif", str(gif)])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert stats["cache"] == "prefix" and stats["refreshes"] == 4  # 128 tokens, blocks of 32
+    assert stats["forwards"] < stats["gen_length"] == 128
+    assert stats["tokens_per_forward"] == pytest.approx(128 / stats["forwards"])
+    record = json.loads(hist.read_text())
+    assert record["shape"] == [stats["forwards"] + 1, 1, 128]
+    assert set(record["frames"][0][0]) == {record["mask_id"]}
+    assert record["mask_id"] not in record["frames"][-1][0]
+    assert gif.read_bytes()[:6] == b"GIF89a"
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic writes left no temporary file
+
+
+def test_history_into_a_missing_directory_fails_before_generating(tmp_path, capsys):
+    code = main(["generate", "ROMEO:", "--history", str(tmp_path / "no" / "h.json")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_cache_with_sparse_reference_backend_on_cpu(capsys):
+    code = main(["generate", "ROMEO:", "--cache", "dual", "--sparse", "uniform", "--select",
+                 "0.5", "--block-size", "32", "--sparse-backend", "reference", "--gen-length",
+                 "64", "--block-length", "32", "--json"])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    sparse = stats["sparse"]
+    assert stats["cache"] == "dual" and sparse["backend"] == "reference"
+    assert sparse["schedule_over"] == "refresh forwards"
+    assert sparse["sparse_steps"] == 1 and sparse["cached_sparse_steps"] == 62

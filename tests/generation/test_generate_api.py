@@ -87,8 +87,17 @@ def test_unknown_option_lists_the_valid_ones(scripted):
         generate(scripted(2, 4), None, [1, 2], alg="entropy")
     with pytest.raises(AdllmError, match="'remasking' is not valid for the dream sampler.*top_k"):
         generate(scripted(2, 4, "dream"), None, [1, 2], remasking="random")
-    with pytest.raises(AdllmError, match="max_new_tokens is called gen_length"):
-        make_options("dream", max_new_tokens=16)
+    with pytest.raises(AdllmError, match="'sampling_alg' is not valid.*called alg here"):
+        make_options("dream", sampling_alg="entropy")
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_max_new_tokens_is_an_alias_of_gen_length(scripted, family):
+    assert make_options(family, max_new_tokens=16).gen_length == 16
+    out = generate(scripted(2, 4, family), None, [1, 2], max_new_tokens=4, steps=4)
+    assert out.ids.shape == (1, 4) and out.stats["gen_length"] == 4
+    with pytest.raises(AdllmError, match="gen_length or max_new_tokens"):
+        make_options(family, max_new_tokens=16, gen_length=16)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

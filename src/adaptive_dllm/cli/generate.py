@@ -18,17 +18,21 @@ examples:
       --alg entropy --temperature 0.2 --top-p 0.95 --json
   adllm generate "ROMEO:" --sparse uniform --select 0.3 --skip 0.2 --block-size 32 --json
   adllm generate "ROMEO:" --sparse adaptive --importance heads.safetensors --select 0.3
+  adllm generate "ROMEO:" --cache prefix --threshold 0.9 --json   # K/V cache + parallel decoding
+  adllm generate "ROMEO:" --history steps.json --history-gif steps.gif
   adllm generate "31 64 68 121" --ids --model ../shared/reference_fixtures/llada_tiny \\
       --gen-length 16 --block-length 8 --steps 8
 
 LLaDA options: --steps --gen-length --block-length --temperature --cfg-scale --remasking
 Dream options: --steps --gen-length --alg --alg-temp --eps --temperature --top-p --top-k
+               --block-length
+Both: --cache --threshold (docs/cache.md)
 An option the model's sampler does not have is an error.
 """
 
 # CLI flag dest -> generate() option name; only flags the user set are passed on.
 _OPTIONS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
-            "alg", "alg_temp", "eps", "top_p", "top_k")
+            "alg", "alg_temp", "eps", "top_p", "top_k", "cache", "threshold")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, help="Dream final noise level (default 1e-3)")
     p.add_argument("--top-p", type=float, metavar="P", help="Dream nucleus filtering")
     p.add_argument("--top-k", type=int, metavar="K", help="Dream top-k filtering")
+    p.add_argument("--cache", choices=("prefix", "dual"),
+                   help="approximate K/V cache refreshed once per block (default: none)")
+    p.add_argument("--threshold", type=float, metavar="TAU",
+                   help="parallel decoding: commit every token more confident than TAU")
+    p.add_argument("--history", metavar="FILE", help="write every step's tokens as JSON")
+    p.add_argument("--history-gif", metavar="FILE", help="write an animation of the steps")
     p.add_argument("--seed", type=seed, metavar="S", help="random seed, 0 to 2**64 - 1")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object {ids, text, stats} and no progress bar")
@@ -101,8 +111,8 @@ def _read_prompt(prompt: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adaptive_dllm._io import dumps_json
-    from adaptive_dllm.cli.arguments import check_steps, load_model
+    from adaptive_dllm._io import check_output_path, dumps_json
+    from adaptive_dllm.cli.arguments import check_plot, check_steps, load_model
     from adaptive_dllm.generation.api import generate
     from adaptive_dllm.sparsity.cli_args import sparse_config_from_args, summary_stats
 
@@ -111,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     prompt: Any = _parse_ids(prompt_text) if args.ids else prompt_text
     options = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
     sparse = sparse_config_from_args(args)
+    if args.history is not None:  # before the model loads, not after the generation
+        check_output_path(args.history, flag="--history")
+    if args.history_gif is not None:
+        check_plot(args.history_gif, flag="--history-gif", formats=("gif",))
     try:
         model, tokenizer = load_model(args)
     except CheckpointError as err:
@@ -128,11 +142,13 @@ def run(args: argparse.Namespace) -> int:
     bar = _progress_bar(enabled=not args.json and sys.stderr.isatty())
     try:
         out = generate(model, tokenizer, prompt, chat=args.chat, seed=args.seed, sparse=sparse,
-                       on_step=bar.update_to if bar else None, **options)
+                       on_step=bar.update_to if bar else None,
+                       output_history=bool(args.history or args.history_gif), **options)
     finally:
         if bar:
             bar.close()
 
+    _write_history(args, out, tokenizer, model.config.mask_id)
     ids = out.ids[0].tolist()
     if args.json:
         stats = {**out.stats, **summary_stats(out.stats.get("sparse"), out.stats["steps"])}
@@ -158,8 +174,24 @@ def _summary_line(s: dict[str, Any], sparse: Any) -> str:
                      f"dense + {summary['sparse_steps']} sparse steps, {kept})")
         if summary.get("backend_reason"):
             attention += f"; {summary['backend_reason']}"
-    return (f"[{s['steps']} steps, {s['gen_length']} tokens, {s['total_s']:.2f} s, "
+    return (f"[{s['steps']} steps ({s['tokens_per_forward']:.2f} tokens per forward, cache "
+            f"{s['cache'] or 'off'}), {s['gen_length']} tokens, {s['total_s']:.2f} s, "
             f"{s['step_median_s'] * 1000:.1f} ms/step, {attention}]")
+
+
+def _write_history(args: argparse.Namespace, out: Any, tokenizer: Any, mask_id: int) -> None:
+    from adaptive_dllm.generation.history import (
+        history_record,
+        write_history_gif,
+        write_history_json,
+    )
+
+    decode = None if tokenizer is None else tokenizer.decode
+    if args.history:
+        write_history_json(args.history, history_record(out.history, mask_id=mask_id,
+                                                        decode=decode))
+    if args.history_gif:
+        write_history_gif(args.history_gif, out.history, mask_id=mask_id, decode=decode)
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.cache import LoopCounts
 from adaptive_dllm.generation.dream import DreamOptions, sample_dream
 from adaptive_dllm.generation.llada import LladaOptions, sample_llada
 from adaptive_dllm.generation.schedule import StepSession
@@ -62,15 +63,18 @@ class GenerationOutput:
         text: decoded generation, cut at the first EOS with mask ids dropped; a ``str`` when
             one prompt was given (str, list of ints, 1-D tensor), a list for a batch, None
             without a tokenizer.
-        stats: timings and sizes, and the sparse session's stats
+        stats: timings, sizes, cache counts and the sparse session's stats
             (:class:`~adaptive_dllm.generation.stats.GenerationStats`; ``stats["key"]`` reads
             its JSON form).
+        history: with ``output_history=True``, (forwards + 1, B, G) int64: the generated
+            region before every forward, then the final tokens; else None.
     """
 
     ids: torch.Tensor
     sequences: torch.Tensor
     text: str | list[str] | None
     stats: GenerationStats
+    history: torch.Tensor | None = None
 
 
 def make_options(family: str, **options: Any) -> LladaOptions | DreamOptions:
@@ -82,6 +86,10 @@ def make_options(family: str, **options: Any) -> LladaOptions | DreamOptions:
     """
     sampler = get_family(family).sampler
     cls = _SAMPLERS[sampler][0]
+    if "max_new_tokens" in options:  # upstream's (and transformers') name, accepted as an alias
+        if "gen_length" in options:
+            raise AdllmError("give gen_length or max_new_tokens (an alias of it), not both")
+        options["gen_length"] = options.pop("max_new_tokens")
     valid = [f.name for f in dataclasses.fields(cls)]
     for name in options:
         if name not in valid:
@@ -107,6 +115,7 @@ def generate(
     seed: int | None = None,
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    output_history: bool = False,
     **options: Any,
 ) -> GenerationOutput:
     """Generate a continuation of one prompt or a batch of prompts.
@@ -126,9 +135,11 @@ def generate(
         attention_mask: (B, P) 0/1 for a pre-padded tensor or list-of-lists prompt, 0 at the
             left padding; built automatically for lists of different lengths.
         on_step: progress callback ``on_step(done, total)`` after every denoising step.
+        output_history: also return every step's generated tokens (``GenerationOutput.history``).
         **options: the sampler's options, e.g. ``steps``, ``gen_length``, ``block_length``,
             ``temperature``, ``cfg_scale``, ``remasking`` (LLaDA) or ``alg``, ``eps``,
-            ``top_p``, ``top_k``, ``alg_temp`` (Dream); see :class:`LladaOptions` and
+            ``top_p``, ``top_k``, ``alg_temp`` (Dream), ``cache`` and ``threshold`` (both);
+            ``max_new_tokens`` is an alias of ``gen_length``; see :class:`LladaOptions` and
             :class:`DreamOptions` for meanings and defaults.
 
     Returns:
@@ -154,28 +165,35 @@ def generate(
     input_ids = input_ids.to(device)
     mask = None if mask is None else mask.to(device)
     session = None if sparse is None else _new_session(sparse, config, opts)
+    counts = LoopCounts()
+    history: list[torch.Tensor] | None = [] if output_history else None
     grid_note = None if session is None else _block_grid_note(mask)
 
     if seed is not None:
         torch.manual_seed(seed)
     sequences, step_s, total_s = _run_timed(
         lambda step_done: sample(checked_first_forward(model), input_ids, options=opts,
-                                 attention_mask=mask, session=session, on_step=step_done),
+                                 attention_mask=mask, session=session, on_step=step_done,
+                                 history=history, counts=counts),
         device, on_step)
 
     ids = sequences[:, P:]
     stats = GenerationStats(
-        sampler=family.sampler, steps=opts.steps, batch=B, prompt_length=P,
+        sampler=family.sampler, steps=counts.forwards, batch=B, prompt_length=P,
         gen_length=opts.gen_length, total_s=total_s, step_median_s=statistics.median(step_s),
         step_s=step_s,
         tokens_per_s=B * opts.gen_length / total_s if total_s > 0 else float("inf"),
+        cache=opts.cache, threshold=opts.threshold, forwards=counts.forwards,
+        refreshes=counts.refreshes,
+        tokens_per_forward=opts.gen_length / max(counts.forwards, 1),
         sparse=None if session is None else session.stats(), batch_note=grid_note,
     )
     text = None
     if tokenizer is not None:
         texts = decode(tokenizer, ids, eos_id=_eos_id(tokenizer, config), mask_id=config.mask_id)
         text = texts[0] if single else texts
-    return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats)
+    steps = None if history is None else torch.stack(history)[:, :, P:]
+    return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats, history=steps)
 
 
 def _run_timed(run: Callable[[Callable[[int, int], None]], torch.Tensor], device: torch.device,
@@ -199,6 +217,15 @@ def _run_timed(run: Callable[[Callable[[int, int], None]], torch.Tensor], device
 
 def _new_session(sparse: SparseConfig | SparseSpec, config: ModelConfig,
                  opts: LladaOptions | DreamOptions) -> StepSession:
+    if opts.cache is not None:
+        # With a cache the session's steps are the refresh forwards, one per block.
+        from adaptive_dllm.generation.cached_sparse import wrap_session
+
+        if not isinstance(sparse, SparseConfig):
+            return wrap_session(sparse.new_session(config, opts.num_blocks), config, None)
+        session = build_session(sparse, config, opts.num_blocks, gen_length=opts.gen_length,
+                                block_starts=tuple(range(1, opts.num_blocks)))
+        return wrap_session(session, config, sparse)
     if not isinstance(sparse, SparseConfig):
         return sparse.new_session(config, opts.steps)
     block_starts: tuple[int, ...] = ()

@@ -16,6 +16,14 @@ the row's most confident proposals, ``trunc(m * (1 - s/t))`` of the ``m`` still 
 Sampler arithmetic (filtering, softmax, confidences) runs in float32: identical to upstream for
 float32 models, more precise than upstream's model-dtype arithmetic for bf16/fp16.
 
+**Blocks, cache, threshold** (options ``block_length``, ``cache``, ``threshold``; all off by
+default, and then the loop above runs unchanged). With any of them the generation is decoded in
+semi-autoregressive blocks as LLaDA's: each block gets ``steps / num_blocks`` steps whose counts
+follow the same noise schedule over the block's masked positions, only the block's positions are
+decided (prompt mask tokens are not infilled), and ``cache`` / ``threshold`` mean what they mean
+for LLaDA (:mod:`~adaptive_dllm.generation.cache`). A cached step's window starts one position
+before the block, whose row decides the block's first token.
+
 Host synchronisation: none in the step loop at ``temperature == 0`` with a ranked algorithm.
 Two documented exceptions keep upstream's random stream, whose draw sizes depend on the data:
 ``origin`` draws ``torch.rand(n_masked)`` per step, and ``temperature > 0`` samples only the
@@ -33,6 +41,19 @@ import torch
 from torch import nn
 
 from adaptive_dllm._checks import check_choice, check_float, check_int
+from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.cache import BlockCache, CacheMode, LoopCounts, check_cache
+from adaptive_dllm.generation.dream_steps import (  # noqa: F401 - tests reach them here
+    _confidence,
+    _decision_logits,
+    _filter,
+    _maskable,
+    _masked_count,
+    _origin_step,
+    _propose,
+    _ranked_step,
+    _sample_rows,
+)
 from adaptive_dllm.generation.schedule import (
     StepSession,
     dream_counts,
@@ -64,6 +85,12 @@ class DreamOptions:
             filtering, and ``top_k=50`` reproduces upstream's implicit behaviour.
         alg_temp: > 0 picks the positions to commit by sampling from
             ``softmax(confidence / alg_temp)`` instead of taking the top ones; None or 0 = off.
+        block_length: None = one pass over the whole generation (upstream); else decode in
+            semi-autoregressive blocks of this size (must divide ``gen_length``; ``steps`` must
+            be a multiple of the number of blocks).
+        cache: None, ``"prefix"`` or ``"dual"`` (blocks of ``block_length``, or one block).
+        threshold: None or tau > 0: parallel decoding as LLaDA's (ranked algorithms, no
+            ``alg_temp``); ``steps`` then does not apply and must stay unset.
     """
 
     gen_length: int = 128
@@ -74,12 +101,32 @@ class DreamOptions:
     top_p: float | None = None
     top_k: int | None = None
     alg_temp: float | None = None
+    block_length: int | None = None
+    cache: CacheMode | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         check_int("gen_length", self.gen_length)
+        check_cache("cache", self.cache)
+        if self.threshold is not None:
+            check_float("threshold", self.threshold, low=0.0, low_open=True)
+            if self.steps is not None and self.steps != self.gen_length:
+                raise AdllmError(f"steps={self.steps} does not apply with threshold (each block "
+                                 "runs until it is unmasked); leave steps unset")
+            if self.alg == "origin" or self.alg_temp:
+                raise AdllmError("threshold needs a ranked alg (maskgit_plus, topk_margin, "
+                                 "entropy) without alg_temp")
         if self.steps is None:
             object.__setattr__(self, "steps", self.gen_length)
         check_int("steps", self.steps)
+        if self.block_length is not None:
+            check_int("block_length", self.block_length)
+            if self.gen_length % self.block_length:
+                raise AdllmError(f"gen_length={self.gen_length} is not divisible by "
+                                 f"block_length={self.block_length}; pick one that divides it")
+            if self.steps % self.num_blocks:
+                raise AdllmError(f"steps={self.steps} is not a multiple of the number of blocks "
+                                 f"({self.num_blocks}); use a multiple of it")
         check_choice("alg", self.alg, get_args(Algorithm))
         check_float("eps", self.eps, low=0.0, high=1.0, low_open=True, high_open=True)
         check_float("temperature", self.temperature, low=0.0)
@@ -89,6 +136,19 @@ class DreamOptions:
             check_int("top_k", self.top_k)
         if self.alg_temp is not None:
             check_float("alg_temp", self.alg_temp, low=0.0)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the blocked loop runs (block_length, cache or threshold given)."""
+        return not (self.block_length is None and self.cache is None and self.threshold is None)
+
+    @property
+    def num_blocks(self) -> int:
+        return 1 if self.block_length is None else self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
 
 
 def sample_dream(
@@ -100,10 +160,11 @@ def sample_dream(
     session: StepSession | None = None,
     on_step: Callable[[int, int], None] | None = None,
     history: list[torch.Tensor] | None = None,
+    counts: LoopCounts | None = None,
 ) -> torch.Tensor:
     """Generate ``options.gen_length`` tokens after each prompt.
 
-    Mask tokens inside a prompt are filled too (infilling), as upstream.
+    Prompt mask tokens are infilled, as upstream (not by the blocked loop: module docstring).
 
     Args:
         model: returns (B, L - s, V) logits from
@@ -116,21 +177,19 @@ def sample_dream(
         session: passed to the model as ``attn``; ``begin_step(i, steps)`` before each call.
         on_step: ``on_step(done, steps)`` after each step, ``done`` = steps completed.
         history: if given, receives a copy of the sequence before every model call and the
-            final sequence (``steps + 1`` tensors of shape (B, L)).
+            final sequence (``forwards + 1`` tensors of shape (B, L)).
+        counts: if given, filled with the forwards and refreshes the loop ran.
 
-    Returns:
-        (B, L) int64: prompts followed by the generated tokens.
+    Returns: (B, L) int64: prompts followed by the generated tokens.
     """
-    o = options
+    o, tally = options, LoopCounts() if counts is None else counts
+    if o.blocked:
+        return _sample_blocks(model, input_ids, o, attention_mask, session, on_step, history, tally)
     mask_id = model.config.mask_id
     align = get_family(model.config.family).align_logits
     B, P = input_ids.shape
     device = input_ids.device
-    x = torch.cat([input_ids, input_ids.new_full((B, o.gen_length), mask_id)], dim=1)  # (B, L)
-    real = None
-    if attention_mask is not None:
-        gen_ones = torch.ones(B, o.gen_length, dtype=torch.bool, device=device)
-        real = torch.cat([attention_mask.bool(), gen_ones], dim=1)  # (B, L)
+    x, real = _start(input_ids, attention_mask, o.gen_length, mask_id)
 
     # Positions before `lo` hold no mask token and are never decided, so the sampler's
     # softmax / filtering skips them (the prompt when it has no mask ids, i.e. no infilling).
@@ -164,139 +223,102 @@ def sample_dream(
         else:
             region = _ranked_step(region, probs, maskable, counts[:, i], k_max[i], o, lead=lo)
         x = torch.cat([x[:, :lo], region], dim=1)
+        tally.count(refresh=True)
         if on_step is not None:
             on_step(i + 1, o.steps)
+    tally.block_steps.append(o.steps)
     if history is not None:
         history.append(x.clone())
     return x
 
 
-def _decision_logits(logits: torch.Tensor, align: Callable[[torch.Tensor], torch.Tensor],
-                     lead: int) -> torch.Tensor:
-    """Model rows from ``start`` on -> rows scoring the decided positions ``start + lead`` on.
-
-    ``lead`` is 1 when the model also returned the row just before the first decided position
-    (Dream: position i reads row i-1), 0 when decisions start at position 0.
-    """
-    if lead == 0:
-        return align(logits)
-    return align(logits)[:, lead:]
-
-
-def _maskable(x: torch.Tensor, mask_id: int, real: torch.Tensor | None) -> torch.Tensor:
-    """(B, L) bool: mask tokens at real (non-padding) positions."""
-    masked = x == mask_id
-    return masked if real is None else masked & real
+def _start(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, gen_length: int,
+           mask_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, L) prompts followed by mask tokens, and (B, L) bool real positions (None = all)."""
+    B = input_ids.shape[0]
+    x = torch.cat([input_ids, input_ids.new_full((B, gen_length), mask_id)], dim=1)
+    if attention_mask is None:
+        return x, None
+    gen_ones = torch.ones(B, gen_length, dtype=torch.bool, device=input_ids.device)
+    return x, torch.cat([attention_mask.bool(), gen_ones], dim=1)
 
 
-def _filter(logits: torch.Tensor, o: DreamOptions) -> torch.Tensor:
-    """Temperature, then top-p, then top-k on (..., V) logits; removed entries get finfo.min."""
-    if o.temperature > 0:
-        logits = logits / o.temperature
-    lowest = torch.finfo(logits.dtype).min
-    if o.top_p is not None and o.top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens ranked above it already exceed top_p (the top one stays).
-        before = torch.cat([torch.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], dim=-1)
-        drop = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before > o.top_p)
-        logits = logits.masked_fill(drop, lowest)
-    if o.top_k is not None:
-        k = min(o.top_k, logits.shape[-1])
-        kth = logits.topk(k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, lowest)
-    return logits
-
-
-def _propose(probs: torch.Tensor, rows: torch.Tensor, o: DreamOptions
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Proposed token and its probability at every position.
-
-    Args:
-        probs: (B, L, V) float32 filtered probabilities.
-        rows: (B, L) bool, the positions upstream samples (only used when temperature > 0).
-
-    Returns:
-        x0 (B, L) int64 and p(x0) (B, L) float32.
-    """
-    if o.temperature == 0:
-        p0, x0 = probs.max(dim=-1)
-        return x0, p0
-    x0 = _sample_rows(probs, rows)
-    return x0, probs.gather(-1, x0[..., None]).squeeze(-1)
-
-
-def _sample_rows(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, L) int64 tokens drawn from ``probs`` at ``rows`` (0 elsewhere).
-
-    Sync exception (documented): upstream draws one categorical sample per selected position,
-    in row-major order, so the draw has a data-dependent size; boolean indexing reads the count.
-    """
-    picked = probs[rows]  # (n, V)
-    picked = picked / picked.sum(-1, keepdim=True)  # as torch.distributions.Categorical does
-    tokens = torch.multinomial(picked, 1, replacement=True).squeeze(-1)  # (n,)
-    return torch.zeros(rows.shape, dtype=torch.long, device=rows.device).masked_scatter(
-        rows, tokens)
-
-
-def _masked_count(maskable: torch.Tensor) -> int:
-    """Sync exception (documented): ``origin`` draws ``torch.rand(n_masked)`` each step."""
-    return int(maskable.sum())
-
-
-def _confidence(probs: torch.Tensor, p0: torch.Tensor, alg: Algorithm) -> torch.Tensor:
-    """(B, L) confidence of the proposals, larger = commit first."""
-    if alg == "maskgit_plus":
-        return p0
-    if alg == "topk_margin":
-        top2 = probs.topk(2, dim=-1).values  # (B, L, 2)
-        return top2[..., 0] - top2[..., 1]
-    return (probs * torch.log(probs + 1e-10)).sum(-1)  # entropy: negative entropy
-
-
-def _ranked_step(
-    x: torch.Tensor,
-    probs: torch.Tensor,
-    maskable: torch.Tensor,
-    k: torch.Tensor,
-    k_max: int,
-    o: DreamOptions,
-    *,
-    lead: int,
-) -> torch.Tensor:
-    """Commit the ``k[b]`` most confident proposals of each row (maskgit_plus/margin/entropy).
-
-    ``x`` holds the positions from ``lead`` on. Upstream ranks (``torch.topk``) or samples
-    (``torch.multinomial``) over the full row of ``lead + N`` positions, the others at -inf.
-    Both depend on the row's width, not only on its finite entries: topk's order among exact
-    ties (common at low temperature with top-p: every one-token distribution has negative
-    entropy 0) and multinomial's draws (one exponential per column). So the row is widened
-    back to full width here; the extra columns can never be chosen.
-    """
-    x0, p0 = _propose(probs, maskable, o)
-    confidence = torch.where(maskable, _confidence(probs, p0, o.alg), -torch.inf)  # (B, N)
-    if k_max == 0:
-        return x  # upstream skips the ranking (and its draws) when nothing is committed
-    full = torch.nn.functional.pad(confidence, (lead, 0), value=-torch.inf)  # (B, lead + N)
-    if o.alg_temp:
-        picks = torch.multinomial(torch.softmax(full / o.alg_temp, dim=-1), k_max)
+def _sample_blocks(model: nn.Module, input_ids: torch.Tensor, o: DreamOptions,
+                   attention_mask: torch.Tensor | None, session: StepSession | None,
+                   on_step: Callable[[int, int], None] | None,
+                   history: list[torch.Tensor] | None, counts: LoopCounts) -> torch.Tensor:
+    """The blocked loop (block_length / cache / threshold): see the module docstring."""
+    mask_id = model.config.mask_id
+    family = get_family(model.config.family)
+    lead = 1 if family.logit_shift else 0  # rows before the block that decide its tokens
+    B, P = input_ids.shape
+    device = input_ids.device
+    x, real = _start(input_ids, attention_mask, o.gen_length, mask_id)
+    width = o.gen_length // o.num_blocks
+    timesteps = dream_timesteps(o.steps_per_block, o.eps)
+    block_counts = None
+    if o.alg != "origin":  # every block starts fully masked: one schedule for all blocks
+        block_counts = dream_counts(torch.full((B,), width, device=device), timesteps)
+        k_max = block_counts.amax(0).tolist()  # read once, before the loop
     else:
-        picks = full.topk(k_max, dim=-1).indices  # (B, k_max), best first
-    # Rows that commit fewer than k_max (padding changes their mask count) keep the first k[b].
-    keep = torch.arange(k_max, device=x.device)[None, :] < k[:, None]  # (B, k_max)
-    chosen = torch.zeros_like(full, dtype=torch.bool).scatter(-1, picks, keep)[:, lead:]
-    return torch.where(chosen, x0, x)
+        reveal_p = 1 - timesteps[1:] / timesteps[:-1]
+        reveal_p[-1] = 1.0
+        reveal_p = reveal_p.to(device)
+    cache = None if o.cache is None else BlockCache(o.cache, model.config.n_layers, x.shape[1])
+    step = 0
+    for block in range(o.num_blocks):
+        lo = P + block * width
+        hi = lo + width
+        j = 0
+        while (j < o.steps_per_block if o.threshold is None
+               else j < width and bool((x[:, lo:hi] == mask_id).any())):
+            refresh = cache is None or j == 0
+            _begin_forward(session, cache, refresh=refresh, step=step, block=block,
+                           rows=(lo - lead, hi), o=o)
+            if history is not None:
+                history.append(x.clone())
+            start = 0
+            inputs = x
+            extra = {} if cache is None else {"cache": cache}
+            if cache is not None and cache.window is not None:
+                start, stop = cache.window
+                inputs = x[:, start:stop]
+            out = model(inputs, attention_mask=real, attn=session,
+                        logits_from=lo - lead - start, **extra)
+            logits = _decision_logits(out, family.align_logits, lead)[:, :width]
+            probs = torch.softmax(_filter(logits.float(), o), dim=-1)  # (B, Lb, V)
+            region = x[:, lo:hi]
+            maskable = region == mask_id
+            if o.alg == "origin":
+                region = _origin_step(region, probs, maskable, reveal_p[j], o)
+            else:
+                k = None if o.threshold is not None else block_counts[:, j]
+                region = _ranked_step(region, probs, maskable, k,
+                                      None if k is None else k_max[j], o)
+            x[:, lo:hi] = region
+            counts.count(refresh=refresh)
+            j += 1
+            step += 1
+            if on_step is not None:
+                on_step(step, o.steps)
+        counts.block_steps.append(j)
+    if history is not None:
+        history.append(x.clone())
+    return x
 
 
-def _origin_step(
-    x: torch.Tensor,
-    probs: torch.Tensor,
-    maskable: torch.Tensor,
-    reveal_p: torch.Tensor,
-    o: DreamOptions,
-) -> torch.Tensor:
-    """Reveal each masked position with probability ``reveal_p`` (0-d), taking its proposal."""
-    draws = torch.rand(_masked_count(maskable), device=x.device)  # (n_masked,) row-major
-    reveal = torch.zeros_like(maskable).masked_scatter(maskable, draws < reveal_p)
-    x0, _ = _propose(probs, reveal, o)
-    return torch.where(reveal, x0, x)
+def _begin_forward(session: StepSession | None, cache: BlockCache | None, *, refresh: bool,
+                   step: int, block: int, rows: tuple[int, int], o: DreamOptions) -> None:
+    """Tell the session and the cache what the next forward is (see llada._begin_forward)."""
+    if cache is None:
+        if session is not None:
+            session.begin_step(step, o.steps)
+        return
+    if refresh:
+        cache.begin_refresh()
+        if session is not None:
+            session.begin_step(block, o.num_blocks)
+            if hasattr(session, "set_window"):
+                session.set_window(cache.window_for(*rows))
+    else:
+        cache.begin_cached(*rows)

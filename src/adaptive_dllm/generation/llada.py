@@ -15,7 +15,13 @@ Sampler arithmetic (CFG, softmax) runs in float32 and the Gumbel noise in float6
 upstream for float32 models, more precise than upstream's model-dtype arithmetic for bf16/fp16.
 
 The step loop never reads a tensor back to the host: transfer counts are known before the
-loop and selection uses :func:`~adaptive_dllm.generation.schedule.select_top`.
+loop and selection uses :func:`~adaptive_dllm.generation.schedule.select_top`. One documented
+exception: with ``threshold`` (parallel decoding) a block ends when it holds no mask token, which
+is read once per step (:func:`_block_open`).
+
+``cache`` (``"prefix"`` / ``"dual"``) runs every block's first step as a full forward that
+refreshes the K/V cache and the block's other steps on a window only
+(:mod:`~adaptive_dllm.generation.cache`); it is approximate by design (Fast-dLLM).
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ from torch import nn
 
 from adaptive_dllm._checks import check_choice, check_float, check_int
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.cache import (
+    BlockCache,
+    CacheMode,
+    LoopCounts,
+    check_cache,
+    threshold_counts,
+)
 from adaptive_dllm.generation.schedule import (
     StepSession,
     select_top,
@@ -36,6 +49,11 @@ from adaptive_dllm.generation.schedule import (
 )
 
 Remasking = Literal["low_confidence", "random"]
+# LLaDA-8B's <|eot_id|>: no config field carries it; used only when the vocabulary reaches it.
+LLADA_EOT_ID = 126348
+# Rank of a proposal that must come last: below every probability, but finite so that a step
+# which has to commit it still can (select_top never picks -inf ahead of finite scores).
+_LAST = -1e30
 
 
 @dataclass(frozen=True)
@@ -62,9 +80,25 @@ class LladaOptions:
     temperature: float = 0.0
     cfg_scale: float = 0.0
     remasking: Remasking = "low_confidence"
+    cache: CacheMode | None = None
+    threshold: float | None = None
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
 
     def __post_init__(self) -> None:
         check_int("gen_length", self.gen_length)
+        check_cache("cache", self.cache)
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf"):
+            if not isinstance(getattr(self, name), bool):
+                raise AdllmError(f"{name}={getattr(self, name)!r} must be True or False")
+        if self.threshold is not None:
+            check_float("threshold", self.threshold, low=0.0, low_open=True)
+            if self.steps is not None and self.steps != self.gen_length:
+                raise AdllmError(f"steps={self.steps} does not apply with threshold (each block "
+                                 "runs until it is unmasked); leave steps unset")
+            if self.remasking != "low_confidence":
+                raise AdllmError("threshold compares model confidences: it needs "
+                                 "remasking='low_confidence'")
         if self.steps is None:
             object.__setattr__(self, "steps", self.gen_length)
         if self.block_length is None:
@@ -103,6 +137,7 @@ def sample_llada(
     session: StepSession | None = None,
     on_step: Callable[[int, int], None] | None = None,
     history: list[torch.Tensor] | None = None,
+    counts: LoopCounts | None = None,
 ) -> torch.Tensor:
     """Generate ``options.gen_length`` tokens after each prompt.
 
@@ -115,10 +150,14 @@ def sample_llada(
         attention_mask: (B, P) bool or 0/1, 0 at left padding; None = no padding. Padded
             positions are never masked, never chosen and never read by real tokens.
         session: passed to the model as ``attn``; ``begin_step(step, steps)`` is called before
-            each step's (single) model call.
-        on_step: ``on_step(done, steps)`` after each step, ``done`` = steps completed.
+            each step's (single) model call. With a cache, wrap it first
+            (:func:`~adaptive_dllm.generation.cached_sparse.wrap_session`): it then sees
+            ``begin_step(block, num_blocks)`` before every refresh forward only.
+        on_step: ``on_step(done, steps)`` after each step, ``done`` = steps completed (with
+            ``threshold``, ``steps`` is the most the loop can take).
         history: if given, receives a copy of the sequence before every model call and the
-            final sequence (``steps + 1`` tensors of shape (B, L)).
+            final sequence (``forwards + 1`` tensors of shape (B, L)).
+        counts: if given, filled with the forwards and refreshes the loop ran.
 
     Returns:
         (B, L) int64: prompts followed by the generated tokens.
@@ -141,24 +180,58 @@ def sample_llada(
             model_mask = torch.cat([model_mask, model_mask], dim=0)  # (2B, L)
     # Every block is fully masked when it starts, so its counts are known now: (B, S_block).
     block_n = torch.full((B,), o.block_length, dtype=torch.long, device=device)
-    counts = split_evenly(block_n, o.steps_per_block)
-
+    schedule = split_evenly(block_n, o.steps_per_block)
+    counts = LoopCounts() if counts is None else counts
+    cache = None if o.cache is None else BlockCache(o.cache, model.config.n_layers, x.shape[1])
+    step = 0
     for block in range(o.num_blocks):
         lo = P + block * o.block_length
         hi = lo + o.block_length
-        for j in range(o.steps_per_block):
-            step = block * o.steps_per_block + j
-            if session is not None:
-                session.begin_step(step, o.steps)
+        j = 0
+        while _block_open(x, lo, hi, j, o, mask_id):
+            refresh = cache is None or j == 0
+            _begin_forward(session, cache, refresh=refresh, step=step, block=block, lo=lo,
+                           hi=hi, options=o)
             if history is not None:
                 history.append(x.clone())
-            _step(model, x, lo=lo, hi=hi, k=counts[:, j], options=o, mask_id=mask_id,
-                  model_mask=model_mask, uncond_positions=uncond_positions, session=session)
+            _step(model, x, lo=lo, hi=hi, k=None if o.threshold is not None else schedule[:, j], options=o,
+                  mask_id=mask_id, model_mask=model_mask, uncond_positions=uncond_positions,
+                  session=session, cache=cache)
+            counts.count(refresh=refresh)
+            j += 1
+            step += 1
             if on_step is not None:
-                on_step(step + 1, o.steps)
+                on_step(step, o.steps)
+        counts.block_steps.append(j)
     if history is not None:
         history.append(x.clone())
     return x
+
+
+def _block_open(x: torch.Tensor, lo: int, hi: int, j: int, o: LladaOptions, mask_id: int) -> bool:
+    """Whether block ``[lo, hi)`` takes another step. With ``threshold`` the loop reads whether
+    any mask token is left (one host sync per step, the documented exception)."""
+    if o.threshold is None:
+        return j < o.steps_per_block
+    return j < o.block_length and bool((x[:, lo:hi] == mask_id).any())
+
+
+def _begin_forward(session: StepSession | None, cache: BlockCache | None, *, refresh: bool,
+                   step: int, block: int, lo: int, hi: int, options: LladaOptions) -> None:
+    """Tell the session and the cache what the next forward is."""
+    if cache is None:
+        if session is not None:
+            session.begin_step(step, options.steps)
+        return
+    if refresh:
+        cache.begin_refresh()
+        if session is not None:
+            # Sessions wrapped for a cache count refresh forwards (cached_sparse.py).
+            session.begin_step(block, options.num_blocks)
+            if hasattr(session, "set_window"):
+                session.set_window(cache.window_for(lo, hi))
+    else:
+        cache.begin_cached(lo, hi)
 
 
 def _step(
@@ -173,21 +246,33 @@ def _step(
     model_mask: torch.Tensor | None,
     uncond_positions: torch.Tensor | None,
     session: StepSession | None,
+    cache: BlockCache | None = None,
 ) -> None:
-    """One denoising step: commit ``k[b]`` tokens of block ``x[:, lo:hi]`` in place."""
+    """One denoising step: commit ``k[b]`` tokens of block ``x[:, lo:hi]`` in place (k None:
+    threshold decoding)."""
     o = options
     # Only the current block is decided: the model skips the output head before it, and only
     # the block's rows are converted and combined.
     width = hi - lo
+    inputs = x if uncond_positions is None else torch.cat(
+        [x, torch.where(uncond_positions, mask_id, x)])  # (B or 2B, L)
+    start = 0
+    extra = {}
+    if cache is not None:
+        extra["cache"] = cache  # only then: models without a cache hook keep working
+        if cache.window is not None:
+            start, stop = cache.window
+            inputs = inputs[:, start:stop]  # the cached step computes its window only
+    out = model(inputs, attention_mask=model_mask, attn=session, logits_from=lo - start,
+                **extra)
     if uncond_positions is None:
-        out = model(x, attention_mask=model_mask, attn=session, logits_from=lo)
         logits = out[:, :width].float()  # (B, Lb, V)
     else:
-        uncond = torch.where(uncond_positions, mask_id, x)
-        both = model(torch.cat([x, uncond]), attention_mask=model_mask, attn=session,
-                     logits_from=lo)
-        cond, unc = both[:, :width].float().chunk(2, dim=0)
+        cond, unc = out[:, :width].float().chunk(2, dim=0)
         logits = unc + (o.cfg_scale + 1) * (cond - unc)  # (B, Lb, V)
+    config = model.config
+    if o.logits_eos_inf and config.eos_id is not None:
+        logits[..., config.eos_id] = -torch.inf
 
     if o.temperature > 0:
         # Drawn over the whole (B, L, V), as upstream, so the random stream matches.
@@ -203,7 +288,20 @@ def _step(
     else:
         confidence = torch.rand(x.shape, device=x.device)[:, lo:hi]
 
+    if o.confidence_eos_eot_inf:
+        for special in _end_ids(config):
+            confidence = torch.where(x0 == special, _LAST, confidence)
     current = x[:, lo:hi]
     confidence = torch.where(current == mask_id, confidence, -torch.inf)
+    if k is None:
+        k = threshold_counts(confidence, o.threshold)
     chosen = select_top(confidence, k)
     x[:, lo:hi] = torch.where(chosen, x0, current)
+
+
+def _end_ids(config: object) -> tuple[int, ...]:
+    """EOS, plus LLaDA-8B's EOT when the vocabulary holds it."""
+    ids = [] if config.eos_id is None else [config.eos_id]
+    if config.vocab_size > LLADA_EOT_ID:
+        ids.append(LLADA_EOT_ID)
+    return tuple(ids)

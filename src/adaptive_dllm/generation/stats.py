@@ -31,6 +31,11 @@ class GenerationStats(Mapping[str, Any]):
         step_median_s: Median of ``step_s``.
         step_s: Seconds per step (S values).
         tokens_per_s: ``B * G / total_s``.
+        cache: None, ``"prefix"`` or ``"dual"``.
+        threshold: The confidence threshold of parallel decoding, or None.
+        forwards: Model calls (equals ``steps``).
+        refreshes: Full forwards (every forward without a cache).
+        tokens_per_forward: ``G / forwards`` per sequence.
         sparse: The session's stats, None when attention was dense.
         batch_note: Why a padded sparse batch may differ from one-by-one runs, or None.
     """
@@ -44,6 +49,11 @@ class GenerationStats(Mapping[str, Any]):
     step_median_s: float
     step_s: list[float]
     tokens_per_s: float
+    cache: str | None
+    threshold: float | None
+    forwards: int
+    refreshes: int
+    tokens_per_forward: float
     sparse: Any
     batch_note: str | None
 

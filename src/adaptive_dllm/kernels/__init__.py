@@ -7,9 +7,9 @@
 - :mod:`.block_sparse`: block-sparse attention over a plan's indices (prefill regime);
 - :mod:`.block_mass`: exact block attention mass (one-pass / two-pass);
 - :mod:`.attend_and_score`: the fused build step, attention plus block logsumexps;
+- :mod:`.decode_sparse`: few queries over a long K/V cache, kept blocks only (cached steps);
 - :mod:`.elementwise`: RMSNorm, RoPE, SwiGLU for CUDA inference.
 
-A kernel for few queries over a long cache (the cached-step regime) belongs in
-``decode_sparse.py`` beside these. Modules other than :mod:`.support` import triton: callers
-import them on first use.
+Modules other than :mod:`.support` import triton (``decode_sparse`` lazily, for its eager
+reference): callers import them on first use.
 """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,26 @@ from adaptive_dllm.kernels.support import triton_available
 from adaptive_dllm.models.config import ModelConfig
 
 _fused_state = threading.local()  # per thread, like torch's grad mode
+
+
+class KVCache(Protocol):
+    """What ``Transformer.forward(cache=...)`` needs (implemented by
+    :class:`adaptive_dllm.generation.cache.BlockCache`).
+
+    Attributes:
+        seq_len: Lf, the full sequence length the cache covers.
+        window: None in a refresh forward (``input_ids`` is the whole sequence); else
+            ``(lo, hi)``, the positions ``input_ids`` holds (a cached step).
+    """
+
+    seq_len: int
+    window: tuple[int, int] | None
+
+    def update(self, layer: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this forward's (B, Hkv, W, D) post-RoPE k and v; return the keys and values
+        attention reads: (B, Hkv, Lf, D) in a cached step, the given ones in a refresh."""
+        ...
 
 
 @contextlib.contextmanager
@@ -125,6 +146,7 @@ class Attention(nn.Module):
         layer: int,
         hook: AttentionHook | None,
         gate: torch.Tensor | None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
@@ -136,6 +158,9 @@ class Attention(nn.Module):
             q, k = fused.rotary(q, *rope), fused.rotary(k, *rope)  # (B,H,L,D), (B,Hkv,L,D)
         else:
             q, k = apply_rotary(q.transpose(1, 2), *rope), apply_rotary(k.transpose(1, 2), *rope)
+        if cache is not None:
+            # Cached step: the window's queries read the cached keys plus their own, (B,Hkv,Lf,D).
+            k, v = cache.update(layer, k, v)
         if hook is None:
             out = attend(q, k, v, key_mask=key_mask)
         else:
@@ -173,8 +198,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, key_mask, hook, gate):  # noqa: ANN001 - internal
-        x = x + self.attn(self.attn_norm(x), rope, key_mask, self.layer, hook, gate)
+    def forward(self, x, rope, key_mask, hook, gate, cache=None):  # noqa: ANN001 - internal
+        x = x + self.attn(self.attn_norm(x), rope, key_mask, self.layer, hook, gate, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -204,6 +229,7 @@ class Transformer(nn.Module):
         attn: AttentionHook | None = None,
         head_gates: torch.Tensor | None = None,
         logits_from: int = 0,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Logits for every position from ``logits_from`` on.
 
@@ -217,11 +243,24 @@ class Transformer(nn.Module):
             logits_from: first position whose logits are computed. Samplers that only decide
                 the generated region skip the output head over the prompt (at 64k prompt
                 tokens that head costs as much as a large share of a step).
+            cache: approximate K/V cache (:class:`KVCache`). In a refresh forward
+                (``cache.window`` None) everything runs as without it and every layer's K/V is
+                stored. In a cached step ``input_ids`` holds only the window ``(lo, hi)`` of the
+                ``cache.seq_len`` positions, ``attention_mask`` still covers all of them, and
+                the window attends to the cached K/V plus its own; logits are window rows.
 
         Returns:
-            (B, L - logits_from, V) logits in the model dtype.
+            (B, L - logits_from, V) logits in the model dtype (L = the window's length in a
+            cached step).
         """
         B, L = input_ids.shape
+        lo, hi = 0, L
+        if cache is not None and cache.window is not None:
+            lo, hi = cache.window
+            if hi - lo != L or hi > cache.seq_len:
+                raise AdllmError(f"cache window {cache.window} does not match {L} input tokens "
+                                 f"of a {cache.seq_len}-token sequence")
+            L = cache.seq_len
         if L > self.config.max_seq_len:
             raise AdllmError(
                 f"sequence of {L} tokens exceeds the model maximum of {self.config.max_seq_len}; "
@@ -239,12 +278,12 @@ class Transformer(nn.Module):
             key_mask = attention_mask.bool()
             # Per-row positions starting at the first real token; padded slots get 0.
             positions = (key_mask.long().cumsum(-1) - 1).clamp_min(0)
-        rope = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
+        rope = rotary_tables(positions[:, lo:hi], self.config.head_dim, self.config.rope_theta)
         x = self.embed(input_ids)
         for i, block in enumerate(self.layers):
             gate = None if head_gates is None else head_gates[i]
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, key_mask, attn, gate, use_reentrant=False)
+                x = checkpoint(block, x, rope, key_mask, attn, gate, cache, use_reentrant=False)
             else:
-                x = block(x, rope, key_mask, attn, gate)
+                x = block(x, rope, key_mask, attn, gate, cache)
         return self.lm_head(self.norm(x[:, logits_from:]))
