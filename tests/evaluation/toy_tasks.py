@@ -8,10 +8,13 @@ two choices per item; correct when the first choice gets the higher estimate.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.evaluation.tasks.base import TaskItem
 
 PROMPTS = ("ROMEO:\n", "JULIET:\nO Romeo, ", "First Citizen:\nBefore we proceed any further, hear",
@@ -68,8 +71,31 @@ class ToyChoice:
         return {"n": self.n}
 
 
+@dataclass
+class ToyFile(ToyGenerate):
+    """Items from a JSONL file of {"prompt", "target"} lines (malformed lines: one-line error)."""
+
+    data: Path | None = None
+
+    def items(self, *, limit: int | None = None) -> list[TaskItem]:
+        out = []
+        for number, line in enumerate(Path(self.data).read_text().splitlines(), start=1):
+            try:
+                row = json.loads(line)
+                out.append(TaskItem(id=f"file/{number}", prompt=row["prompt"], target=row["target"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise AdllmError(f"{self.data}: line {number} is not a JSON object with prompt and "
+                                 "target; fix the file") from None
+        return out[:limit] if limit is not None else out
+
+    def settings(self) -> dict[str, Any]:
+        return {"data": str(self.data), "gen_length": self.gen_length}
+
+
 def make_task(**options: Any) -> Any:
-    """Factory with the signature the task table expects (``toy`` / ``toychoice``)."""
+    """Factory with the signature the task table expects: ``kind=`` picks the toy task."""
     kind = options.pop("kind", "generate")
+    if "data" in options:
+        return ToyFile(data=Path(options["data"]), gen_length=options.get("gen_length", 16))
     options = {k: v for k, v in options.items() if k in ("n", "gen_length")}
     return ToyGenerate(**options) if kind == "generate" else ToyChoice(**options)

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
     _register_nll(sub)
     _register_fidelity(sub)
+    from adaptive_dllm.cli.eval_task import register_lm_eval, register_task
+
+    register_task(sub)
+    register_lm_eval(sub)
     parser.set_defaults(func=run, eval_parser=parser)
 
 
