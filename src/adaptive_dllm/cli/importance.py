@@ -6,6 +6,7 @@ Subcommands register with ``_register_<name>(sub)`` and set ``importance_func``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -230,6 +231,9 @@ def run_estimate(args: argparse.Namespace) -> int:
                else estimators.random_importance(config, seed=args.seed))
     else:
         settings = _headig_settings(args) if args.method == "headig" else None
+        ranks = _join_ranks(args) if args.method == "headig" else None
+        if ranks is not None and not ranks.is_main:
+            say = io.StringIO()  # rank 0 alone reports and writes
         model, tok = load_model(args)
         data = _calibration(args, model, tok)
         print(f"calibration: {len(data)} example(s), {data.description['tokens']} tokens "
@@ -239,7 +243,9 @@ def run_estimate(args: argparse.Namespace) -> int:
 
             print(describe_cost(settings, len(data)), file=say, flush=True)
             imp = headig(model, data, settings, checkpointing=args.checkpointing, resume=args.resume,
-                         progress=progress)
+                         progress=progress and ranks.is_main, ranks=ranks)
+            if not ranks.is_main:
+                return 0
             c = imp.metadata["completeness"]
             print(f"completeness: sum IG {c['ig_sum_mean']:.5g} vs J(1) - J(baseline) "
                   f"{c['j_full_mean'] - c['j_baseline_mean']:.5g} (mean relative gap "
@@ -255,6 +261,18 @@ def run_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"path": str(path), "metadata": imp.metadata}, indent=1))
     return 0
+
+
+def _join_ranks(args: argparse.Namespace) -> Any:
+    """Join a torchrun job, if any (HeadIG shards its examples); this rank's device in args."""
+    import torch
+
+    from adaptive_dllm._distributed import init_ranks, rank_device
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = init_ranks(device)
+    args.device = str(rank_device(ranks, device))
+    return ranks
 
 
 def _pct(x: float | None) -> str:
