@@ -276,10 +276,15 @@ def run_fidelity(args: argparse.Namespace) -> int:
         from adaptive_dllm.importance.artifact import HeadImportance
 
         importance = HeadImportance.load(args.importance)
+    from adaptive_dllm.cli.importance import join_ranks
+
+    ranks = join_ranks(args)  # torchrun: sparse conditions dealt over ranks, rank 0 reports
     model, tok, passages, text_path, length = _model_and_passages(args)
     directory = Path(model.source)
     report = evaluate_fidelity(model, passages, settings, importance=importance, tokenizer=tok,
-                               progress=sys.stderr.isatty())
+                               progress=sys.stderr.isatty() and ranks.is_main, ranks=ranks)
+    if not ranks.is_main:
+        return 0
     param = next(model.parameters())
     record = {
         "command": "adllm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,

@@ -231,7 +231,7 @@ def run_estimate(args: argparse.Namespace) -> int:
                else estimators.random_importance(config, seed=args.seed))
     else:
         settings = _headig_settings(args) if args.method == "headig" else None
-        ranks = _join_ranks(args) if args.method == "headig" else None
+        ranks = join_ranks(args) if args.method == "headig" else None
         if ranks is not None and not ranks.is_main:
             say = io.StringIO()  # rank 0 alone reports and writes
         model, tok = load_model(args)
@@ -263,7 +263,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join_ranks(args: argparse.Namespace) -> Any:
+def join_ranks(args: argparse.Namespace) -> Any:
     """Join a torchrun job, if any (HeadIG shards its examples); this rank's device in args."""
     import torch
 
