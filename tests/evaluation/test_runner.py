@@ -147,3 +147,26 @@ def test_report_json_is_strict_with_empty_condition():
     (res,) = aggregate([], [("dense", 1.0)])
     assert res.n == 0 and res.accuracy is None and res.ci95 == (0.0, 1.0)
     assert not math.isnan(res.ci95[1])
+
+
+def test_stats_helper_reads_dicts_and_typed_objects():
+    from dataclasses import dataclass
+
+    from adaptive_dllm.evaluation.report import metric_value
+    from adaptive_dllm.evaluation.units import _keep
+
+    @dataclass
+    class Typed:
+        backend: str = "reference"
+        realized_keep_ratio: float = 0.25
+
+        def to_dict(self):
+            return {"backend": self.backend, "realized_keep_ratio": self.realized_keep_ratio}
+
+    class Attrs:
+        realized_keep_ratio = 0.5
+
+    assert metric_value({"a": 1}, "a") == 1 and metric_value(None, "a") is None
+    assert metric_value(Typed(), "realized_keep_ratio") == 0.25
+    assert metric_value(Attrs(), "realized_keep_ratio") == 0.5
+    assert _keep(Typed()) == 0.25 and _keep({"backend": "dense"}) == 1.0 and _keep(None) == 1.0

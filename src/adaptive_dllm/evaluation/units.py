@@ -88,10 +88,11 @@ def _generate_batch(ctx: UnitContext, batch: Sequence[TaskItem], cfg: Any, mode:
         for i, text in enumerate(texts):
             outputs[i].append(cut_at_stop(text or "", ctx.task.stop))
             tokens[i] += _generated_tokens(out.ids[i].tolist(), ctx)
-        seconds += float(out.stats["total_s"])
-        keeps.append(_keep(out.stats.get("sparse")))
-        steps += int(out.stats["steps"])
-        positions += int(out.stats["gen_length"])
+        # metric_value: the stats may be a dict or a typed object with to_dict().
+        seconds += float(metric_value(out.stats, "total_s"))
+        keeps.append(_keep(metric_value(out.stats, "sparse")))
+        steps += int(metric_value(out.stats, "steps"))
+        positions += int(metric_value(out.stats, "gen_length"))
     keep = None if any(v is None for v in keeps) else sum(keeps) / len(keeps)
     return [_record(ctx, item, mode, select, outputs[i], outputs[i],
                     gen_tokens=tokens[i] / ctx.settings.samples, forwards=steps,
