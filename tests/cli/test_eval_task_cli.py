@@ -52,6 +52,12 @@ def test_json_output_is_strict_and_complete(capsys):
         assert r["n"] == 2 and len(r["ci95"]) == 2 and "correct" in r["metrics"]
 
 
+def test_default_modes_follow_importance(capsys):
+    code, out, _ = run(capsys, "toy", "--json", "--limit", "1", *FAST)
+    assert code == 0
+    assert [r["mode"] for r in json.loads(out)["results"]] == ["dense", "uniform"]
+
+
 def test_table_and_resume_through_the_cli(capsys, tmp_path):
     out = tmp_path / "r.jsonl"
     args = ["toy", "--modes", "dense", "--out", str(out), *FAST]

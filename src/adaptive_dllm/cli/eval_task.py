@@ -65,8 +65,9 @@ def register_task(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--check-harness", action="store_true",
                    help="check the task's scorer on reference solutions (no model; humaneval)")
     r = p.add_argument_group("run")
-    r.add_argument("--modes", default="dense,uniform,adaptive", metavar="M[,M...]",
-                   help="dense, uniform, adaptive (default: all three)")
+    r.add_argument("--modes", default=None, metavar="M[,M...]",
+                   help="dense, uniform, adaptive (default: dense,uniform, and adaptive when "
+                        "--importance is given)")
     r.add_argument("--select", default="0.3", metavar="S[,S...]",
                    help="keep ratios of the sparse modes (default 0.3)")
     r.add_argument("--importance", default=None, metavar="FILE", help="head importance (adaptive)")
@@ -105,7 +106,8 @@ def run_settings(args: argparse.Namespace) -> Any:
     from adaptive_dllm.cli.importance import floats
     from adaptive_dllm.evaluation.runner import RunSettings
 
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    text = args.modes or ("dense,uniform,adaptive" if args.importance else "dense,uniform")
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
     selects = floats(args.select, "--select")
     sampler = {k: getattr(args, k) for k in SAMPLER_OPTIONS if getattr(args, k) is not None}
     sparse = {field: getattr(args, dest) for dest, field in SPARSE_OPTIONS.items()
