@@ -68,8 +68,11 @@ def main() -> int:
     p.add_argument("--gen-length", type=int, default=64)
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.out is not None:
         check_output_path(args.out)
     model, tok = ad.load(args.model, device=args.device)
