@@ -144,3 +144,15 @@ def save_plot(write: Callable[[Path], Any], path: str | os.PathLike[str]) -> Pat
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+def join_ranks(args: argparse.Namespace) -> Any:
+    """Join a torchrun job, if any (HeadIG shards its examples); this rank's device in args."""
+    import torch
+
+    from adaptive_dllm._distributed import init_ranks, rank_device
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = init_ranks(device)
+    args.device = str(rank_device(ranks, device))
+    return ranks

@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
     _register_nll(sub)
     _register_fidelity(sub)
+    from adaptive_dllm.cli.eval_task import register_lm_eval, register_task
+
+    register_task(sub)
+    register_lm_eval(sub)
     parser.set_defaults(func=run, eval_parser=parser)
 
 
@@ -299,10 +303,15 @@ def run_fidelity(args: argparse.Namespace) -> int:
         from adaptive_dllm.importance.artifact import HeadImportance
 
         importance = HeadImportance.load(args.importance)
+    from adaptive_dllm.cli.arguments import join_ranks
+
+    ranks = join_ranks(args)  # torchrun: sparse conditions dealt over ranks, rank 0 reports
     model, tok, passages, text_path, length = _model_and_passages(args)
     directory = Path(model.source)
     report = evaluate_fidelity(model, passages, settings, importance=importance, tokenizer=tok,
-                               progress=not args.quiet)
+                               progress=not args.quiet and ranks.is_main, ranks=ranks)
+    if not ranks.is_main:
+        return 0
     param = next(model.parameters())
     record = {
         "command": "adllm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,

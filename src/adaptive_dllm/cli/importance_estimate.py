@@ -10,6 +10,7 @@ stopped; the default resume file is deleted once the result is written.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +176,20 @@ def run_estimate(args: argparse.Namespace) -> int:
         if not args.data:
             raise AdllmError(f"--method {args.method} needs calibration data: pass --data PATH")
         settings = _headig_settings(args) if args.method == "headig" else None
+        from adaptive_dllm.cli.arguments import join_ranks
+
+        ranks = join_ranks(args) if args.method == "headig" else None
+        if ranks is not None and not ranks.is_main:
+            say, progress = io.StringIO(), False  # rank 0 alone reports and writes
         model, tok = load_model(args)
         data = _calibration(args, model, tok)
         print(f"calibration: {len(data)} example(s), {data.description['tokens']} tokens "
               f"({data.description['kind']})", file=say)
         if args.method == "headig":
-            imp = _run_headig(args, model, data, settings, resume, say=say, progress=progress)
+            imp = _run_headig(args, model, data, settings, resume, say=say, progress=progress,
+                              ranks=ranks)
+            if not ranks.is_main:
+                return 0
         else:
             imp = estimators.attention_statistics(
                 model, data, block_size=args.block_size, mask_ratio=args.mask_ratio,
@@ -197,8 +206,9 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def _run_headig(args: argparse.Namespace, model: Any, data: Any, settings: Any,
-                resume: Path | None, *, say: Any, progress: bool) -> Any:
-    from adaptive_dllm.importance.headig import describe_cost, headig, headig_per_layer
+                resume: Path | None, *, say: Any, progress: bool, ranks: Any) -> Any:
+    from adaptive_dllm.importance.headig import describe_cost, headig
+    from adaptive_dllm.importance.headig_layers import headig_per_layer
 
     cost = describe_cost(settings, len(data))
     if args.per_layer:
@@ -210,7 +220,7 @@ def _run_headig(args: argparse.Namespace, model: Any, data: Any, settings: Any,
               file=say, flush=True)
     run = headig_per_layer if args.per_layer else headig
     imp = run(model, data, settings, checkpointing=args.checkpointing, resume=resume,
-              progress=progress)
+              progress=progress, ranks=ranks)
     for part in imp.metadata.get("per_layer", [{"layer": None, **imp.metadata}]):
         c = part["completeness"]
         where = "" if part["layer"] is None else f"layer {part['layer']} "
@@ -222,7 +232,7 @@ def _run_headig(args: argparse.Namespace, model: Any, data: Any, settings: Any,
 
 def _remove_resume_files(resume: Path, imp: Any) -> None:
     """The default resume file(s) served their purpose once the result is written."""
-    from adaptive_dllm.importance.headig import layer_resume_path
+    from adaptive_dllm.importance.headig_layers import layer_resume_path
 
     layers = [p["layer"] for p in imp.metadata.get("per_layer", [])]
     for path in [layer_resume_path(resume, layer) for layer in layers] or [resume]:

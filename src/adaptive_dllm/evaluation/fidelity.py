@@ -46,18 +46,34 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
+from adaptive_dllm._distributed import Ranks, gather_objects, shard
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.evaluation.fidelity_generation import (  # noqa: F401  (kl_divergence re-exported)
+    Generation,
+    compare,
+    generate_recorded,
+    keep_ratio,
+    kl_divergence,
+    progress_bar,
+    sampler_options,
+    set_label,
+    summarize_stats,
+    tick,
+)
+from adaptive_dllm.evaluation.fidelity_report import (  # noqa: F401  (re-exported)
+    format_markdown,
+    format_table,
+    plot_fidelity,
+    table_rows,
+)
 from adaptive_dllm.evaluation.likelihood import masked_nll
 from adaptive_dllm.importance.artifact import HeadImportance
-from adaptive_dllm.models.families import get_family
 from adaptive_dllm.sparsity.config import SparseConfig
-from adaptive_dllm.sparsity.stats import SparseStats
 
 Mode = Literal["dense", "uniform", "adaptive"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -237,6 +253,7 @@ def evaluate_fidelity(
     importance: HeadImportance | None = None,
     tokenizer: Any = None,
     progress: bool = False,
+    ranks: Ranks | None = None,
 ) -> FidelityReport:
     """Dense vs uniform vs adaptive sparse attention on held-out passages (module docstring).
 
@@ -248,6 +265,9 @@ def evaluate_fidelity(
         importance: scores for ``adaptive``; None estimates them on calibration passages.
         tokenizer: passed to ``generate`` (unused for token-id prompts; may be None).
         progress: progress bars on stderr.
+        ranks: torchrun ranks: each runs the dense reference and every ``world``-th sparse
+            condition on the one-process inputs and batches; rows are gathered in plan order,
+            so every rank returns exactly the one-process report.
 
     Returns:
         A :class:`FidelityReport`: the dense row first, then modes x selects in the order given.
@@ -270,57 +290,78 @@ def evaluate_fidelity(
     if s.prompts:
         from adaptive_dllm.generation.api import make_options
 
-        make_options(config.family, **_sampler_options(model, s))  # fail before any work
+        make_options(config.family, **sampler_options(model, s))  # fail before any work
     adaptive = "adaptive" in s.modes
     if importance is not None and not adaptive:
         raise AdllmError("an importance file is only used by the adaptive mode; add it to the modes")
     picked = split_passages_for_fidelity(passages.shape[0], s,
                                          need_calibration=adaptive and importance is None)
     started = time.perf_counter()
-    imp_info = None
-    if adaptive:
-        if importance is None:
-            cal = picked["calibration"]
-            importance = calibration_importance(
-                model, passages[cal], method=s.importance_method, block_size=s.block_size,
-                seed=s.seed, names=[f"passage {i}" for i in cal])
-            imp_info = {"source": "estimated", "method": s.importance_method,
-                        "calibration_passages": cal}
-        else:
-            imp_info = {"source": "file", "method": importance.metadata.get("estimator")}
-        SparseConfig(importance=importance).weights(config)  # fits the model? (one-line error)
+    importance, imp_info = _adaptive_importance(model, passages, s, importance, picked)
     backend = s.resolved_backend(device)
     note = (f"sparse attention forced to the {backend!r} backend (backend='auto' may run dense "
             f"attention on {device.type} for {L}-token inputs), so the numbers measure sparsity")
-
+    ranks = ranks or Ranks()
     plan = [("dense", 1.0)] + [(m, sel) for m in s.modes if m != "dense" for sel in s.selects]
-    bar = _bar(len(plan) * (bool(s.passages) + bool(s.prompts)), progress)
-    eval_passages = passages[picked["eval"]]
-    prompts = passages[picked["prompts"], : s.prompt_length].to(device)
-    dense_gen: _Generation | None = None
+    # Every rank needs the dense reference; the sparse conditions are dealt over the ranks.
+    mine = [0] + [i + 1 for i in shard(range(len(plan) - 1), ranks)]
+    bar = progress_bar(len(mine) * (bool(s.passages) + bool(s.prompts)), progress)
+    inputs = (passages[picked["eval"]], passages[picked["prompts"], : s.prompt_length].to(device))
+    dense_gen: Generation | None = None
     rows: list[FidelityRow] = []
-    for mode, select in plan:
-        row = FidelityRow(mode=mode, select=select)
+    for index in mine:
+        mode, select = plan[index]
         cfg = None if mode == "dense" else SparseConfig(
             select=select, skip=s.skip, block_size=s.block_size, backend=backend,
             region=s.region, importance=importance if mode == "adaptive" else None)
-        if s.passages:
-            _set(bar, f"NLL {mode} {select:g}")
-            _likelihood(model, eval_passages, cfg, s, row, rows[0] if rows else None, progress)
-            _tick(bar)
-        if s.prompts:
-            _set(bar, f"generate {mode} {select:g}")
-            gen = _generate(model, tokenizer, prompts, cfg, s, progress)
-            if dense_gen is None:
-                dense_gen = gen
-            _compare(row, gen, dense_gen)
-            _tick(bar)
+        row, gen = _condition(model, tokenizer, inputs, cfg, s, FidelityRow(mode, select),
+                              rows[0] if rows else None, dense_gen, bar, progress)
+        dense_gen = dense_gen or gen
         rows.append(row)
     if bar is not None:
         bar.close()
-    return FidelityReport(rows=rows, settings=s, backend=backend, backend_note=note,
-                          importance=imp_info, passages=picked,
-                          elapsed_s=time.perf_counter() - started)
+    gathered = gather_objects(list(zip(mine, rows, strict=True)), ranks)
+    by_index = {i: row for part in gathered for i, row in part}
+    return FidelityReport(rows=[by_index[i] for i in range(len(plan))], settings=s,
+                          backend=backend, backend_note=note, importance=imp_info,
+                          passages=picked, elapsed_s=time.perf_counter() - started)
+
+
+def _adaptive_importance(model: nn.Module, passages: torch.Tensor, s: FidelitySettings,
+                         importance: HeadImportance | None, picked: dict[str, list[int]],
+                         ) -> tuple[HeadImportance | None, dict[str, Any] | None]:
+    """The adaptive mode's importance (given, or estimated on calibration passages) and its
+    description; (None, None) without the adaptive mode."""
+    if "adaptive" not in s.modes:
+        return None, None
+    if importance is None:
+        cal = picked["calibration"]
+        importance = calibration_importance(
+            model, passages[cal], method=s.importance_method, block_size=s.block_size,
+            seed=s.seed, names=[f"passage {i}" for i in cal])
+        info = {"source": "estimated", "method": s.importance_method, "calibration_passages": cal}
+    else:
+        info = {"source": "file", "method": importance.metadata.get("estimator")}
+    SparseConfig(importance=importance).weights(model.config)  # fits the model? (one-line error)
+    return importance, info
+
+
+def _condition(model: nn.Module, tokenizer: Any, inputs: tuple[torch.Tensor, torch.Tensor],
+               cfg: SparseConfig | None, s: FidelitySettings, row: FidelityRow,
+               dense: FidelityRow | None, dense_gen: Generation | None, bar: Any,
+               progress: bool) -> tuple[FidelityRow, Generation | None]:
+    """One (mode, select) row: likelihood and generation parts (``dense*`` None for dense)."""
+    gen = None
+    if s.passages:
+        set_label(bar, f"NLL {row.mode} {row.select:g}")
+        _likelihood(model, inputs[0], cfg, s, row, dense, progress)
+        tick(bar)
+    if s.prompts:
+        set_label(bar, f"generate {row.mode} {row.select:g}")
+        gen = generate_recorded(model, tokenizer, inputs[1], cfg, s, progress)
+        compare(row, gen, dense_gen or gen)
+        tick(bar)
+    return row, gen
 
 
 def _likelihood(model: nn.Module, passages: torch.Tensor, cfg: SparseConfig | None,
@@ -338,89 +379,8 @@ def _likelihood(model: nn.Module, passages: torch.Tensor, cfg: SparseConfig | No
         row.nll.append({"mask_ratio": r.mask_ratio, "bits": r.bits_per_token, "stderr": r.stderr,
                         "delta": r.bits_per_token - base})
     stats = None if session is None else session.stats()
-    row.keep_nll = _keep(stats)
-    row.sparse_stats["nll"] = _summary(stats)
-
-
-@dataclass
-class _Generation:
-    ids: torch.Tensor  # (K, G)
-    final: torch.Tensor  # (K, G, V) float32 logits of the last model call
-    commit: torch.Tensor  # (K, G, V) float32 logits of the step that committed each position
-    stats: dict[str, Any] | None
-
-
-class _LogitTap(nn.Module):
-    """The model, recording the generated positions' logits of every call (see module docstring)."""
-
-    def __init__(self, model: nn.Module, prompt_length: int) -> None:
-        super().__init__()
-        self.model, self.config, self.start = model, model.config, prompt_length
-        self.align = get_family(model.config.family).align_logits
-        self.final: torch.Tensor | None = None
-        self.commit: torch.Tensor | None = None
-
-    def forward(self, input_ids: torch.Tensor, *, logits_from: int = 0, **kwargs: Any) -> torch.Tensor:
-        # The sampler may skip the output head before its block; the recorder needs the whole
-        # generated region (and, for a shifted family, the row before it).
-        first = min(logits_from, max(self.start - 1, 0))
-        logits = self.model(input_ids, logits_from=first, **kwargs)
-        gen = self.align(logits)[:, self.start - first :].float()  # (K, G, V)
-        masked = input_ids[:, self.start :, None] == self.config.mask_id  # (K, G, 1)
-        self.commit = gen if self.commit is None else torch.where(masked, gen, self.commit)
-        self.final = gen
-        return logits[:, logits_from - first :]
-
-
-def _generate(model: nn.Module, tokenizer: Any, prompts: torch.Tensor, cfg: SparseConfig | None,
-              s: FidelitySettings, progress: bool) -> _Generation:
-    from adaptive_dllm.generation.api import generate
-
-    tap = _LogitTap(model, prompts.shape[1])
-    bar = _bar(s.steps, progress, desc="denoising steps", leave=False)
-    # generate() tells the session the generation length (region="separate" budgets).
-    out = generate(tap, tokenizer, prompts, sparse=cfg, seed=s.seed,
-                   on_step=(lambda done, total: _tick(bar)) if bar is not None else None,
-                   **_sampler_options(model, s))
-    if bar is not None:
-        bar.close()
-    return _Generation(ids=out.ids, final=tap.final, commit=tap.commit, stats=out.stats["sparse"])
-
-
-def _sampler_options(model: nn.Module, s: FidelitySettings) -> dict[str, Any]:
-    options: dict[str, Any] = {"gen_length": s.gen_length, "steps": s.steps, "temperature": 0.0}
-    if get_family(model.config.family).sampler == "llada":
-        options["block_length"] = s.block_length
-    return options
-
-
-def _compare(row: FidelityRow, gen: _Generation, dense: _Generation) -> None:
-    row.token_agreement = float((gen.ids == dense.ids).double().mean())
-    row.kl_final = float(kl_divergence(dense.final, gen.final).mean())
-    row.kl_commit = float(kl_divergence(dense.commit, gen.commit).mean())
-    row.keep_gen = _keep(gen.stats)
-    row.sparse_stats["gen"] = _summary(gen.stats)
-
-
-def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(p) || softmax(q)) in nats over the last axis, float64: (...,)."""
-    lp = torch.log_softmax(p_logits.double(), dim=-1)
-    lq = torch.log_softmax(q_logits.double(), dim=-1)
-    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
-
-
-def _keep(stats: dict[str, Any] | None) -> float:
-    """Realised keep ratio; dense runs (no plan) keep every block."""
-    if stats is None or stats.get("backend") == "dense" or stats.get("realized_keep_ratio") is None:
-        return 1.0
-    return float(stats["realized_keep_ratio"])
-
-
-_SUMMARY_KEYS = SparseStats.summary_keys(detail=True)
-
-
-def _summary(stats: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if stats is None else {k: stats.get(k) for k in _SUMMARY_KEYS}
+    row.keep_nll = keep_ratio(stats)
+    row.sparse_stats["nll"] = summarize_stats(stats)
 
 
 def _spread(pool: list[int], n: int) -> list[int]:
@@ -429,115 +389,3 @@ def _spread(pool: list[int], n: int) -> list[int]:
 
 def _real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _bar(total: int, enabled: bool, *, desc: str = "fidelity", leave: bool = True) -> Any:
-    if not enabled:
-        return None
-    from adaptive_dllm._progress import progress_bar  # tqdm on a terminal, lines in logs
-
-    return progress_bar(total, desc=desc, unit="run" if leave else "step", leave=leave)
-
-
-def _set(bar: Any, text: str) -> None:
-    if bar is not None:
-        bar.set_postfix_str(text)
-
-
-def _tick(bar: Any) -> None:
-    if bar is not None:
-        bar.update(1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Presentation
-
-
-def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    """Header plus one row of cells per (mode, select) of a report dict (:meth:`FidelityReport.to_dict`)."""
-    ratios = report["settings"]["mask_ratios"]
-    head = ["mode", "select", "keep nll"] + [f"bpb@{r:g} (delta)" for r in ratios]
-    lines = [head + ["agree", "KL final", "KL commit", "keep gen"]]
-    for r in report["rows"]:
-        cells = [r["mode"], f"{r['select']:.2f}", _num(r["keep_nll"], 3)]
-        for j in range(len(ratios)):
-            if r["nll"] is None:
-                cells.append("-")
-            else:
-                e = r["nll"][j]
-                delta = "" if r["mode"] == "dense" else f" ({e['delta']:+.4f})"
-                cells.append(f"{e['bits']:.4f}{delta}")
-        cells += [_num(r["token_agreement"], 3), _num(r["kl_final"], 4, "g"),
-                  _num(r["kl_commit"], 4, "g"), _num(r["keep_gen"], 3)]
-        lines.append(cells)
-    return lines
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """A plain-text table of a report dict (:meth:`FidelityReport.to_dict`)."""
-    lines = table_rows(report)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                               enumerate(zip(line, widths, strict=True))) for line in lines)
-
-
-def format_markdown(report: dict[str, Any]) -> str:
-    """The same table as GitHub markdown (for docs)."""
-    lines = table_rows(report)
-    out = ["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
-    return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines[1:]])
-
-
-def _num(x: float | None, digits: int, kind: str = "f") -> str:
-    return "-" if x is None else f"{x:.{digits}{kind}}"
-
-
-def plot_fidelity(report: dict[str, Any], path: str | Path) -> Path:
-    """PNG of quality vs select per mode: NLL per mask ratio, token agreement, KL (dense dashed).
-
-    Raises:
-        AdllmError: the file cannot be written.
-    """
-    # A Figure of its own: no pyplot state, no process-wide backend switch.
-    from matplotlib.figure import Figure
-
-    rows = report["rows"]
-    dense = rows[0]
-    ratios = report["settings"]["mask_ratios"]
-    panels: list[tuple[str, Any]] = []
-    if dense["nll"] is not None:
-        panels += [(f"masked NLL, r={r:g} (bits/token)", lambda row, j=j: row["nll"][j]["bits"])
-                   for j, r in enumerate(ratios)]
-    if dense["token_agreement"] is not None:
-        panels += [("token agreement with dense", lambda row: row["token_agreement"]),
-                   ("KL(dense || sparse), nats", lambda row: row["kl_final"])]
-    fig = Figure(figsize=(3.6 * len(panels), 3.4))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    modes = [m for m in dict.fromkeys(r["mode"] for r in rows) if m != "dense"]
-    colors = {m: f"C{i}" for i, m in enumerate(modes)}
-    for ax, (title, get) in zip(axes[0], panels, strict=True):
-        ax.axhline(get(dense), color="black", linestyle="--", linewidth=1, label="dense")
-        for mode in modes:
-            pts = sorted((r["select"], get(r)) for r in rows if r["mode"] == mode)
-            kl = title.startswith("KL")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[mode],
-                    label=f"{mode} (final step)" if kl else mode)
-            if kl:
-                pts = sorted((r["select"], r["kl_commit"]) for r in rows if r["mode"] == mode)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", linestyle=":",
-                        color=colors[mode], label=f"{mode} (commit step)")
-                ax.legend(fontsize=7)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("select (target keep ratio)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    s = report["settings"]
-    fig.suptitle(f"fidelity to dense: block {s['block_size']}, skip {s['skip']:g}, "
-                 f"backend {report['backend']}", fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    try:
-        fig.savefig(out, dpi=120)
-    except OSError as err:
-        raise AdllmError(f"cannot write plot {str(out)!r} ({err})") from None
-    return out

@@ -49,29 +49,36 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adaptive_dllm._distributed import Ranks, gather_objects, shard
 from adaptive_dllm._io import atomic_write
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
-from adaptive_dllm.importance.calibration import CalibrationSet, Example, scored_span
+from adaptive_dllm.importance.calibration import CalibrationSet, Example
+from adaptive_dllm.importance.gate_paths import (  # noqa: F401  (re-exported)
+    GradFn,
+    LossMode,
+    MaskedObjective,
+    PostProcess,
+    Rule,
+    derive_seed,
+    gate_path,
+    integrated_gradients,
+    mask_variants,
+    postprocess,
+    stp_thresholds,
+)
 from adaptive_dllm.models.families import get_family
-from adaptive_dllm.models.transformer import fused_kernels
 
 log = logging.getLogger(__name__)
 
 PathMode = Literal["stp", "dp"]
-LossMode = Literal["mean_masked", "sum"]
-PostProcess = Literal["signed", "abs", "relu"]
-Rule = Literal["midpoint", "right"]
-
-GradFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # gates -> (J, dJ/dgates)
 
 
 @dataclass(frozen=True)
@@ -165,150 +172,6 @@ def describe_cost(settings: HeadIGSettings, n_examples: int) -> str:
     )
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from the given parts (stable across runs, platforms and processes)."""
-    digest = hashlib.sha256("|".join(map(str, ("headig", *parts))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def mask_variants(
-    example: Example, settings: HeadIGSettings, index: int, *, mask_id: int, logit_shift: bool
-) -> tuple[Tensor, Tensor]:
-    """The masked inputs of one example: (inputs (Vv, L) int64, masked (Vv, L) bool).
-
-    Variant order is ratio-major. Each variant masks every position of the scored span
-    independently with probability r (at least one position), from a CPU generator seeded with
-    (seed, index, ratio index, sample).
-    """
-    begin, end = scored_span(example, logit_shift)
-    n = end - begin
-    inputs, masked = [], []
-    for j, ratio in enumerate(settings.mask_ratios):
-        for s in range(settings.mask_samples):
-            gen = torch.Generator().manual_seed(derive_seed("mask", settings.seed, index, j, s))
-            pick = torch.rand(n, generator=gen) < ratio
-            if not pick.any():
-                pick[torch.randint(n, (1,), generator=gen)] = True
-            m = torch.zeros(example.length, dtype=torch.bool)
-            m[begin:end] = pick
-            inputs.append(torch.where(m, mask_id, example.ids))
-            masked.append(m)
-    return torch.stack(inputs), torch.stack(masked)
-
-
-def stp_thresholds(shape: tuple[int, int], *, seed: int, index: int, path: int) -> Tensor:
-    """(Ly, H) float64 thresholds u ~ U[0, 1), seeded by (seed, example index, path index)."""
-    gen = torch.Generator().manual_seed(derive_seed("path", seed, index, path))
-    return torch.rand(shape, generator=gen, dtype=torch.float64)
-
-
-def gate_path(t: float, alpha0: Tensor, thresholds: Tensor | None) -> Tensor:
-    """alpha(t) of the DP path (``thresholds`` None) or of the STP path with these thresholds."""
-    if thresholds is None:
-        frac: Tensor | float = t
-    else:
-        frac = ((t - thresholds) / (1.0 - thresholds)).clamp(0.0, 1.0)
-    return alpha0 + (1.0 - alpha0) * frac
-
-
-def integrated_gradients(
-    grad_fn: GradFn,
-    alpha0: Tensor,
-    *,
-    steps: int,
-    thresholds: Tensor | None = None,
-    rule: Rule = "midpoint",
-    on_step: Callable[[], None] | None = None,
-) -> Tensor:
-    """Integrated gradients of J along one gate path (see the module docstring for the rule).
-
-    Args:
-        grad_fn: gates (Ly, H) float32 -> (J scalar tensor, dJ/dgates (Ly, H)).
-        alpha0: (Ly, H) float64 start of the path; 1 where a head is not attributed.
-        steps: K.
-        thresholds: (Ly, H) STP thresholds in [0, 1), or None for the diagonal path.
-        rule: ``midpoint`` or ``right``.
-        on_step: called after every gradient evaluation (progress bars).
-
-    Returns:
-        (Ly, H) float64 attributions; their sum approximates J(1) - J(alpha0).
-    """
-    ig = torch.zeros_like(alpha0)
-    for k in range(1, steps + 1):
-        t_eval = (k - 0.5) / steps if rule == "midpoint" else k / steps
-        delta = gate_path(k / steps, alpha0, thresholds) - gate_path((k - 1) / steps, alpha0, thresholds)
-        if on_step is not None:
-            on_step()
-        if not bool((delta != 0).any()):  # STP: no head moves in this interval, skip the pass
-            continue
-        _, grad = grad_fn(gate_path(t_eval, alpha0, thresholds).float())
-        ig += grad.double().cpu() * delta
-    return ig
-
-
-class MaskedObjective:
-    """J(gates) = -(1/Vv) sum_v loss_v(gates) for one example's mask variants.
-
-    Args:
-        model: the transformer.
-        clean: (L,) int64 unmasked token ids (the targets).
-        inputs: (Vv, L) masked inputs; masked: (Vv, L) bool, True where a token was masked.
-        loss: ``mean_masked`` or ``sum``.
-        batch_size: variants per forward pass.
-    """
-
-    def __init__(self, model: nn.Module, clean: Tensor, inputs: Tensor, masked: Tensor, *,
-                 loss: LossMode, batch_size: int) -> None:
-        self.model = model
-        self.family = get_family(model.config.family)
-        self.device = next(model.parameters()).device
-        self.n = inputs.shape[0]
-        self.loss = loss
-        self.batches = []
-        for i in range(0, self.n, batch_size):
-            x, m = inputs[i : i + batch_size], masked[i : i + batch_size]
-            targets = clean.expand_as(x)[m]  # (M,) in row-major order of m
-            self.batches.append(tuple(t.to(self.device) for t in (x, m, targets)))
-
-    def _losses(self, x: Tensor, m: Tensor, targets: Tensor, gates: Tensor) -> Tensor:
-        logits = self.family.align_logits(self.model(x, head_gates=gates))  # (b, L, V)
-        ce = F.cross_entropy(logits[m].float(), targets, reduction="none")  # (M,)
-        rows = m.nonzero()[:, 0]  # variant of each masked position
-        per_variant = torch.zeros(x.shape[0], device=ce.device).index_add(0, rows, ce)  # (b,)
-        if self.loss == "mean_masked":
-            per_variant = per_variant / m.sum(1)
-        return per_variant
-
-    def value(self, gates: Tensor) -> float:
-        """J at ``gates`` (Ly, H), without gradients."""
-        gates = gates.float().to(self.device)
-        # Eager element-wise code as in value_and_grad (which needs autograd), so that the
-        # completeness check compares one computation, not two roundings of it.
-        with torch.no_grad(), fused_kernels(False):
-            total = sum(self._losses(*batch, gates).sum() for batch in self.batches)
-        return float(-total / self.n)
-
-    def value_and_grad(self, gates: Tensor) -> tuple[Tensor, Tensor]:
-        """J and dJ/dgates at ``gates`` (Ly, H), backpropagating one variant batch at a time."""
-        g = gates.detach().float().to(self.device).requires_grad_(True)
-        total = torch.zeros((), device=self.device)
-        with torch.enable_grad():
-            for batch in self.batches:
-                part = -self._losses(*batch, g).sum() / self.n
-                part.backward()
-                total = total + part.detach()
-        assert g.grad is not None
-        return total, g.grad
-
-
-def _postprocess(ig: Tensor, mode: PostProcess) -> Tensor:
-    if mode == "abs":
-        return ig.abs()
-    if mode == "relu":
-        return ig.clamp_min(0)
-    return ig
-
-
 class _Frozen:
     """Freeze parameters and set activation checkpointing for the duration of a run."""
 
@@ -399,6 +262,7 @@ def headig(
     checkpointing: bool | None = None,
     resume: str | Path | None = None,
     progress: bool = False,
+    ranks: Ranks | None = None,
 ) -> HeadImportance:
     """Estimate head importance with HeadIG.
 
@@ -410,7 +274,11 @@ def headig(
             parameters (7-8B models do not fit otherwise).
         resume: a file where partial results are saved after every example; a run restarted
             with the same file, settings, data and model skips the examples already done.
+            Under torchrun every rank keeps its own file, ``<resume>.rank<r>of<world>``.
         progress: show a progress bar (one tick per gradient evaluation).
+        ranks: torchrun ranks (:func:`~adaptive_dllm._distributed.init_ranks`): every rank
+            attributes every ``world``-th example and the per-example attributions are gathered
+            in example order, so every rank returns exactly the one-process result.
 
     Returns:
         A :class:`~adaptive_dllm.importance.artifact.HeadImportance` over query heads, signed
@@ -421,62 +289,93 @@ def headig(
         AdllmError: bad settings, layer range, empty data, or a resume file for another run.
     """
     settings = settings or HeadIGSettings()
+    ranks = ranks or Ranks()
     exs = list(examples)
     if not exs:
         raise AdllmError("HeadIG needs at least one calibration example")
     cfg = model.config
-    family = get_family(cfg.family)
     shape = (cfg.n_layers, cfg.n_heads)
     layers = settings.layer_range(cfg.n_layers)
     alpha0 = torch.ones(shape, dtype=torch.float64)
     alpha0[layers.start : layers.stop] = settings.baseline
     if checkpointing is None:
         checkpointing = sum(p.numel() for p in model.parameters()) > 1e9
+    mine = shard(range(len(exs)), ranks)  # this rank's example indices
     resume_path = Path(resume) if resume is not None else None
-    state = _load_state(resume_path, _fingerprint(model, exs, settings))
-    device = next(model.parameters()).device
+    if resume_path is not None and ranks.distributed:
+        resume_path = resume_path.with_name(f"{resume_path.name}.rank{ranks.rank}of{ranks.world}")
+    state = _load_state(resume_path, _fingerprint(model, [exs[i] for i in mine], settings))
     log.info(describe_cost(settings, len(exs)))
     ticks_per_example = settings.paths * settings.steps
 
     bar = tick = None
     if progress:
-        bar, tick = progress_bar(len(exs) * ticks_per_example, desc="HeadIG", unit="step",
+        bar, tick = progress_bar(len(mine) * ticks_per_example, desc="HeadIG", unit="step",
                                  initial=len(state["ig"]) * ticks_per_example)
     started = time.perf_counter()
     first = len(state["ig"])
     with _Frozen(model, checkpointing):
-        for i in range(first, len(exs)):
-            inputs, masked = mask_variants(exs[i], settings, i, mask_id=cfg.mask_id,
-                                           logit_shift=family.logit_shift)
-            objective = MaskedObjective(model, exs[i].ids, inputs, masked, loss=settings.loss,
-                                        batch_size=settings.mask_batch_size)
-            ig = torch.zeros(shape, dtype=torch.float64)
-            for p in range(settings.paths):
-                u = (stp_thresholds(shape, seed=settings.seed, index=i, path=p)
-                     if settings.path == "stp" else None)
-                ig += integrated_gradients(objective.value_and_grad, alpha0, steps=settings.steps,
-                                           thresholds=u, rule=settings.rule,
-                                           on_step=tick)
-            ig /= settings.paths
-            j_full, j_base = objective.value(torch.ones(shape)), objective.value(alpha0)
+        for pos in range(first, len(mine)):
+            ig, j_full, j_base = _attribute_example(model, exs[mine[pos]], mine[pos], settings,
+                                                    alpha0, tick)
             state["ig"].append(ig.float())
             state["j_full"].append(j_full)
             state["j_base"].append(j_base)
             if bar is not None:
                 bar.set_postfix(gap=f"{_rel_gap(ig.sum().item(), j_full - j_base):.1%}")
-                if i == first:  # the cost line came first; now a measured time estimate
-                    each = time.perf_counter() - started
-                    bar.write(f"HeadIG: example {i + 1} took {each:.1f} s; about "
-                              f"{each * (len(exs) - i - 1):.0f} s for the remaining "
-                              f"{len(exs) - i - 1}", file=sys.stderr)
+                if pos == first:  # the cost line came first; now a measured time estimate
+                    each, left = time.perf_counter() - started, len(mine) - pos - 1
+                    bar.write(f"HeadIG: example {mine[pos] + 1} took {each:.1f} s; about "
+                              f"{each * left:.0f} s for the remaining {left}", file=sys.stderr)
             if resume_path is not None:
                 _save_state(resume_path, state)
     if bar is not None:
         bar.close()
-    elapsed = time.perf_counter() - started
+    results = _gather_examples(mine, state, ranks)
+    return _artifact(model, examples, settings, results, layers, checkpointing,
+                     time.perf_counter() - started)
 
+
+def _attribute_example(model: nn.Module, example: Example, index: int, settings: HeadIGSettings,
+                       alpha0: Tensor, tick: Callable[[], None] | None
+                       ) -> tuple[Tensor, float, float]:
+    """(Ly, H) float64 path-averaged IG of one example, J(1) and J(alpha0)."""
+    cfg = model.config
+    inputs, masked = mask_variants(example, settings, index, mask_id=cfg.mask_id,
+                                   logit_shift=get_family(cfg.family).logit_shift)
+    objective = MaskedObjective(model, example.ids, inputs, masked, loss=settings.loss,
+                                batch_size=settings.mask_batch_size)
+    ig = torch.zeros(alpha0.shape, dtype=torch.float64)
+    for p in range(settings.paths):
+        u = (stp_thresholds(tuple(alpha0.shape), seed=settings.seed, index=index, path=p)
+             if settings.path == "stp" else None)
+        ig += integrated_gradients(objective.value_and_grad, alpha0, steps=settings.steps,
+                                   thresholds=u, rule=settings.rule,
+                                   on_step=tick)
+    ig /= settings.paths
+    return ig, objective.value(torch.ones(alpha0.shape)), objective.value(alpha0)
+
+
+def _gather_examples(mine: Sequence[int], state: dict[str, Any], ranks: Ranks) -> dict[str, list]:
+    """Every example's (ig, j_full, j_base) in example order, gathered from every rank.
+
+    Gathering the per-example tensors (instead of all-reducing their sum) keeps the final mean
+    in one fixed order, so the result is bit-identical to a one-process run.
+    """
+    parts = gather_objects((list(mine), state["ig"], state["j_full"], state["j_base"]), ranks)
+    rows = sorted((i, ig, jf, jb) for idx, igs, jfs, jbs in parts
+                  for i, ig, jf, jb in zip(idx, igs, jfs, jbs, strict=True))
+    return {"ig": [r[1] for r in rows], "j_full": [r[2] for r in rows], "j_base": [r[3] for r in rows]}
+
+
+def _artifact(model: nn.Module, examples: CalibrationSet | Sequence[Example],
+              settings: HeadIGSettings, state: dict[str, list], layers: range,
+              checkpointing: bool, elapsed: float) -> HeadImportance:
+    """The HeadImportance of the gathered per-example attributions, with its metadata."""
+    cfg = model.config
+    shape = (cfg.n_layers, cfg.n_heads)
     per_example = torch.stack(state["ig"]).double()  # (N, Ly, H)
-    scores = _postprocess(per_example, settings.postprocess).mean(0).float()
+    scores = postprocess(per_example, settings.postprocess).mean(0).float()
     outside = torch.ones(shape, dtype=torch.bool)
     outside[layers.start : layers.stop] = False
     scores[outside] = float("nan")
@@ -484,6 +383,7 @@ def headig(
     deltas = torch.tensor(state["j_full"], dtype=torch.float64) - torch.tensor(state["j_base"],
                                                                                 dtype=torch.float64)
     gaps = [_rel_gap(float(s), float(d)) for s, d in zip(sums, deltas, strict=True)]
+    exs = list(examples)
     metadata = {
         "estimator": "headig",
         "sign": "higher_is_more_important",
@@ -506,52 +406,12 @@ def headig(
         "n_kv_heads": cfg.n_kv_heads,
         "model": getattr(model, "source", None),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(device),
+        "device": str(next(model.parameters()).device),
         "checkpointing": checkpointing,
         "elapsed_s": round(elapsed, 2),
         "torch": torch.__version__,
     }
     return HeadImportance(scores=scores, head_kind="query", metadata=metadata)
-
-
-def headig_per_layer(
-    model: nn.Module,
-    examples: CalibrationSet | Sequence[Example],
-    settings: HeadIGSettings | None = None,
-    *,
-    checkpointing: bool | None = None,
-    resume: str | Path | None = None,
-    progress: bool = False,
-) -> HeadImportance:
-    """HeadIG run separately for each layer of ``settings.layers`` (default all).
-
-    Each run moves only that layer's gates along the path, the other layers held at 1, so a
-    head is scored in the context of the full model rather than of a jointly shrunk one. Costs
-    one :func:`headig` run per layer. ``resume`` names a file per layer: ``NAME.layerI.SUFFIX``.
-    The metadata keeps every layer's completeness diagnostics under ``per_layer``.
-    """
-    settings = settings or HeadIGSettings()
-    layers = settings.layer_range(model.config.n_layers)
-    scores = torch.full((model.config.n_layers, model.config.n_heads), float("nan"))
-    per_layer, last = [], None
-    for layer in layers:
-        part_resume = None if resume is None else layer_resume_path(Path(resume), layer)
-        last = headig(model, examples, replace(settings, layers=(layer, layer)),
-                      checkpointing=checkpointing, resume=part_resume, progress=progress)
-        scores[layer] = last.scores[layer]
-        per_layer.append({"layer": layer, "completeness": last.metadata["completeness"],
-                          "elapsed_s": last.metadata["elapsed_s"]})
-    assert last is not None  # layer_range is never empty
-    metadata = {**last.metadata, "settings": {**asdict(settings), "per_layer": True},
-                "layers_attributed": [layers.start, layers.stop - 1], "per_layer": per_layer,
-                "elapsed_s": round(sum(p["elapsed_s"] for p in per_layer), 2)}
-    metadata.pop("completeness")
-    return HeadImportance(scores=scores, head_kind="query", metadata=metadata)
-
-
-def layer_resume_path(resume: Path, layer: int) -> Path:
-    """The resume file of one layer of a per-layer run."""
-    return resume.with_name(f"{resume.stem}.layer{layer}{resume.suffix}")
 
 
 def _rel_gap(ig_sum: float, delta: float) -> float:

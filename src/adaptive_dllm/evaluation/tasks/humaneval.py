@@ -101,6 +101,10 @@ class HumanEval:
         # Zero-shot; code needs room: 512 tokens, one per step, blocks of 32 (LLaDA's settings).
         return {"gen_length": self.gen_length, "steps": self.gen_length, "block_length": 32}
 
+    def check_harness(self, *, limit: int | None = None) -> dict[str, Any]:
+        """:func:`check_harness` of this task (``adllm eval task humaneval --check-harness``)."""
+        return check_harness(self, limit=limit, workers=self.workers)
+
     def _problem(self, item: TaskItem) -> HumanEvalProblem:
         index = item.meta.get("index")
         if not isinstance(index, int) or not 0 <= index < len(self._problems) \

@@ -1,0 +1,240 @@
+"""``adllm eval task TASK``: task accuracy of dense vs uniform vs adaptive sparse attention.
+
+Registered by :mod:`adaptive_dllm.cli.eval` (``register_task(sub)``). Runs under ``torchrun``
+unchanged: every rank evaluates its share of the items and rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from adaptive_dllm.errors import AdllmError
+
+EPILOG = """\
+One run evaluates every mode x select on the same items and prints one table:
+accuracy with a 95% Wilson interval, mean generated tokens, tokens/s (generated
+positions per second of generation), forwards per item and the realised keep
+ratio. --out FILE.jsonl gets one line per (item, mode, select) as it finishes;
+rerunning with the same --out resumes (and refuses if the settings differ).
+
+examples:
+  adllm eval task gsm8k --model ~/ckpt/LLaDA-8B-Instruct --limit 4 \\
+      --modes dense,uniform --select 0.5 --json
+  adllm eval task gsm8k --model ~/ckpt/LLaDA-8B-Instruct --modes dense,uniform,adaptive \\
+      --select 0.3 --importance headig.safetensors --gen-length 256 --steps 256 \\
+      --block-length 32 --batch-size 8 --out gsm8k.jsonl
+  torchrun --nproc-per-node 8 -m adaptive_dllm.cli eval task gsm8k --model DIR \\
+      --modes dense,uniform,adaptive --select 0.3 --importance heads.safetensors --out gsm8k.jsonl
+  adllm eval task humaneval --check-harness --json
+"""
+
+# CLI dest -> sampler option; only options the user gave are passed (over the task's defaults).
+SAMPLER_OPTIONS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
+                   "alg", "alg_temp", "eps", "top_p", "top_k", "logits_eos_inf",
+                   "confidence_eos_eot_inf")
+# CLI dest -> SparseConfig field.
+SPARSE_OPTIONS = {"skip": "skip", "block_size": "block_size", "sparse_backend": "backend",
+                  "region": "region", "min_keep_ratio": "min_keep_ratio", "refresh": "refresh"}
+
+
+def register_task(sub: argparse._SubParsersAction) -> None:
+    """Add ``adllm eval task`` to the ``adllm eval`` subparsers."""
+    from adaptive_dllm.cli.importance import add_model_args
+    from adaptive_dllm.generation.dream import Algorithm
+    from adaptive_dllm.generation.llada import Remasking
+    from adaptive_dllm.sparsity.config import BLOCK_SIZES
+
+    p = sub.add_parser("task", help="task accuracy (GSM8K, HumanEval, choice, retrieval) per mode",
+                       description="Evaluate a task under dense, uniform and adaptive sparse "
+                                   "attention on the same items.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", metavar="TASK", help="gsm8k, humaneval, choice, retrieval")
+    add_model_args(p)
+    t = p.add_argument_group("task")
+    t.add_argument("--data", type=Path, default=None, metavar="FILE",
+                   help="local data file (default: the task's bundled data)")
+    t.add_argument("--shots", type=int, default=None, metavar="K", help="few-shot examples")
+    t.add_argument("--limit", type=int, default=None, metavar="N", help="first N items only")
+    t.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task-specific option (repeatable), e.g. length=4096")
+    t.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="chat template around prompts (default: when the tokenizer has one)")
+    t.add_argument("--check-harness", action="store_true",
+                   help="check the task's scorer on reference solutions (no model; humaneval)")
+    r = p.add_argument_group("run")
+    r.add_argument("--modes", default=None, metavar="M[,M...]",
+                   help="dense, uniform, adaptive (default: dense,uniform, and adaptive when "
+                        "--importance is given)")
+    r.add_argument("--select", default="0.3", metavar="S[,S...]",
+                   help="keep ratios of the sparse modes (default 0.3)")
+    r.add_argument("--importance", default=None, metavar="FILE", help="head importance (adaptive)")
+    r.add_argument("--batch-size", type=int, default=1, metavar="B", help="items per batch")
+    r.add_argument("--samples", type=int, default=1, metavar="N", help="completions per item")
+    r.add_argument("--mc-num", type=int, default=128, metavar="N",
+                   help="Monte-Carlo samples per log-likelihood (choice tasks; default 128)")
+    r.add_argument("--seed", type=int, default=0, help="base seed (per-item seeds derive from it)")
+    r.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl",
+                   help="per-item results, resumed when the file exists")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    g = p.add_argument_group("sampler (over the task's defaults)")
+    for flag, kind in (("--steps", int), ("--gen-length", int), ("--block-length", int),
+                       ("--temperature", float), ("--cfg-scale", float), ("--alg-temp", float),
+                       ("--eps", float), ("--top-p", float), ("--top-k", int)):
+        g.add_argument(flag, type=kind, default=None)
+    g.add_argument("--remasking", choices=get_args(Remasking), default=None)
+    g.add_argument("--alg", choices=get_args(Algorithm), default=None)
+    g.add_argument("--logits-eos-inf", action="store_true", default=None,
+                   help="LLaDA: never generate EOS (upstream evaluation option)")
+    g.add_argument("--confidence-eos-eot-inf", action="store_true", default=None,
+                   help="LLaDA: never commit EOS/EOT by confidence (upstream evaluation option)")
+    s = p.add_argument_group("sparse attention (uniform and adaptive)")
+    s.add_argument("--skip", type=float, default=None, metavar="K", help="dense step fraction")
+    s.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None, metavar="B")
+    s.add_argument("--sparse-backend", choices=("auto", "triton", "flex", "reference"),
+                   default=None, help="default: reference on CPU, flex on CUDA (sparse really runs)")
+    s.add_argument("--region", choices=("separate", "joint"), default=None)
+    s.add_argument("--min-keep-ratio", type=float, default=None, metavar="R")
+    s.add_argument("--refresh", choices=("block", "never"), default=None)
+    p.set_defaults(eval_func=run_task)
+
+
+def run_settings(args: argparse.Namespace) -> Any:
+    """The :class:`RunSettings` the flags describe (validated, before any model is loaded)."""
+    from adaptive_dllm.cli.importance import floats
+    from adaptive_dllm.evaluation.runner import RunSettings
+
+    text = args.modes or ("dense,uniform,adaptive" if args.importance else "dense,uniform")
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    selects = floats(args.select, "--select")
+    sampler = {k: getattr(args, k) for k in SAMPLER_OPTIONS if getattr(args, k) is not None}
+    sparse = {field: getattr(args, dest) for dest, field in SPARSE_OPTIONS.items()
+              if getattr(args, dest) is not None}
+    return RunSettings(modes=modes, selects=selects, sampler=sampler, sparse=sparse,
+                       batch_size=args.batch_size, samples=args.samples, seed=args.seed,
+                       chat=args.chat, limit=args.limit, mc_num=args.mc_num)
+
+
+def task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options for ``get_task`` besides the tokenizer (only those the user gave)."""
+    options: dict[str, Any] = {"seed": args.seed}
+    if args.data is not None:
+        if not args.data.is_file():
+            raise AdllmError(f"--data {str(args.data)!r} does not exist; pass an existing file")
+        options["data"] = args.data
+    if args.shots is not None:
+        if args.shots < 0:
+            raise AdllmError(f"--shots {args.shots} must be >= 0")
+        options["shots"] = args.shots
+    for text in args.task_option:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise AdllmError(f"--task-option {text!r} must be KEY=VALUE")
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options
+
+
+def _parse_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def run_task(args: argparse.Namespace) -> int:
+    import torch
+
+    from adaptive_dllm._distributed import init_ranks, rank_device
+    from adaptive_dllm._io import check_output_path, dumps_json
+    from adaptive_dllm.evaluation.report import format_table
+    from adaptive_dllm.evaluation.runner import evaluate_task
+    from adaptive_dllm.evaluation.tasks.base import TASKS, get_task
+    from adaptive_dllm.models.checkpoints import load
+
+    if args.task not in TASKS:
+        raise AdllmError(f"unknown task {args.task!r}; choose one of {', '.join(sorted(TASKS))}")
+    options = task_options(args)
+    if args.check_harness:
+        return _check_harness(args, get_task(args.task, tokenizer=None, **options))
+    settings = run_settings(args)
+    if args.out is not None:
+        args.out = check_output_path(args.out, inputs=(args.data, args.importance))
+        if args.out.suffix != ".jsonl":
+            raise AdllmError(f"--out {str(args.out)!r} must end in .jsonl")
+    importance = None
+    if args.importance is not None:
+        from adaptive_dllm.importance.artifact import HeadImportance
+
+        importance = HeadImportance.load(args.importance)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = init_ranks(device)
+    model, tok = load(args.model, device=rank_device(ranks, device), dtype=args.dtype)
+    if tok is None:
+        raise AdllmError(f"model {args.model!r} has no tokenizer; task {args.task!r} needs text "
+                         "prompts: use a checkpoint with tokenizer.json")
+    task = get_task(args.task, tokenizer=tok, **options)
+    report = evaluate_task(model, tok, task, settings, importance=importance, out=args.out,
+                           ranks=ranks, progress=ranks.is_main and not args.json and sys.stderr.isatty())
+    if not ranks.is_main:
+        return 0
+    if args.json:
+        print(dumps_json(report.to_dict(), indent=1))
+        return 0
+    print(f"task {report.task}: {report.results[0].n if report.results else 0} items; "
+          f"model {report.model}; chat template {'on' if report.settings.get('chat') else 'off'}"
+          + (f"; {ranks.world} ranks" if ranks.distributed else ""))
+    print(format_table(report))
+    if args.out is not None:
+        print(f"per-item results in {args.out}")
+    return 0
+
+
+def _check_harness(args: argparse.Namespace, task: Any) -> int:
+    """Score the task's reference solutions instead of a model (``task.check_harness()``)."""
+    from adaptive_dllm._io import dumps_json
+
+    check = getattr(task, "check_harness", None)
+    if check is None:
+        raise AdllmError(f"task {args.task!r} has no harness check; --check-harness is for humaneval")
+    result = check(limit=args.limit)
+    if args.json:
+        print(dumps_json(result, indent=1))
+    else:
+        for name, value in result.items():
+            print(f"{name}: {value}")
+    return 0
+
+
+LM_EVAL_EPILOG = """\
+Every argument is passed to lm-eval's own command line (`lm-eval run ...`), with
+--model adllm added when no --model is given. model_args of adllm: pretrained=DIR
+(default: the bundled model), device, dtype, batch_size, chat, mc_num, the sampler
+options (steps, gen_length, block_length, temperature, ...) and the sparse options
+(sparse=uniform|adaptive, select, importance=FILE, skip, block_size, sparse_backend).
+
+examples:
+  adllm eval lm-eval --tasks gsm8k --model_args pretrained=~/ckpt/LLaDA-8B-Instruct,\\
+gen_length=256,steps=256,block_length=32,sparse=adaptive,select=0.3,importance=h.safetensors
+  accelerate launch -m adaptive_dllm.cli eval lm-eval --tasks mmlu --model_args pretrained=DIR
+"""
+
+
+def register_lm_eval(sub: argparse._SubParsersAction) -> None:
+    """Add ``adllm eval lm-eval`` (lm-eval's arguments passed through)."""
+    # prefix_chars="+": every "--flag" is lm-eval's, so argparse must not read any of them.
+    p = sub.add_parser("lm-eval", help="EleutherAI lm-evaluation-harness with the adllm model",
+                       description="Run lm-eval with the adllm model (pip install "
+                                   "'adaptive-dllm[lm-eval]').", prefix_chars="+",
+                       epilog=LM_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="LM_EVAL_ARGS")
+    p.set_defaults(eval_func=run_lm_eval)
+
+
+def run_lm_eval(args: argparse.Namespace) -> int:
+    from adaptive_dllm.integrations.lm_eval import run_cli
+
+    return run_cli(list(args.lm_eval_args))

@@ -1,0 +1,100 @@
+"""``adllm eval task``: strict JSON, resumable --out, one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptive_dllm.cli import main
+from adaptive_dllm.evaluation.tasks import base
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
+import toy_tasks  # noqa: E402
+
+FAST = ["--gen-length", "16", "--steps", "16", "--block-length", "16", "--block-size", "32"]
+
+
+@pytest.fixture(autouse=True)
+def toy_task(monkeypatch):
+    """Tasks "toy" (generate) and "toychoice" resolved through get_task like the real ones."""
+    for name, kind in (("toy", "generate"), ("toychoice", "loglikelihood")):
+        module = types.ModuleType(f"adaptive_dllm.evaluation.tasks.{name}")
+        module.make_task = lambda kind=kind, **o: toy_tasks.make_task(kind=kind, **{"n": 3, **o})
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        monkeypatch.setitem(base.TASKS, name, name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, *argv):
+    code = main(["eval", "task", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_output_is_strict_and_complete(capsys):
+    code, out, _ = run(capsys, "toy", "--modes", "dense,uniform", "--select", "0.5", "--json",
+                       "--limit", "2", *FAST)
+    assert code == 0
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert set(data) == {"task", "model", "results"} and data["task"] == "toy"
+    assert [(r["mode"], r["select"]) for r in data["results"]] == [("dense", 1.0), ("uniform", 0.5)]
+    for r in data["results"]:
+        assert {"mode", "select", "n", "accuracy", "ci95", "metrics", "tokens_per_s",
+                "realized_keep_ratio"} <= set(r)
+        assert r["n"] == 2 and len(r["ci95"]) == 2 and "correct" in r["metrics"]
+
+
+def test_default_modes_follow_importance(capsys):
+    code, out, _ = run(capsys, "toy", "--json", "--limit", "1", *FAST)
+    assert code == 0
+    assert [r["mode"] for r in json.loads(out)["results"]] == ["dense", "uniform"]
+
+
+def test_table_and_resume_through_the_cli(capsys, tmp_path):
+    out = tmp_path / "r.jsonl"
+    args = ["toy", "--modes", "dense", "--out", str(out), *FAST]
+    code, text, _ = run(capsys, *args, "--limit", "1")
+    assert code == 0 and "accuracy" in text and "95% CI" in text
+    assert len(out.read_text().splitlines()) == 2
+    code, text, _ = run(capsys, *args)
+    assert code == 0 and len(out.read_text().splitlines()) == 4
+    code, _, err = run(capsys, *args, "--seed", "1")
+    assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nosuchtask"], "unknown task 'nosuchtask'"),
+    (["toy", "--data", "/nonexistent/file.jsonl"], "does not exist"),
+    (["toy", "--out", "/nonexistent/dir/r.jsonl"], "does not exist"),
+    (["toy", "--modes", "dense,sparse"], "unknown mode"),
+    (["toy", "--modes", "adaptive"], "needs head importance"),
+    (["toy", "--task-option", "oops"], "KEY=VALUE"),
+    (["toy", "--check-harness"], "no harness check"),
+    (["toy", "--out", "x.json"], "must end in .jsonl"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv, *FAST)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_malformed_data_lines_are_one_line_exit_2(capsys, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "ROMEO:", "target": "a"}\n{"prompt": broken\n')
+    code, _, err = run(capsys, "toy", "--data", str(data), "--modes", "dense", *FAST)
+    assert code == 2 and "line 2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_without_tokenizer_is_one_line_exit_2(capsys, fixtures_dir):
+    code, _, err = run(capsys, "toy", "--model", str(fixtures_dir / "llada_tiny"), "--modes",
+                       "dense", *FAST)
+    assert code == 2 and "has no tokenizer" in err and len(err.strip().splitlines()) == 1
