@@ -11,6 +11,7 @@ import torch
 from adaptive_dllm.attention.reference import ReferenceBackend, reference_attention
 from adaptive_dllm.generation.api import generate
 from adaptive_dllm.sparsity import SparseConfig, SparseStats
+from adaptive_dllm.sparsity.stats import summary_stats
 
 # What `adllm generate --json` printed under stats.sparse before the typed stats (the contract).
 SPARSE_KEYS = {
@@ -21,7 +22,8 @@ SPARSE_KEYS = {
     "region_note", "block_size", "units", "estimator", "build_kernel", "seq_len", "time_dense_s",
     "time_plan_s", "time_sparse_s", "compile_s"}
 GENERATION_KEYS = {"sampler", "steps", "batch", "prompt_length", "gen_length", "total_s",
-                   "step_median_s", "step_s", "tokens_per_s", "sparse", "batch_note"}
+                   "step_median_s", "step_s", "tokens_per_s", "sparse", "batch_note",
+                   "cache", "threshold", "forwards", "refreshes", "tokens_per_forward"}
 
 
 class _CompilingReference(ReferenceBackend):
@@ -72,3 +74,12 @@ def test_compile_s_is_the_backends_own_accounting(fixture_model, monkeypatch):
     again = generate(model, None, list(range(1, 57)), sparse=cfg, steps=8, gen_length=16)
     assert again.stats.sparse.compile_s == 0.0 and len(backend.compile_log) == 1
     assert torch.equal(first.ids, again.ids)
+
+
+def test_summary_stats():
+    dense = summary_stats(None, 64)
+    assert dense["dense_steps"] == 64 and dense["realized_keep_ratio"] is None
+    assert dense["backend"] == "dense"
+    st = {"backend": "flex", "backend_reason": "r", "dense_steps": 13, "sparse_steps": 51,
+          "target_keep_ratio": 0.3, "realized_keep_ratio": 0.31, "extra": 1}
+    assert summary_stats(st, 64) == {k: v for k, v in st.items() if k != "extra"}

@@ -3,8 +3,15 @@ values with the same one-line message before doing any work.
 
 - :class:`OneLineParser`: argparse errors as one line (``adllm generate: error: ...``), exit 2.
 - ``type=`` converters: :func:`seed`, :func:`positive_int`, :func:`device`.
-- :func:`add_model_args` / :func:`load_model`: ``--model``, ``--download``, ``--device``,
-  ``--dtype``; a hub id is fetched only with ``--download``.
+- Shared option groups, one spelling per concept for every command (``tests/cli/
+  test_vocabulary.py`` checks it): :func:`add_model_args` / :func:`load_model` (``--model``,
+  ``--download``, ``--device``, ``--dtype``; a hub id is fetched only with ``--download``),
+  :func:`add_sampler_args` / :func:`sampler_options` and :func:`add_sparse_args` /
+  :func:`sparse_config_from_args`. A command takes the whole group or names the options it
+  uses (``only=``) and its own defaults (``defaults=``); flags, dests, choices and help texts
+  stay those of the group.
+- Parsing helpers: :func:`floats` (comma-separated numbers), :func:`layer_range`,
+  :func:`out_stream`.
 - :func:`check_steps`: the bound on ``--steps`` (see :data:`MAX_STEPS_PER_TOKEN`).
 - :func:`check_plot` / :func:`save_plot`: ``--plot`` in a format matplotlib writes, validated
   first and written atomically.
@@ -17,9 +24,12 @@ import argparse
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from adaptive_dllm.errors import AdllmError
+
+if TYPE_CHECKING:
+    from adaptive_dllm.sparsity.config import SparseConfig
 
 #: Seeds are unsigned 64-bit integers: torch.manual_seed takes 0 .. 2**64 - 1 (it also takes
 #: negative values, but they alias large unsigned ones, so they are refused to keep one meaning).
@@ -75,17 +85,18 @@ def device(text: str) -> str:
 
 
 def add_model_args(p: argparse.ArgumentParser, *, dtypes: Iterable[str] | None = None) -> None:
-    """``--model DIR``, ``--download``, ``--device``, ``--dtype``."""
+    """The ``model`` group: ``--model DIR``, ``--download``, ``--device``, ``--dtype``."""
     from adaptive_dllm.models.checkpoints import DTYPES
 
-    p.add_argument("--model", default=None, metavar="DIR",
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, metavar="DIR",
                    help="checkpoint directory (default: the bundled model); a Hugging Face hub "
                         "id (org/name) only with --download")
-    p.add_argument("--download", action="store_true",
+    g.add_argument("--download", action="store_true",
                    help="fetch --model from the Hugging Face hub when it is not a local directory")
-    p.add_argument("--device", type=device, default=None,
+    g.add_argument("--device", type=device, default=None,
                    help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", choices=sorted(dtypes or DTYPES), default=None,
+    g.add_argument("--dtype", choices=sorted(dtypes or DTYPES), default=None,
                    help="default bf16 on GPU, fp32 on CPU")
 
 
@@ -98,6 +109,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet``."""
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress lines on stderr (they are printed every ~10%% or 30 s)")
 
@@ -156,3 +168,239 @@ def join_ranks(args: argparse.Namespace) -> Any:
     ranks = init_ranks(device)
     args.device = str(rank_device(ranks, device))
     return ranks
+
+
+def floats(text: str, name: str) -> tuple[float, ...]:
+    """Comma-separated numbers (``--select 0.1,0.3``); ``name`` is the flag in the error."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise AdllmError(f"{name} {text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise AdllmError(f"{name} is empty")
+    return values
+
+
+def layer_range(text: str | None) -> tuple[int, int] | None:
+    """``"A:B"`` (inclusive, negative from the end) or ``"A"`` -> (A, B); None passes through."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise AdllmError(f"--layers {text!r} must be FIRST:LAST (inclusive), e.g. 0:-1")
+
+
+def out_stream(args: argparse.Namespace) -> Any:
+    """Human-readable lines go to stderr when --json owns stdout."""
+    import sys
+
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
+
+
+# -- option groups -----------------------------------------------------------------------------
+# One entry per concept: name (= dest) -> (flags, add_argument keywords, default note). The note
+# is shown as "(default NOTE)" when the command keeps the library default (None); a command that
+# passes its own default gets "(default: VALUE)" instead.
+_Spec = tuple[tuple[str, ...], dict[str, Any], str | None]
+
+
+def _gqa_unit(text: str) -> str:
+    """``type=`` for ``--gqa``: ``q`` is the old spelling of ``query`` (still accepted)."""
+    return "query" if text == "q" else text
+
+
+def _sampler_specs() -> dict[str, _Spec]:
+    from typing import get_args
+
+    from adaptive_dllm.generation.cache import CacheMode
+    from adaptive_dllm.generation.dream import Algorithm
+    from adaptive_dllm.generation.llada import Remasking
+
+    return {
+        "steps": (("--steps",), dict(type=int, metavar="N", help="denoising steps, 1 to 16 x the "
+                                     "generated tokens"), "--gen-length, one token per step"),
+        "gen_length": (("--gen-length",), dict(type=positive_int, metavar="N",
+                                               help="tokens to generate"),
+                       str(default_gen_length())),
+        "block_length": (("--block-length",), dict(
+            type=positive_int, metavar="N", help="semi-autoregressive block (LLaDA; Dream: "
+            "decode block by block); 32 often reads better on small models"),
+            "the whole generation, as upstream"),
+        "temperature": (("--temperature",), dict(type=float, metavar="T",
+                                                 help="sampling temperature, 0 = greedy"), "0"),
+        "remasking": (("--remasking",), dict(choices=get_args(Remasking), help="LLaDA remasking"),
+                      "low_confidence"),
+        "cfg_scale": (("--cfg-scale",), dict(type=float, metavar="S",
+                                             help="LLaDA classifier-free guidance"), "0"),
+        "alg": (("--alg",), dict(choices=get_args(Algorithm), help="Dream unmasking order"),
+                "maskgit_plus"),
+        "alg_temp": (("--alg-temp",), dict(type=float, metavar="T",
+                                           help="Dream position-sampling temperature"), "off"),
+        "eps": (("--eps",), dict(type=float, help="Dream final noise level"), "1e-3"),
+        "top_p": (("--top-p",), dict(type=float, metavar="P", help="Dream nucleus filtering"),
+                  "off"),
+        "top_k": (("--top-k",), dict(type=int, metavar="K", help="Dream top-k filtering"), "off"),
+        "cache": (("--cache",), dict(choices=get_args(CacheMode), help="approximate K/V cache "
+                                     "refreshed once per block (docs/cache.md)"), "none"),
+        "threshold": (("--threshold",), dict(type=float, metavar="TAU", help="parallel decoding: "
+                                             "commit every token more confident than TAU"), "off"),
+    }
+
+
+def default_gen_length() -> int:
+    """The samplers' own ``gen_length`` default (both families share it), so the CLI never
+    differs from ``ad.generate``."""
+    import dataclasses
+
+    from adaptive_dllm.generation.dream import DreamOptions
+    from adaptive_dllm.generation.llada import LladaOptions
+
+    defaults = {f.default for cls in (LladaOptions, DreamOptions)
+                for f in dataclasses.fields(cls) if f.name == "gen_length"}
+    return defaults.pop() if len(defaults) == 1 else max(defaults)
+
+
+#: Old spellings still parsed, hidden from --help: flag -> the option name it stands for.
+_HIDDEN_ALIASES = {"--max-new-tokens": "gen_length", "--gqa-unit": "gqa"}
+
+
+def _add_group(p: argparse.ArgumentParser, title: str, description: str | None,
+               specs: dict[str, _Spec], only: Iterable[str] | None,
+               defaults: dict[str, Any] | None) -> Any:
+    names = list(specs) if only is None else list(only)
+    unknown = [n for n in [*names, *(defaults or {})] if n not in specs]
+    if unknown:  # a programming error in a command, not a user error
+        raise ValueError(f"no {title!r} option(s) {unknown}; known: {', '.join(specs)}")
+    g = p.add_argument_group(title, description)
+    for name in names:
+        flags, kwargs, note = specs[name]
+        kwargs = dict(kwargs)
+        if defaults and name in defaults:
+            kwargs["default"] = defaults[name]
+            kwargs["help"] += " (default: %(default)s)"
+        else:
+            kwargs["default"] = None
+            kwargs["help"] += f" (default {note})" if note else ""
+        g.add_argument(*flags, dest=name, **kwargs)
+        for alias, target in _HIDDEN_ALIASES.items():
+            if target == name:
+                hidden = {k: v for k, v in kwargs.items() if k not in ("help", "metavar")}
+                g.add_argument(alias, dest=name, help=argparse.SUPPRESS,
+                               **{**hidden, "default": argparse.SUPPRESS})
+    return g
+
+
+def add_sampler_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None = None,
+                     defaults: dict[str, Any] | None = None) -> Any:
+    """The ``sampler`` group (all of it, or the options named in ``only``): ``--steps``,
+    ``--gen-length``, ``--block-length``, ``--temperature``, LLaDA's ``--remasking`` and
+    ``--cfg-scale``, Dream's ``--alg``, ``--alg-temp``, ``--eps``, ``--top-p``, ``--top-k``,
+    and ``--cache``, ``--threshold``. Unset options are None (the sampler's own default) unless
+    ``defaults`` gives the command's."""
+    return _add_group(p, "sampler", "An option the model's sampler does not have is an error.",
+                      _sampler_specs(), only, defaults)
+
+
+def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler options the user set (not None), as ``generate()`` keywords."""
+    return {name: getattr(args, name) for name in _sampler_specs()
+            if getattr(args, name, None) is not None}
+
+
+def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
+    from typing import get_args
+
+    from adaptive_dllm.attention.reference import REFERENCE_BLOCK_SIZES
+    from adaptive_dllm.sparsity.config import BLOCK_SIZES, BackendName, SparseConfig
+
+    d = SparseConfig()
+    sizes = ", ".join(map(str, BLOCK_SIZES))
+    return {
+        "sparse": (("--sparse",), dict(choices=("uniform", "adaptive"), help=(
+            "uniform: every head keeps the same share of key blocks (SparseD); adaptive: shares "
+            "follow --importance")), "dense attention"),
+        "select": (("--select",), dict(type=float, metavar="S", help="mean fraction of key "
+                                       "blocks kept, in (0, 1]; 1 = dense"), f"{d.select:g}"),
+        "skip": (("--skip",), dict(type=float, metavar="K", help="fraction of steps run dense "
+                                   "before the plan is built"), f"{d.skip:g}"),
+        "block_size": (("--block-size",), dict(
+            type=int, choices=REFERENCE_BLOCK_SIZES, metavar="B",
+            help=f"block size in tokens: {sizes} (also 8, 256, 512 with --sparse-backend "
+                 "reference)"), str(d.block_size)),
+        "importance": (("--importance",), dict(metavar="FILE", help=(
+            "head importance file (adllm importance); needed by --sparse adaptive")), None),
+        "min_keep_ratio": (("--min-keep-ratio",), dict(type=float, metavar="R", help=(
+            "floor on every head's keep ratio")), f"{d.min_keep_ratio:g}"),
+        "region": (("--region",), dict(choices=("separate", "joint"), help=(
+            "budget prompt and generation keys separately or jointly")), d.region),
+        "gqa": (("--gqa",), dict(type=_gqa_unit, choices=("kv", "query"), help=(
+            "allocation unit: one budget per KV head or per query head")), d.gqa),
+        "sparse_backend": (("--sparse-backend",), dict(
+            choices=tuple(backends or get_args(BackendName)),
+            help="auto: the triton kernel on a GPU where sparse pays off, dense otherwise; "
+                 "triton, flex (FlexAttention) or reference (eager) force one"), d.backend),
+        "refresh": (("--refresh",), dict(choices=("block", "never"), help=(
+            "rebuild the plan at every later LLaDA block, or never (SparseD)")), d.refresh),
+        "estimator": (("--estimator",), dict(choices=("exact", "pooled"), help=(
+            "block scores: exact attention mass or pooled q/k estimate")), d.estimator),
+        "build_kernel": (("--build-kernel",), dict(choices=("fused", "separate"), help=(
+            "build step on a GPU: one attention kernel that also scores blocks (fused) or "
+            "dense attention then a scoring kernel (separate)")), d.build_kernel),
+    }
+
+
+#: Sparse option -> SparseConfig field.
+_SPARSE_FIELDS = {"select": "select", "skip": "skip", "block_size": "block_size",
+                  "min_keep_ratio": "min_keep_ratio", "region": "region", "gqa": "gqa",
+                  "sparse_backend": "backend", "estimator": "estimator", "refresh": "refresh",
+                  "build_kernel": "build_kernel"}
+
+
+def add_sparse_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None = None,
+                    defaults: dict[str, Any] | None = None,
+                    backends: Iterable[str] | None = None) -> Any:
+    """The ``sparse attention`` group (all of it, or the options named in ``only``):
+    ``--sparse``, ``--select``, ``--skip``, ``--block-size``, ``--importance``,
+    ``--min-keep-ratio``, ``--region``, ``--gqa``, ``--sparse-backend`` (``backends`` narrows
+    its choices), ``--refresh``, ``--estimator``, ``--build-kernel``. Unset options are None (the
+    :class:`~adaptive_dllm.sparsity.config.SparseConfig` default) unless ``defaults`` says."""
+    return _add_group(
+        p, "sparse attention", "Block-sparse attention after the first --skip fraction of steps "
+        "(SparseD schedule). Without --sparse, attention is dense.", _sparse_specs(backends),
+        only, defaults)
+
+
+def sparse_config_from_args(args: argparse.Namespace) -> SparseConfig | None:
+    """The SparseConfig the sparse flags describe, or None without ``--sparse``.
+
+    Raises:
+        AdllmError: sparse flags without ``--sparse``, ``adaptive`` without ``--importance``,
+            ``uniform`` with it, an unreadable importance file, or an invalid value.
+    """
+    from adaptive_dllm.sparsity.config import SparseConfig
+
+    mode = getattr(args, "sparse", None)
+    given = {name: getattr(args, name, None) for name in (*_SPARSE_FIELDS, "importance")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if mode is None:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise AdllmError(f"{flags} only apply with --sparse uniform|adaptive")
+        return None
+    importance = None
+    if mode == "adaptive":
+        if "importance" not in given:
+            raise AdllmError("--sparse adaptive needs --importance FILE (from `adllm importance`)")
+        from adaptive_dllm.importance.artifact import HeadImportance
+
+        importance = HeadImportance.load(given["importance"])
+    elif "importance" in given:
+        raise AdllmError("--importance is only used by --sparse adaptive (uniform ignores it)")
+    options = {field: given[name] for name, field in _SPARSE_FIELDS.items() if name in given}
+    return SparseConfig(importance=importance, **options)

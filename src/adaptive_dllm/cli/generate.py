@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, get_args
+from typing import Any
 
 from adaptive_dllm.errors import AdllmError, CheckpointError
 
@@ -23,25 +23,20 @@ examples:
   adllm generate "31 64 68 121" --ids --model ../shared/reference_fixtures/llada_tiny \\
       --gen-length 16 --block-length 8 --steps 8
 
-LLaDA options: --steps --gen-length --block-length --temperature --cfg-scale --remasking
-Dream options: --steps --gen-length --alg --alg-temp --eps --temperature --top-p --top-k
-               --block-length
-Both: --cache --threshold (docs/cache.md)
-An option the model's sampler does not have is an error.
+Sampler options: LLaDA --remasking --cfg-scale; Dream --alg --alg-temp --eps --top-p
+--top-k; both the others (--cache --threshold: docs/cache.md). An option the model's sampler
+does not have is an error.
 """
-
-# CLI flag dest -> generate() option name; only flags the user set are passed on.
-_OPTIONS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
-            "alg", "alg_temp", "eps", "top_p", "top_k", "cache", "threshold")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from adaptive_dllm.cli.arguments import add_model_args, positive_int, seed
-    from adaptive_dllm.generation.dream import Algorithm
-    from adaptive_dllm.generation.llada import Remasking
-    from adaptive_dllm.sparsity.cli_args import add_sparse_arguments
+    from adaptive_dllm.cli.arguments import (
+        add_model_args,
+        add_sampler_args,
+        add_sparse_args,
+        seed,
+    )
 
-    default_length = _default_gen_length()
     p = subparsers.add_parser(
         "generate",
         help="generate text with a diffusion LM",
@@ -58,45 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ids", action="store_true",
                    help="PROMPT is token ids separated by spaces or commas (no tokenizer needed)")
     p.add_argument("--chat", action="store_true", help="wrap PROMPT in the chat template")
-    p.add_argument("--steps", type=int, metavar="N",
-                   help="denoising steps, 1 to 16 x the generated tokens (default: gen-length)")
-    p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
-                   metavar="N", help=f"tokens to generate (default {default_length})")
-    p.add_argument("--block-length", type=positive_int, metavar="N",
-                   help="LLaDA semi-autoregressive block (default: the whole generation, as "
-                        "upstream; 32 often reads better on small models)")
-    p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--remasking", choices=get_args(Remasking), help="LLaDA remasking")
-    p.add_argument("--cfg-scale", type=float, metavar="S", help="LLaDA classifier-free guidance")
-    p.add_argument("--alg", choices=get_args(Algorithm), help="Dream unmasking order")
-    p.add_argument("--alg-temp", type=float, metavar="T", help="Dream position-sampling temp")
-    p.add_argument("--eps", type=float, help="Dream final noise level (default 1e-3)")
-    p.add_argument("--top-p", type=float, metavar="P", help="Dream nucleus filtering")
-    p.add_argument("--top-k", type=int, metavar="K", help="Dream top-k filtering")
-    p.add_argument("--cache", choices=("prefix", "dual"),
-                   help="approximate K/V cache refreshed once per block (default: none)")
-    p.add_argument("--threshold", type=float, metavar="TAU",
-                   help="parallel decoding: commit every token more confident than TAU")
     p.add_argument("--history", metavar="FILE", help="write every step's tokens as JSON")
     p.add_argument("--history-gif", metavar="FILE", help="write an animation of the steps")
     p.add_argument("--seed", type=seed, metavar="S", help="random seed, 0 to 2**64 - 1")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object {ids, text, stats} and no progress bar")
-    add_sparse_arguments(p)
+    add_sampler_args(p)
+    add_sparse_args(p)
     p.set_defaults(func=run)
-
-
-def _default_gen_length() -> int:
-    """The samplers' own default (both families share it), so the CLI never differs from
-    ``ad.generate``."""
-    import dataclasses
-
-    from adaptive_dllm.generation.dream import DreamOptions
-    from adaptive_dllm.generation.llada import LladaOptions
-
-    defaults = {f.default for cls in (LladaOptions, DreamOptions)
-                for f in dataclasses.fields(cls) if f.name == "gen_length"}
-    return defaults.pop() if len(defaults) == 1 else max(defaults)
 
 
 def _read_prompt(prompt: str) -> str:
@@ -112,14 +76,21 @@ def _read_prompt(prompt: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from adaptive_dllm._io import check_output_path, dumps_json
-    from adaptive_dllm.cli.arguments import check_plot, check_steps, load_model
+    from adaptive_dllm.cli.arguments import (
+        check_plot,
+        check_steps,
+        default_gen_length,
+        load_model,
+        sampler_options,
+        sparse_config_from_args,
+    )
     from adaptive_dllm.generation.api import generate
-    from adaptive_dllm.sparsity.cli_args import sparse_config_from_args, summary_stats
+    from adaptive_dllm.sparsity.stats import summary_stats
 
-    check_steps(args.steps, args.gen_length or _default_gen_length())
+    check_steps(args.steps, args.gen_length or default_gen_length())
     prompt_text = _read_prompt(args.prompt)
     prompt: Any = _parse_ids(prompt_text) if args.ids else prompt_text
-    options = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
+    options = sampler_options(args)
     sparse = sparse_config_from_args(args)
     if args.history is not None:  # before the model loads, not after the generation
         check_output_path(args.history, flag="--history")
@@ -163,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary_line(s: dict[str, Any], sparse: Any) -> str:
-    from adaptive_dllm.sparsity.cli_args import summary_stats
+    from adaptive_dllm.sparsity.stats import summary_stats
 
     summary = summary_stats(s.get("sparse"), s["steps"])
     attention = "dense attention"

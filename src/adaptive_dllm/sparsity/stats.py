@@ -1,4 +1,5 @@
-"""What a sparse run did: :class:`SparseStats` (frozen, JSON-ready) and the phase clock.
+"""What a sparse run did: :class:`SparseStats` (frozen, JSON-ready), :func:`summary_stats` (the
+keys of every one-line report, also for a dense run) and the phase clock.
 
 ``SparseStats`` is the one definition of the run statistics: every report (the CLI's JSON and
 summary line, the fidelity rows, the benchmark records) derives its keys from its fields, so a
@@ -152,3 +153,13 @@ class PhaseClock:
             out["plan"] += plan
             out["sparse" if kind == "sparse" else "dense"] += max(0.0, t - plan)
         return out
+
+
+def summary_stats(sparse_stats: Mapping[str, Any] | None, steps: int) -> dict[str, Any]:
+    """The keys every generation report carries (:meth:`SparseStats.summary_keys`) from a
+    session's stats; a dense run (None) reports ``steps`` dense steps and nothing kept."""
+    if sparse_stats is None:
+        dense = {"backend": "dense", "backend_reason": "no --sparse", "dense_steps": steps,
+                 "sparse_steps": 0, "target_keep_ratio": 1.0, "realized_keep_ratio": None}
+        return {k: dense.get(k) for k in SparseStats.summary_keys()}
+    return {k: sparse_stats.get(k) for k in SparseStats.summary_keys()}

@@ -1,4 +1,4 @@
-"""Sparse-attention command-line flags -> SparseConfig (for adllm generate / eval / bench)."""
+"""The shared sparse-attention flags -> SparseConfig (adllm generate / eval / bench)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,12 @@ import torch
 
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
-from adaptive_dllm.sparsity.cli_args import (
-    add_sparse_arguments,
-    sparse_config_from_args,
-    summary_stats,
-)
+from adaptive_dllm.cli.arguments import add_sparse_args, sparse_config_from_args
 
 
 def _parse(argv):
     p = argparse.ArgumentParser()
-    add_sparse_arguments(p)
+    add_sparse_args(p)
     return sparse_config_from_args(p.parse_args(argv))
 
 
@@ -28,7 +24,7 @@ def test_dense_without_flags():
 
 def test_uniform_flags():
     cfg = _parse(["--sparse", "uniform", "--select", "0.4", "--skip", "0.1", "--block-size", "64",
-                  "--region", "joint", "--gqa-unit", "query", "--sparse-backend", "reference",
+                  "--region", "joint", "--gqa", "query", "--sparse-backend", "reference",
                   "--build-kernel", "separate"])
     assert (cfg.select, cfg.skip, cfg.block_size, cfg.region, cfg.gqa, cfg.backend,
             cfg.build_kernel) == (0.4, 0.1, 64, "joint", "query", "reference", "separate")
@@ -61,10 +57,30 @@ def test_block_size_choices_enforced_by_argparse():
         _parse(["--sparse", "uniform", "--block-size", "48"])
 
 
-def test_summary_stats():
-    dense = summary_stats(None, 64)
-    assert dense["dense_steps"] == 64 and dense["realized_keep_ratio"] is None
-    assert dense["backend"] == "dense"
-    st = {"backend": "flex", "backend_reason": "r", "dense_steps": 13, "sparse_steps": 51,
-          "target_keep_ratio": 0.3, "realized_keep_ratio": 0.31, "extra": 1}
-    assert summary_stats(st, 64) == {k: v for k, v in st.items() if k != "extra"}
+def test_reference_only_block_size_is_a_one_line_error_elsewhere():
+    assert _parse(["--sparse", "uniform", "--block-size", "8", "--sparse-backend",
+                   "reference"]).block_size == 8
+    with pytest.raises(AdllmError, match="block_size=8 is not supported by the 'auto' backend"):
+        _parse(["--sparse", "uniform", "--block-size", "8"])
+
+
+@pytest.mark.parametrize("old, new", [(["--gqa-unit", "query"], ["--gqa", "query"]),
+                                      (["--gqa", "q"], ["--gqa", "query"])])
+def test_old_gqa_spellings_parse_as_the_new_one(old, new):
+    base = ["--sparse", "uniform"]
+    assert _parse(base + old) == _parse(base + new)
+    assert _parse(base + new).gqa == "query"
+
+
+def test_a_command_picks_options_and_defaults():
+    p = argparse.ArgumentParser()
+    add_sparse_args(p, only=("block_size", "skip", "sparse_backend"), defaults={"skip": 0.5},
+                    backends=("reference", "flex"))
+    args = p.parse_args([])
+    assert (args.block_size, args.skip, args.sparse_backend) == (None, 0.5, None)
+    assert not hasattr(args, "select")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--sparse-backend", "triton"])
+    assert "(default: 0.5)" in p.format_help() and "(default 128)" in p.format_help()
+    with pytest.raises(ValueError, match="no 'sparse attention' option"):
+        add_sparse_args(argparse.ArgumentParser(), only=("gqa_unit",))
