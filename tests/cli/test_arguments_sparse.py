@@ -7,9 +7,9 @@ import argparse
 import pytest
 import torch
 
+from adaptive_dllm.cli.arguments import add_sparse_args, sparse_config_from_args
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
-from adaptive_dllm.cli.arguments import add_sparse_args, sparse_config_from_args
 
 
 def _parse(argv):

@@ -87,3 +87,16 @@ def test_errors_are_one_line(importance, capsys, argv, message):
     code = main(["prune", "--importance", str(importance), *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("adllm prune: error:") and message in err[0]
+
+
+def test_nll_metric_scores_every_ratio_and_their_mean():
+    from adaptive_dllm.cli.prune import nll_metric
+    from adaptive_dllm.evaluation.likelihood import masked_nll
+    from adaptive_dllm.models import ModelConfig
+
+    model = Transformer(ModelConfig.preset("llada-tiny")).eval().requires_grad_(False)
+    ids = torch.randint(0, 120, (2, 16), generator=torch.Generator().manual_seed(0))
+    scores = nll_metric(ids, (0.5, 0.9), seed=1, batch_size=8)(model)
+    assert set(scores) == {"nll@0.5", "nll@0.9", "nll_mean"}
+    assert scores["nll@0.9"] == masked_nll(model, ids, [0.9], seed=1)[0].bits_per_token
+    assert scores["nll_mean"] == pytest.approx((scores["nll@0.5"] + scores["nll@0.9"]) / 2)

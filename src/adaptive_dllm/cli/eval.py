@@ -18,12 +18,12 @@ from adaptive_dllm.cli.arguments import (
     add_quiet,
     check_plot,
     check_steps,
+    floats,
     load_model,
     positive_int,
     save_plot,
     seed,
 )
-from adaptive_dllm.cli.importance import floats
 from adaptive_dllm.errors import AdllmError
 
 NLL_EPILOG = """\

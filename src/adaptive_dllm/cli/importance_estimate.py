@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from adaptive_dllm._io import check_output_path, dumps_json
-from adaptive_dllm.cli.importance import (
+from adaptive_dllm.cli.arguments import (
     add_model_args,
-    check_artifact_out,
+    add_quiet,
     floats,
     layer_range,
     load_model,
     out_stream,
+    seed,
 )
+from adaptive_dllm.cli.importance_files import check_artifact_out
 from adaptive_dllm.errors import AdllmError
 
 STAT_METHODS = ("entropy", "effective", "topk", "coverage", "deficit")
@@ -67,11 +69,12 @@ def register_estimate(sub: argparse._SubParsersAction) -> None:
                        epilog=ESTIMATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    p.add_argument("--seed", type=int, default=0, help="estimator seed: masks, STP thresholds, random")
+    p.add_argument("--seed", type=seed, default=0,
+                   help="estimator seed: masks, STP thresholds, random (default 0)")
     p.add_argument("--distribution", default="uniform", choices=DISTRIBUTIONS,
                    help="random: score distribution (default uniform)")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_quiet(p)
     add_model_args(p)
     _add_data_args(p)
     s = p.add_argument_group("attention statistics")

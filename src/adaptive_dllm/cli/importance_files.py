@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptive_dllm._io import atomic_write, dumps_json
-from adaptive_dllm.cli.importance import check_artifact_out, check_plot_out, out_stream
+from adaptive_dllm._io import atomic_write, check_output_path, dumps_json
+from adaptive_dllm.cli.arguments import out_stream
+from adaptive_dllm.errors import AdllmError
 
 if TYPE_CHECKING:  # numpy is imported when a plot is drawn, not at CLI start-up
     import numpy as np
@@ -56,6 +58,26 @@ examples:
   adllm importance import head_importance.pt --negate --family llada --out llada.safetensors
   adllm importance import dream_neg.pt --no-negate --family dream --kv-heads 4 --out dream.safetensors
 """
+
+
+PLOT_SUFFIXES = (".png",)
+
+
+def check_artifact_out(path: Path, *, flag: str = "--out",
+                       inputs: Iterable[str | Path | None] = ()) -> Path:
+    """An importance file to write: ``.safetensors``, a writable place, not an input."""
+    if path.suffix != ".safetensors":
+        raise AdllmError(f"{flag} {path} must end in .safetensors")
+    return check_output_path(path, flag=flag, inputs=inputs)
+
+
+def check_plot_out(path: Path | None, *, inputs: Iterable[str | Path | None] = ()) -> Path | None:
+    """A heatmap to write (None = no plot): a supported image suffix, a writable place."""
+    if path is None:
+        return None
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise AdllmError(f"--plot {path} must end in {' or '.join(PLOT_SUFFIXES)}")
+    return check_output_path(path, flag="--plot", inputs=inputs)
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help_text: str, description: str,

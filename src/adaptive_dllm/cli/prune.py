@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adaptive_dllm.cli.arguments import add_model_args, add_quiet, load_model, positive_int, seed
-from adaptive_dllm.cli.importance import floats, layer_range, out_stream
+from adaptive_dllm.cli.arguments import (
+    add_model_args,
+    add_quiet,
+    floats,
+    layer_range,
+    load_model,
+    out_stream,
+    positive_int,
+    seed,
+)
 from adaptive_dllm.errors import AdllmError
 
 EPILOG = """\
@@ -161,7 +170,7 @@ def _record(report: Any) -> dict[str, Any]:
 def _nll(args: argparse.Namespace, imp) -> tuple:  # noqa: ANN001
     from adaptive_dllm._io import read_text_input
     from adaptive_dllm.evaluation.data import split_passages
-    from adaptive_dllm.importance.pruning import nll_evaluator
+    from adaptive_dllm.importance.pruning import gated_evaluator
     from adaptive_dllm.models.tokenizer import encode_text
 
     model, tok = load_model(args)
@@ -182,5 +191,20 @@ def _nll(args: argparse.Namespace, imp) -> tuple:  # noqa: ANN001
     ratios = floats(args.mask_ratios, "--mask-ratios")
     info = {"nll_text": str(text_path), "passages": int(passages.shape[0]), "length": length,
             "mask_ratios": list(ratios), "nll_seed": args.nll_seed}
-    return nll_evaluator(model, passages, mask_ratios=ratios, seed=args.nll_seed,
-                         batch_size=args.batch_size), info
+    metric = nll_metric(passages, ratios, seed=args.nll_seed, batch_size=args.batch_size)
+    return gated_evaluator(model, metric), info
+
+
+def nll_metric(passages: Any, mask_ratios: Any, *, seed: int, batch_size: int
+               ) -> Callable[[Any], dict[str, float]]:
+    """model -> held-out masked-token NLL (bits per token) at each ratio (``nll@R``) and their
+    mean (``nll_mean``), with the same seeded masks for every model it scores."""
+    from adaptive_dllm.evaluation.likelihood import masked_nll
+
+    def score(model: Any) -> dict[str, float]:
+        results = masked_nll(model, passages, mask_ratios, seed=seed, batch_size=batch_size)
+        out = {f"nll@{r.mask_ratio:g}": r.bits_per_token for r in results}
+        out["nll_mean"] = sum(out.values()) / len(out)
+        return out
+
+    return score

@@ -180,19 +180,17 @@ class GatedModel(nn.Module):
         return self.model(input_ids, **kwargs)
 
 
-def nll_evaluator(model: nn.Module, passages: Tensor, *, mask_ratios: Sequence[float] = (0.15, 0.5, 0.9),
-                  seed: int = 0, batch_size: int = 8) -> Evaluator:
-    """Held-out masked-token NLL (bits per token) at each ratio and their mean (``nll_mean``),
-    through :func:`adaptive_dllm.evaluation.likelihood.masked_nll` with the same masks for every
-    pruning."""
-    from adaptive_dllm.evaluation.likelihood import masked_nll
+def gated_evaluator(model: nn.Module, metric: Callable[[nn.Module], dict[str, float]]
+                    ) -> Evaluator:
+    """An evaluator that scores ``model`` with each pruning's gates applied (:class:`GatedModel`)
+    and the unpruned model for the baseline (gates None).
 
+    ``metric`` (model -> {name: value}) comes from the caller: ``adllm prune`` passes the
+    held-out masked-token NLL of :mod:`adaptive_dllm.evaluation.likelihood`, which sits above
+    this package, so pruning itself needs no evaluation code.
+    """
     def evaluate(gates: Tensor | None) -> dict[str, float]:
-        m = model if gates is None else GatedModel(model, gates)
-        results = masked_nll(m, passages, mask_ratios, seed=seed, batch_size=batch_size)
-        out = {f"nll@{r.mask_ratio:g}": r.bits_per_token for r in results}
-        out["nll_mean"] = sum(out.values()) / len(out)
-        return out
+        return metric(model if gates is None else GatedModel(model, gates))
 
     return evaluate
 
@@ -297,7 +295,7 @@ def pruning_test(
 
     Args:
         importance: per-query-head scores.
-        evaluate: gates -> metrics (:func:`nll_evaluator`, :func:`command_evaluator`, or any
+        evaluate: gates -> metrics (:func:`gated_evaluator`, :func:`command_evaluator`, or any
             callable of that shape, e.g. fidelity metrics).
         k, fraction, scope, layers, keep_one_per_layer: see :func:`prune_gates`.
         which: the selections to run.
