@@ -177,12 +177,27 @@ def test_help_has_examples(capsys):
 
 
 def test_units_per_query_head_and_kv_heads_option(capsys, tmp_path):
-    per_query = _json(capsys, "--shape", "dream-7b", "--synthetic", "lognormal", "--gqa", "q",
-                      "--select", "0.3", "--blocks", "16")
+    per_query = _json(capsys, "--shape", "dream-7b", "--synthetic", "lognormal", "--gqa",
+                      "query", "--select", "0.3", "--blocks", "16")
     assert per_query["units_per_layer"] == 28 and per_query["unit"] == "query-head"
+    assert per_query["options"]["gqa"] == "query"
+    old = _json(capsys, "--shape", "dream-7b", "--synthetic", "lognormal", "--gqa", "q",
+                "--select", "0.3", "--blocks", "16")  # the old spelling still parses
+    assert old == per_query
     path = HeadImportance(torch.randn(28, 28), "query", {}).save(tmp_path / "q.safetensors")
     grouped = _json(capsys, "--importance", str(path), "--kv-heads", "4", "--select", "0.3",
                     "--blocks", "16")
     assert grouped["units_per_layer"] == 4
     assert "does not divide" in _error(capsys, "--importance", str(path), "--kv-heads", "5",
                                        "--blocks", "16")
+
+
+def test_named_shapes_are_the_model_presets(capsys):
+    from adaptive_dllm.models.config import ModelConfig
+
+    for name in ("llada-8b", "dream-7b"):
+        cfg = ModelConfig.preset(name)
+        report = _json(capsys, "--shape", name, "--synthetic", "uniform", "--select", "0.5",
+                       "--blocks", "8")
+        assert report["n_layers"] == cfg.n_layers
+        assert report["units_per_layer"] == cfg.n_kv_heads

@@ -106,7 +106,6 @@ def test_importance_file(capsys, tiny_dir, text_file, tmp_path):
     (["--passages", "9"], "lower --passages"),
     (["--gen-length", "48"], "exceeds the model context"),
     (["--skip", "1"], "skip"),
-    (["--block-size", "48"], "block_size"),
     (["--length", "100"], "--length 100"),
     (["--steps", "3"], "not a multiple of the number of blocks"),
 ])
@@ -115,6 +114,13 @@ def test_errors_are_one_line(capsys, tiny_dir, text_file, argv, message):
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("adllm eval: error: ")
     assert message in err
+
+
+def test_block_size_outside_the_shared_choices_is_a_usage_error(capsys, tiny_dir, text_file):
+    rc, out, err = run(capsys, "--model", str(tiny_dir), "--text", str(text_file), *FAST,
+                       "--block-size", "48")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "adllm eval fidelity: error: argument --block-size: invalid choice: 48" in err
 
 
 def test_adaptive_without_calibration_passages(capsys, tiny_dir, tmp_path):

@@ -12,6 +12,7 @@ values with the same one-line message before doing any work.
   stay those of the group.
 - Parsing helpers: :func:`floats` (comma-separated numbers), :func:`layer_range`,
   :func:`out_stream`.
+- ``type=`` :func:`gqa_unit` for ``--gqa kv|query`` (``q``, the old spelling, still parses).
 - :func:`check_steps`: the bound on ``--steps`` (see :data:`MAX_STEPS_PER_TOKEN`).
 - :func:`check_plot` / :func:`save_plot`: ``--plot`` in a format matplotlib writes, validated
   first and written atomically.
@@ -210,7 +211,7 @@ def out_stream(args: argparse.Namespace) -> Any:
 _Spec = tuple[tuple[str, ...], dict[str, Any], str | None]
 
 
-def _gqa_unit(text: str) -> str:
+def gqa_unit(text: str) -> str:
     """``type=`` for ``--gqa``: ``q`` is the old spelling of ``query`` (still accepted)."""
     return "query" if text == "q" else text
 
@@ -272,14 +273,15 @@ _HIDDEN_ALIASES = {"--max-new-tokens": "gen_length", "--gqa-unit": "gqa"}
 
 def _add_group(p: argparse.ArgumentParser, title: str, description: str | None,
                specs: dict[str, _Spec], only: Iterable[str] | None,
-               defaults: dict[str, Any] | None) -> Any:
+               defaults: dict[str, Any] | None, notes: dict[str, str] | None = None) -> Any:
     names = list(specs) if only is None else list(only)
     unknown = [n for n in [*names, *(defaults or {})] if n not in specs]
     if unknown:  # a programming error in a command, not a user error
         raise ValueError(f"no {title!r} option(s) {unknown}; known: {', '.join(specs)}")
-    g = p.add_argument_group(title, description)
+    g = p.add_argument_group(title, description if only is None else None)
     for name in names:
         flags, kwargs, note = specs[name]
+        note = (notes or {}).get(name, note)
         kwargs = dict(kwargs)
         if defaults and name in defaults:
             kwargs["default"] = defaults[name]
@@ -321,6 +323,7 @@ def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
 
     d = SparseConfig()
     sizes = ", ".join(map(str, BLOCK_SIZES))
+    choices = tuple(backends or get_args(BackendName))
     return {
         "sparse": (("--sparse",), dict(choices=("uniform", "adaptive"), help=(
             "uniform: every head keeps the same share of key blocks (SparseD); adaptive: shares "
@@ -339,12 +342,10 @@ def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
             "floor on every head's keep ratio")), f"{d.min_keep_ratio:g}"),
         "region": (("--region",), dict(choices=("separate", "joint"), help=(
             "budget prompt and generation keys separately or jointly")), d.region),
-        "gqa": (("--gqa",), dict(type=_gqa_unit, choices=("kv", "query"), help=(
+        "gqa": (("--gqa",), dict(type=gqa_unit, choices=("kv", "query"), help=(
             "allocation unit: one budget per KV head or per query head")), d.gqa),
-        "sparse_backend": (("--sparse-backend",), dict(
-            choices=tuple(backends or get_args(BackendName)),
-            help="auto: the triton kernel on a GPU where sparse pays off, dense otherwise; "
-                 "triton, flex (FlexAttention) or reference (eager) force one"), d.backend),
+        "sparse_backend": (("--sparse-backend",), dict(choices=choices, help="sparse kernel: " + (
+            "; ".join(f"{name}: {_BACKEND_HELP[name]}" for name in choices))), d.backend),
         "refresh": (("--refresh",), dict(choices=("block", "never"), help=(
             "rebuild the plan at every later LLaDA block, or never (SparseD)")), d.refresh),
         "estimator": (("--estimator",), dict(choices=("exact", "pooled"), help=(
@@ -355,6 +356,10 @@ def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
     }
 
 
+_BACKEND_HELP = {"auto": "the triton kernel on a GPU where sparse pays off, dense otherwise",
+                 "triton": "the project's Triton kernel (CUDA)", "flex": "FlexAttention",
+                 "reference": "eager, any device (slow; for checks)"}
+
 #: Sparse option -> SparseConfig field.
 _SPARSE_FIELDS = {"select": "select", "skip": "skip", "block_size": "block_size",
                   "min_keep_ratio": "min_keep_ratio", "region": "region", "gqa": "gqa",
@@ -364,16 +369,18 @@ _SPARSE_FIELDS = {"select": "select", "skip": "skip", "block_size": "block_size"
 
 def add_sparse_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None = None,
                     defaults: dict[str, Any] | None = None,
-                    backends: Iterable[str] | None = None) -> Any:
+                    backends: Iterable[str] | None = None,
+                    notes: dict[str, str] | None = None) -> Any:
     """The ``sparse attention`` group (all of it, or the options named in ``only``):
     ``--sparse``, ``--select``, ``--skip``, ``--block-size``, ``--importance``,
     ``--min-keep-ratio``, ``--region``, ``--gqa``, ``--sparse-backend`` (``backends`` narrows
     its choices), ``--refresh``, ``--estimator``, ``--build-kernel``. Unset options are None (the
-    :class:`~adaptive_dllm.sparsity.config.SparseConfig` default) unless ``defaults`` says."""
+    :class:`~adaptive_dllm.sparsity.config.SparseConfig` default) unless ``defaults`` says;
+    ``notes`` replaces the "(default ...)" text of an option the command resolves itself."""
     return _add_group(
         p, "sparse attention", "Block-sparse attention after the first --skip fraction of steps "
         "(SparseD schedule). Without --sparse, attention is dense.", _sparse_specs(backends),
-        only, defaults)
+        only, defaults, notes)
 
 
 def sparse_config_from_args(args: argparse.Namespace) -> SparseConfig | None:

@@ -16,12 +16,12 @@ from torch import Tensor
 
 from adaptive_dllm.budget import Allocation, allocate, relative_weights, uniform_weights
 from adaptive_dllm.budget.weights import NORMALIZATIONS
-from adaptive_dllm.cli.arguments import check_plot, save_plot, seed
+from adaptive_dllm.cli.arguments import check_plot, gqa_unit, save_plot, seed
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance import HeadImportance
 
-#: Named shapes: layers, query heads, KV heads.
-SHAPES = {"llada-8b": (32, 32, 32), "dream-7b": (28, 28, 4)}
+#: Named shapes: the real geometries of ``ModelConfig.preset`` (layers, query heads, KV heads).
+SHAPES = ("llada-8b", "dream-7b")
 DEFAULT_SELECT = "0.2,0.3,0.5,0.8,1.0"
 
 EPILOG = """\
@@ -35,7 +35,7 @@ examples:
 
 --shape is llada-8b (32 layers x 32 heads, MHA), dream-7b (28 layers x 28 query heads, 4 KV
 heads) or LAYERSxHEADS[xKV_HEADS]. With --importance it checks the file's shape. Units are
-(layer, KV head) pairs unless --gqa q. Saturated units keep all N blocks; floored units keep
+(layer, KV head) pairs unless --gqa query. Saturated units keep all N blocks; floored units keep
 the minimum. Upstream .pt files need --negate (HeadIG loss gradients: useful heads negative)
 or --no-negate (already higher = more important).
 """
@@ -80,8 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     blk.add_argument("--seq-len", type=int, metavar="L", help="sequence length (with --block-size)")
     blk.add_argument("--block-size", type=int, metavar="BS", help="block size (with --seq-len)")
     opt = p.add_argument_group("weights and allocation")
-    opt.add_argument("--gqa", choices=("kv", "q"), default="kv",
-                     help="allocation unit: KV head (default) or query head")
+    opt.add_argument("--gqa", type=gqa_unit, choices=("kv", "query"), default="kv",
+                     help="allocation unit: one budget per KV head (default) or per query head")
     opt.add_argument("--normalize", choices=NORMALIZATIONS, default="global_percentile")
     opt.add_argument("--scale", type=float, default=2 / 3, help="weight spread in [0, 1)")
     opt.add_argument("--invert", action="store_true", help="give important heads less budget")
@@ -154,7 +154,10 @@ def _n_blocks(args: argparse.Namespace) -> int:
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
     if text in SHAPES:
-        return SHAPES[text]
+        from adaptive_dllm.models.config import ModelConfig
+
+        config = ModelConfig.preset(text)
+        return config.n_layers, config.n_heads, config.n_kv_heads
     match = re.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?", text)
     if not match:
         raise AdllmError(f"--shape {text!r} is not {', '.join(SHAPES)} or LAYERSxHEADS[xKV_HEADS]"
@@ -180,8 +183,9 @@ def _weights(args: argparse.Namespace) -> tuple[Tensor, _Source]:
 
 
 def _weight_options(args: argparse.Namespace) -> dict[str, Any]:
+    # The weights module names the per-query-head unit "q".
     return {"normalize": args.normalize, "scale": args.scale, "invert": args.invert,
-            "gqa": args.gqa}
+            "gqa": "kv" if args.gqa == "kv" else "q"}
 
 
 def _unit(args: argparse.Namespace) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 from adaptive_dllm.cli.arguments import (
     add_model_args,
     add_quiet,
+    add_sampler_args,
+    add_sparse_args,
     check_plot,
     check_steps,
     floats,
@@ -233,14 +235,6 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                         "--importance is given (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=d.calibration, metavar="N",
                    help="calibration passages for the estimated importance (default: %(default)s)")
-    p.add_argument("--block-size", type=int, default=d.block_size, metavar="B",
-                   help="sparse block size in tokens (default: %(default)s)")
-    p.add_argument("--skip", type=float, default=d.skip, metavar="K",
-                   help="dense fraction of the denoising steps (default: %(default)s)")
-    p.add_argument("--region", choices=("separate", "joint"), default=d.region,
-                   help="generation budgets for prompt and generated keys (default: %(default)s)")
-    p.add_argument("--sparse-backend", choices=("reference", "flex"), default=None,
-                   help="sparse kernel (default: reference on CPU, flex on CUDA)")
     p.add_argument("--mask-ratios", default=",".join(f"{r:g}" for r in d.mask_ratios),
                    metavar="R[,R...]", help="likelihood mask ratios (default: %(default)s)")
     p.add_argument("--passages", type=int, default=d.passages, metavar="N",
@@ -249,14 +243,6 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                    help="generation prompts (default: %(default)s; 0 skips generation)")
     p.add_argument("--prompt-length", type=int, default=d.prompt_length, metavar="N",
                    help="prompt tokens (default: %(default)s)")
-    p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
-                   default=d.gen_length, metavar="N",
-                   help="generated tokens (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps, at most 16 x --gen-length (default: --gen-length, one "
-                        "token per step)")
-    p.add_argument("--block-length", type=int, default=d.block_length, metavar="N",
-                   help="sampler block length (LLaDA; default: %(default)s)")
     p.add_argument("--seed", type=seed, default=d.seed,
                    help="mask, sampler and estimator seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
@@ -265,6 +251,12 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                    help="write a plot of quality vs select per mode (png, svg, pdf ...)")
     add_quiet(p)
+    add_sampler_args(p, only=("gen_length", "steps", "block_length"),
+                     defaults={"gen_length": d.gen_length, "block_length": d.block_length})
+    add_sparse_args(p, only=("block_size", "skip", "region", "sparse_backend"),
+                    defaults={"block_size": d.block_size, "skip": d.skip, "region": d.region},
+                    backends=("reference", "flex"),
+                    notes={"sparse_backend": "reference on CPU, flex on CUDA"})
     p.set_defaults(eval_func=run_fidelity)
 
 
