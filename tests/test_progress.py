@@ -56,3 +56,32 @@ def test_disabled_prints_nothing_and_tty_gets_tqdm():
     assert isinstance(bar, tqdm)
     bar.close()
     assert isinstance(progress_bar(10, desc="x", file=io.StringIO()), LineProgress)
+
+
+def test_a_resumed_run_counts_from_initial_and_estimates_from_its_own_rate():
+    out, clock = io.StringIO(), Clock()
+    bar = LineProgress(100, desc="HeadIG", unit="step", file=out, clock=clock, initial=50)
+    assert bar.n == 50
+    clock.t = 10.0
+    bar.update(10)  # 10 steps in 10 s (not 60): 40 left take about 40 s
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("HeadIG: 60/100 step (60%)") and "about 40 s left" in line
+
+
+def test_note_prints_a_line_of_its_own():
+    out = io.StringIO()
+    bar = progress_bar(10, desc="x", file=out)
+    bar.note("first example took 1.0 s")
+    assert out.getvalue() == "first example took 1.0 s\n"
+    progress_bar(10, desc="x", enabled=False).note("nothing")  # disabled: silent
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = progress_bar(10, desc="x", file=tty, initial=3)
+    assert bar.n == 3
+    bar.note("on the terminal")
+    bar.close()
+    assert "on the terminal" in tty.getvalue()

@@ -47,6 +47,9 @@ class NoProgress:
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        """Print one line of its own (an estimate, a warning) without breaking the bar."""
+
     def close(self) -> None:
         pass
 
@@ -61,12 +64,11 @@ class LineProgress(NoProgress):
     """Whole progress lines for non-terminals: every ``LINE_FRACTION`` or ``LINE_INTERVAL_S``."""
 
     def __init__(self, total: int | None, *, desc: str, unit: str, file: IO[str],
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, initial: int = 0) -> None:
         self.total, self.desc, self.unit, self.file, self._clock = total, desc, unit, file, clock
-        self.n = 0
+        self.n = self._first = self._last_n = initial  # a resumed run starts part-way
         self.postfix = ""
         self._start = self._last_time = clock()
-        self._last_n = 0
         self._closed = False
 
     def update(self, n: int = 1) -> None:
@@ -82,6 +84,9 @@ class LineProgress(NoProgress):
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
         self.desc = desc or ""
 
+    def note(self, text: str) -> None:
+        print(text, file=self.file, flush=True)
+
     def close(self) -> None:
         if not self._closed and self.n != self._last_n:
             self._write(self._clock())
@@ -93,8 +98,9 @@ class LineProgress(NoProgress):
         left = ""
         if self.total:
             done += f"/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)"
-            if 0 < self.n < self.total:
-                left = f", about {elapsed * (self.total - self.n) / self.n:.0f} s left"
+            if self._first < self.n < self.total:  # the rate of this run, not the resumed part
+                rate = (self.n - self._first) / elapsed if elapsed > 0 else 0.0
+                left = f", about {(self.total - self.n) / rate:.0f} s left" if rate else ""
         else:
             done += f" {self.unit}"
         note = f" [{self.postfix}]" if self.postfix else ""
@@ -104,16 +110,27 @@ class LineProgress(NoProgress):
 
 
 def progress_bar(total: int | None, *, desc: str, unit: str = "it", enabled: bool = True,
-                 leave: bool = True, file: IO[str] | None = None) -> Any:
+                 leave: bool = True, file: IO[str] | None = None, initial: int = 0) -> Any:
     """A progress reporter on ``file`` (default stderr): tqdm on a terminal, whole lines
     otherwise, nothing when not ``enabled``. All three have ``update``, ``set_postfix_str``,
-    ``set_description``, ``close`` and work as context managers."""
+    ``set_description``, ``note`` (a line of its own), ``close`` and work as context managers;
+    ``initial`` is the count already done (a resumed run)."""
     if not enabled:
         return NoProgress()
     stream = sys.stderr if file is None else file
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
-        from tqdm import tqdm
+        return _terminal_bar(total=total, desc=desc, unit=unit, leave=leave, file=stream,
+                             initial=initial)
+    return LineProgress(total, desc=desc, unit=unit, file=stream, initial=initial)
 
-        return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=stream)
-    return LineProgress(total, desc=desc, unit=unit, file=stream)
+
+def _terminal_bar(**kwargs: Any) -> Any:
+    """tqdm (imported only for a terminal) with :meth:`NoProgress.note`."""
+    from tqdm import tqdm
+
+    class TerminalBar(tqdm):  # type: ignore[misc]
+        def note(self, text: str) -> None:
+            self.write(text, file=self.fp)
+
+    return TerminalBar(**kwargs)

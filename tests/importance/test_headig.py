@@ -269,14 +269,34 @@ def test_resume_saves_never_share_a_temporary_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["partial.pt", "partial.pt.tmp"]
 
 
-def test_progress_is_redrawn_every_tenth_when_not_on_a_terminal(capsys):
-    bar, tick = hig.progress_bar(50, desc="work", unit="step")
-    for _ in range(50):
-        tick()
-    bar.close()
+def test_progress_lines_every_tenth_when_not_on_a_terminal(capsys):
+    """HeadIG reports through the shared progress helper: whole lines on a non-terminal, a
+    measured time estimate after the first example, and a resumed run counts from where it
+    stopped."""
+    settings = HeadIGSettings(**FAST)
+    per_example = settings.paths * settings.steps
+    headig(tiny(), examples(2), settings, progress=True)
     err = capsys.readouterr().err
-    shown = {int(m) for m in re.findall(r"(\d+)/50", err)}
-    assert {5, 10, 15, 20, 25, 30, 35, 40, 45, 50} <= shown  # tqdm alone waits 30 s here
+    total = 2 * per_example
+    shown = {int(m) for m in re.findall(rf"HeadIG: (\d+)/{total} step", err)}
+    assert shown == set(range(2, total + 1, 2))  # 16 steps: a line per tenth rounds up to 2
+    assert "HeadIG: example 1 took" in err and "gap=" in err
+    assert "\r" not in err  # lines, not a redrawn bar
+
+
+def test_resumed_progress_starts_at_the_examples_done(tmp_path, capsys):
+    settings = HeadIGSettings(**FAST)
+    per_example = settings.paths * settings.steps
+    path = tmp_path / "r.pt"
+    headig(tiny(), examples(2), settings, resume=path)
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, **{k: state[k][:1] for k in ("ig", "j_full", "j_base")}}, path)
+    capsys.readouterr()  # as if stopped after the first example
+    headig(tiny(), examples(2), settings, resume=path, progress=True)
+    err = capsys.readouterr().err
+    counts = [int(m) for m in re.findall(rf"HeadIG: (\d+)/{2 * per_example} step", err)]
+    assert counts and min(counts) > per_example  # counted on from the first example's ticks
+    assert "HeadIG: example 2 took" in err
 
 
 def test_per_layer_runs_each_layer_alone_with_its_own_resume_file(tmp_path):

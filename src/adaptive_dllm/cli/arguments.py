@@ -1,28 +1,24 @@
-"""Options and checks shared by the ``adllm`` commands, so every command refuses the same bad
-values with the same one-line message before doing any work.
+"""Options and checks shared by the ``adllm`` commands: one spelling per concept, and every
+command refuses the same bad values with the same one-line message before doing any work.
 
 - :class:`OneLineParser`: argparse errors as one line (``adllm generate: error: ...``), exit 2.
-- ``type=`` converters: :func:`seed`, :func:`positive_int`, :func:`device`.
-- Shared option groups, one spelling per concept for every command (``tests/cli/
-  test_vocabulary.py`` checks it): :func:`add_model_args` / :func:`load_model` (``--model``,
-  ``--download``, ``--device``, ``--dtype``; a hub id is fetched only with ``--download``),
-  :func:`add_sampler_args` / :func:`sampler_options` and :func:`add_sparse_args` /
-  :func:`sparse_config_from_args`. A command takes the whole group or names the options it
-  uses (``only=``) and its own defaults (``defaults=``); flags, dests, choices and help texts
-  stay those of the group.
-- Parsing helpers: :func:`floats` (comma-separated numbers), :func:`layer_range`,
-  :func:`out_stream`.
-- ``type=`` :func:`gqa_unit` for ``--gqa kv|query`` (``q``, the old spelling, still parses).
-- :func:`check_steps`: the bound on ``--steps`` (see :data:`MAX_STEPS_PER_TOKEN`).
-- :func:`check_plot` / :func:`save_plot`: ``--plot`` in a format matplotlib writes, validated
-  first and written atomically.
-- :func:`add_quiet`: ``--quiet`` turns the progress lines off.
+- ``type=`` converters: :func:`seed`, :func:`positive_int`, :func:`device`, :func:`gqa_unit`.
+- Option groups (``tests/cli/test_vocabulary.py`` checks every command spells them alike):
+  :func:`add_model_args` / :func:`load_model` (a hub id is fetched only with ``--download``),
+  :func:`add_sampler_args` / :func:`sampler_options`, :func:`add_sparse_args` /
+  :func:`sparse_config_from_args`, :func:`add_quiet`. A command takes a whole group or the
+  options it names (``only=``) with its own defaults (``defaults=``); flags, dests, choices and
+  help texts stay the group's.
+- Checks and helpers: :func:`check_steps` (see :data:`MAX_STEPS_PER_TOKEN`),
+  :func:`check_plot` / :func:`save_plot` (validated first, written atomically), :func:`floats`,
+  :func:`layer_range`, :func:`out_stream`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -186,28 +182,21 @@ def layer_range(text: str | None) -> tuple[int, int] | None:
     """``"A:B"`` (inclusive, negative from the end) or ``"A"`` -> (A, B); None passes through."""
     if text is None:
         return None
-    parts = text.split(":")
+    first, colon, last = text.partition(":")
     try:
-        if len(parts) == 1:
-            return int(parts[0]), int(parts[0])
-        if len(parts) == 2:
-            return int(parts[0]), int(parts[1])
+        return int(first), int(last if colon else first)
     except ValueError:
-        pass
-    raise AdllmError(f"--layers {text!r} must be FIRST:LAST (inclusive), e.g. 0:-1")
+        raise AdllmError(f"--layers {text!r} must be FIRST:LAST (inclusive), e.g. 0:-1") from None
 
 
 def out_stream(args: argparse.Namespace) -> Any:
     """Human-readable lines go to stderr when --json owns stdout."""
-    import sys
-
     return sys.stderr if getattr(args, "json", False) else sys.stdout
 
 
 # -- option groups -----------------------------------------------------------------------------
-# One entry per concept: name (= dest) -> (flags, add_argument keywords, default note). The note
-# is shown as "(default NOTE)" when the command keeps the library default (None); a command that
-# passes its own default gets "(default: VALUE)" instead.
+# One entry per concept: name (= dest) -> (flags, add_argument keywords, "(default NOTE)" shown
+# while the library default (None) applies; a command's own default shows "(default: VALUE)").
 _Spec = tuple[tuple[str, ...], dict[str, Any], str | None]
 
 
@@ -255,8 +244,7 @@ def _sampler_specs() -> dict[str, _Spec]:
 
 
 def default_gen_length() -> int:
-    """The samplers' own ``gen_length`` default (both families share it), so the CLI never
-    differs from ``ad.generate``."""
+    """The samplers' own ``gen_length`` default, so the CLI never differs from ``generate``."""
     import dataclasses
 
     from adaptive_dllm.generation.dream import DreamOptions
@@ -360,11 +348,10 @@ _BACKEND_HELP = {"auto": "the triton kernel on a GPU where sparse pays off, dens
                  "triton": "the project's Triton kernel (CUDA)", "flex": "FlexAttention",
                  "reference": "eager, any device (slow; for checks)"}
 
-#: Sparse option -> SparseConfig field.
-_SPARSE_FIELDS = {"select": "select", "skip": "skip", "block_size": "block_size",
-                  "min_keep_ratio": "min_keep_ratio", "region": "region", "gqa": "gqa",
-                  "sparse_backend": "backend", "estimator": "estimator", "refresh": "refresh",
-                  "build_kernel": "build_kernel"}
+#: Sparse option -> SparseConfig field (the same name but for the backend).
+_SPARSE_FIELDS = {name: "backend" if name == "sparse_backend" else name for name in (
+    "select", "skip", "block_size", "min_keep_ratio", "region", "gqa", "sparse_backend",
+    "estimator", "refresh", "build_kernel")}
 
 
 def add_sparse_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None = None,

@@ -6,7 +6,8 @@ Shape legend:
 The family's ``sampler`` picks the loop (:mod:`~adaptive_dllm.generation.llada` or
 :mod:`~adaptive_dllm.generation.dream`); its keyword options are that loop's option dataclass
 (:class:`LladaOptions`, :class:`DreamOptions`). Prompts of different lengths are left-padded and
-masked, so a batch generates what its rows generate one by one.
+masked (:mod:`~adaptive_dllm.generation.prompts`), so a batch generates what its rows
+generate one by one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.cache import LoopCounts
 from adaptive_dllm.generation.dream import DreamOptions, sample_dream
 from adaptive_dllm.generation.llada import LladaOptions, sample_llada
+from adaptive_dllm.generation.prompts import (
+    Prompt,
+    decode,
+    encode_prompt,
+    is_flat_ids,
+    tokenizer_eos_id,
+)
 from adaptive_dllm.generation.schedule import StepSession
 from adaptive_dllm.generation.stats import GenerationStats, StepClock
 from adaptive_dllm.models.checks import checked_first_forward
@@ -36,7 +44,8 @@ from adaptive_dllm.sparsity.session import build_session
 
 logger = logging.getLogger(__name__)
 
-Prompt = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
+__all__ = ["GenerationOutput", "Prompt", "SparseSpec", "decode", "generate", "make_options"]
+
 
 _SAMPLERS = {"llada": (LladaOptions, sample_llada), "dream": (DreamOptions, sample_dream)}
 # Upstream argument names that are spelled differently here.
@@ -153,14 +162,10 @@ def generate(
     family = get_family(config.family)
     opts = make_options(config.family, **options)
     sample = _SAMPLERS[family.sampler][1]
-    single = isinstance(prompt, str) or _is_flat_ids(prompt)
-    input_ids, mask = _encode(prompt, tokenizer, config, chat=chat, attention_mask=attention_mask)
+    single = isinstance(prompt, str) or is_flat_ids(prompt)
+    input_ids, mask = encode_prompt(prompt, tokenizer, config, chat=chat, attention_mask=attention_mask)
     B, P = input_ids.shape
-    if P + opts.gen_length > config.max_seq_len:
-        raise AdllmError(
-            f"prompt of {P} tokens + gen_length {opts.gen_length} = {P + opts.gen_length} exceeds "
-            f"the model maximum of {config.max_seq_len} tokens; shorten one of them"
-        )
+    _check_fits(P, opts.gen_length, config.max_seq_len)
     device = _model_device(model, input_ids)
     input_ids = input_ids.to(device)
     mask = None if mask is None else mask.to(device)
@@ -178,22 +183,39 @@ def generate(
         device, on_step)
 
     ids = sequences[:, P:]
-    stats = GenerationStats(
-        sampler=family.sampler, steps=counts.forwards, batch=B, prompt_length=P,
-        gen_length=opts.gen_length, total_s=total_s, step_median_s=statistics.median(step_s),
-        step_s=step_s,
-        tokens_per_s=B * opts.gen_length / total_s if total_s > 0 else float("inf"),
-        cache=opts.cache, threshold=opts.threshold, forwards=counts.forwards,
-        refreshes=counts.refreshes,
-        tokens_per_forward=opts.gen_length / max(counts.forwards, 1),
-        sparse=None if session is None else session.stats(), batch_note=grid_note,
-    )
+    stats = _generation_stats(family.sampler, opts, counts, B, P, step_s, total_s,
+                              sparse=None if session is None else session.stats(),
+                              batch_note=grid_note)
     text = None
     if tokenizer is not None:
-        texts = decode(tokenizer, ids, eos_id=_eos_id(tokenizer, config), mask_id=config.mask_id)
+        texts = decode(tokenizer, ids, eos_id=tokenizer_eos_id(tokenizer, config), mask_id=config.mask_id)
         text = texts[0] if single else texts
     steps = None if history is None else torch.stack(history)[:, :, P:]
     return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats, history=steps)
+
+
+def _check_fits(prompt_length: int, gen_length: int, max_seq_len: int) -> None:
+    if prompt_length + gen_length > max_seq_len:
+        raise AdllmError(
+            f"prompt of {prompt_length} tokens + gen_length {gen_length} = "
+            f"{prompt_length + gen_length} exceeds the model maximum of {max_seq_len} tokens; "
+            "shorten one of them"
+        )
+
+
+def _generation_stats(sampler: str, opts: Any, counts: LoopCounts, batch: int,
+                      prompt_length: int, step_s: list[float], total_s: float, *,
+                      sparse: Any, batch_note: str | None) -> GenerationStats:
+    """The run's statistics from the loop's counts and step times."""
+    G = opts.gen_length
+    return GenerationStats(
+        sampler=sampler, steps=counts.forwards, batch=batch, prompt_length=prompt_length,
+        gen_length=G, total_s=total_s, step_median_s=statistics.median(step_s), step_s=step_s,
+        tokens_per_s=batch * G / total_s if total_s > 0 else float("inf"),
+        cache=opts.cache, threshold=opts.threshold, forwards=counts.forwards,
+        refreshes=counts.refreshes, tokens_per_forward=G / max(counts.forwards, 1),
+        sparse=sparse, batch_note=batch_note,
+    )
 
 
 def _run_timed(run: Callable[[Callable[[int, int], None]], torch.Tensor], device: torch.device,
@@ -257,139 +279,7 @@ def _block_grid_note(mask: torch.Tensor | None) -> str | None:
     return note
 
 
-def decode(tokenizer: Any, ids: torch.Tensor, *, eos_id: int | None, mask_id: int) -> list[str]:
-    """Decode (B, G) generated ids row by row: cut at the first EOS, drop mask ids."""
-    texts = []
-    for row in ids.tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[: row.index(eos_id)]
-        texts.append(tokenizer.decode([t for t in row if t != mask_id], skip_special_tokens=True))
-    return texts
-
-
 def _model_device(model: nn.Module, fallback: torch.Tensor) -> torch.device:
     for p in model.parameters():
         return p.device
     return fallback.device
-
-
-def _eos_id(tokenizer: Any, config: ModelConfig) -> int | None:
-    eos = getattr(tokenizer, "eos_id", None)
-    return config.eos_id if eos is None else eos
-
-
-def _pad_id(tokenizer: Any, config: ModelConfig) -> int:
-    for value in (getattr(tokenizer, "pad_id", None), config.pad_id, config.eos_id):
-        if value is not None:
-            return int(value)
-    return 0  # padded positions are masked; their content never matters
-
-
-def _is_flat_ids(prompt: Any) -> bool:
-    if isinstance(prompt, torch.Tensor):
-        return prompt.dim() == 1
-    return (isinstance(prompt, Sequence) and len(prompt) > 0
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt))
-
-
-def _encode(
-    prompt: Prompt,
-    tokenizer: Any,
-    config: ModelConfig,
-    *,
-    chat: bool,
-    attention_mask: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Prompt -> ((B, P) int64 ids, (B, P) bool mask or None when no row is padded)."""
-    texts = [prompt] if isinstance(prompt, str) else None
-    if texts is None and isinstance(prompt, Sequence) and prompt and all(
-            isinstance(p, str) for p in prompt):
-        texts = list(prompt)
-    if texts is not None:
-        if tokenizer is None:
-            raise AdllmError("this model has no tokenizer; pass token ids instead of text")
-        if attention_mask is not None:
-            raise AdllmError("attention_mask is built from text prompts; pass it only with ids")
-        rows = [_tokenize(t, tokenizer, chat) for t in texts]
-        return _left_pad(rows, _pad_id(tokenizer, config))
-    if chat:
-        raise AdllmError("chat=True needs text prompts; got token ids")
-
-    if isinstance(prompt, torch.Tensor):
-        if prompt.dtype == torch.bool or prompt.is_floating_point() or prompt.is_complex():
-            raise AdllmError(f"prompt tensor must hold integer token ids, got {prompt.dtype}")
-        ids = prompt.long()
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.dim() != 2:
-            raise AdllmError(f"prompt tensor must be (B, P) or (P,), got {tuple(prompt.shape)}")
-    elif _is_flat_ids(prompt):
-        ids = torch.tensor([list(prompt)], dtype=torch.long)
-    elif (isinstance(prompt, Sequence) and prompt
-          and all(_is_flat_ids(r) and not isinstance(r, torch.Tensor) for r in prompt)):
-        if attention_mask is None:
-            return _left_pad([list(r) for r in prompt], _pad_id(tokenizer, config))
-        lengths = {len(r) for r in prompt}
-        if len(lengths) != 1:
-            raise AdllmError("with attention_mask, every prompt row must already have one length")
-        ids = torch.tensor([list(r) for r in prompt], dtype=torch.long)
-    else:
-        raise AdllmError(
-            f"prompt must be a string, a list of strings, a list of token ids, a list of such "
-            f"lists or an int64 tensor; got {type(prompt).__name__}"
-            + (" (empty)" if isinstance(prompt, Sequence) and not prompt else "")
-        )
-    if ids.numel() == 0:
-        raise AdllmError("prompt is empty; give at least one token")
-    ids = ids.cpu()
-    if int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size:
-        raise AdllmError(
-            f"prompt token ids must be in [0, {config.vocab_size}); got ids from "
-            f"{int(ids.min())} to {int(ids.max())}"
-        )
-    mask = None
-    if attention_mask is not None:
-        mask = torch.as_tensor(attention_mask).cpu()
-        if mask.dim() == 1:
-            mask = mask[None]
-        if tuple(mask.shape) != tuple(ids.shape):
-            raise AdllmError(
-                f"attention_mask shape {tuple(mask.shape)} must equal the prompt's "
-                f"{tuple(ids.shape)}"
-            )
-        mask = _check_left_padded(mask.bool())
-    return ids, mask
-
-
-def _tokenize(text: str, tokenizer: Any, chat: bool) -> list[int]:
-    if chat:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                 add_generation_prompt=True)
-        # The template already writes the special tokens (BOS, role headers).
-        ids = tokenizer.encode(rendered, add_special_tokens=False)
-    else:
-        ids = tokenizer.encode(text)
-    if not ids:
-        raise AdllmError(f"prompt {text!r} encodes to no tokens; give a non-empty prompt")
-    return list(ids)
-
-
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if any(len(r) == 0 for r in rows):
-        raise AdllmError("a prompt is empty; give at least one token per prompt")
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
-    if all(len(r) == width for r in rows):
-        return ids, None
-    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
-    return ids, mask
-
-
-def _check_left_padded(mask: torch.Tensor) -> torch.Tensor | None:
-    """Validate a (B, P) bool mask (zeros only before ones, >= 1 real token per row)."""
-    if not bool(mask[:, -1].all()):
-        raise AdllmError("attention_mask: every row needs its last prompt position real "
-                         "(padding goes on the left)")
-    if bool((mask[:, 1:].long() < mask[:, :-1].long()).any()):
-        raise AdllmError("attention_mask must be left padding: zeros before ones in every row")
-    return None if bool(mask.all()) else mask

@@ -42,22 +42,18 @@ results do not depend on batching or on resuming.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from adaptive_dllm._distributed import Ranks, gather_objects, shard
-from adaptive_dllm._io import atomic_write
+from adaptive_dllm._distributed import Ranks, shard
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example
@@ -73,6 +69,14 @@ from adaptive_dllm.importance.gate_paths import (  # noqa: F401  (re-exported)
     mask_variants,
     postprocess,
     stp_thresholds,
+)
+from adaptive_dllm.importance.headig_state import (
+    build_artifact,
+    fingerprint,
+    gather_examples,
+    load_state,
+    rel_gap,
+    save_state,
 )
 from adaptive_dllm.models.families import get_family
 
@@ -192,68 +196,6 @@ class _Frozen:
         self.model.gradient_checkpointing = self.old_ckpt
 
 
-def _fingerprint(model: nn.Module, examples: Sequence[Example], settings: HeadIGSettings) -> str:
-    s = asdict(settings)
-    s.pop("postprocess")  # applied at the end: a resumed run may change it
-    s.pop("mask_batch_size")  # does not change the result
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(e.name.encode())
-        h.update(e.ids.numpy().tobytes())
-        h.update(str(e.start).encode())
-    info = {"settings": s, "config": asdict(model.config), "source": getattr(model, "source", None),
-            "data": h.hexdigest()}
-    return json.dumps(info, sort_keys=True, default=str)
-
-
-def _load_state(path: Path | None, fingerprint: str) -> dict[str, Any]:
-    if path is None or not path.is_file():
-        return {"fingerprint": fingerprint, "ig": [], "j_full": [], "j_base": []}
-    damaged = (f"resume file {str(path)!r} is not a HeadIG resume file or is damaged (%s); "
-               "delete it or pass another --resume path")
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, ...: many exception types
-        raise AdllmError(damaged % " ".join(str(err).split())[:120]) from None
-    keys = ("fingerprint", "ig", "j_full", "j_base")
-    if not isinstance(state, dict) or not all(k in state for k in keys):
-        raise AdllmError(damaged % "missing entries")
-    if not all(isinstance(state[k], list) for k in keys[1:]) or not (
-            len(state["ig"]) == len(state["j_full"]) == len(state["j_base"])):
-        raise AdllmError(damaged % "inconsistent entries")
-    if state.get("fingerprint") != fingerprint:
-        raise AdllmError(
-            f"resume file {str(path)!r} was written for other settings, data or model; delete it or "
-            "pass another --resume path"
-        )
-    log.info("resuming HeadIG from %s: %d example(s) done", path, len(state["ig"]))
-    return state
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    # Unique temporary name next to the file (concurrent runs never share one), fsync, rename.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
-
-
-def progress_bar(total: int, *, initial: int = 0, desc: str, unit: str) -> tuple[Any, Callable[[], None]]:
-    """A tqdm bar on stderr and its ``tick``: redrawn at least every 10 % of ``total``, and by
-    tqdm every 30 s when stderr is not a terminal (logs, ``| tee``), so long runs show life."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    step = max(1, total // 10)
-
-    def tick() -> None:
-        bar.update()
-        if bar.n % step == 0:
-            bar.refresh()
-
-    return bar, tick
-
-
 def headig(
     model: nn.Module,
     examples: CalibrationSet | Sequence[Example],
@@ -304,36 +246,33 @@ def headig(
     resume_path = Path(resume) if resume is not None else None
     if resume_path is not None and ranks.distributed:
         resume_path = resume_path.with_name(f"{resume_path.name}.rank{ranks.rank}of{ranks.world}")
-    state = _load_state(resume_path, _fingerprint(model, [exs[i] for i in mine], settings))
+    state = load_state(resume_path, fingerprint(model, [exs[i] for i in mine], settings))
     log.info(describe_cost(settings, len(exs)))
     ticks_per_example = settings.paths * settings.steps
 
-    bar = tick = None
-    if progress:
-        bar, tick = progress_bar(len(mine) * ticks_per_example, desc="HeadIG", unit="step",
-                                 initial=len(state["ig"]) * ticks_per_example)
+    from adaptive_dllm._progress import progress_bar  # tqdm on a terminal, lines in logs
+
+    bar = progress_bar(len(mine) * ticks_per_example, desc="HeadIG", unit="step",
+                       enabled=progress, initial=len(state["ig"]) * ticks_per_example)
     started = time.perf_counter()
     first = len(state["ig"])
-    with _Frozen(model, checkpointing):
+    with _Frozen(model, checkpointing), bar:
         for pos in range(first, len(mine)):
             ig, j_full, j_base = _attribute_example(model, exs[mine[pos]], mine[pos], settings,
-                                                    alpha0, tick)
+                                                    alpha0, bar.update)
             state["ig"].append(ig.float())
             state["j_full"].append(j_full)
             state["j_base"].append(j_base)
-            if bar is not None:
-                bar.set_postfix(gap=f"{_rel_gap(ig.sum().item(), j_full - j_base):.1%}")
-                if pos == first:  # the cost line came first; now a measured time estimate
-                    each, left = time.perf_counter() - started, len(mine) - pos - 1
-                    bar.write(f"HeadIG: example {mine[pos] + 1} took {each:.1f} s; about "
-                              f"{each * left:.0f} s for the remaining {left}", file=sys.stderr)
+            bar.set_postfix_str(f"gap={rel_gap(ig.sum().item(), j_full - j_base):.1%}")
+            if pos == first:  # the cost line came first; now a measured time estimate
+                each, left = time.perf_counter() - started, len(mine) - pos - 1
+                bar.note(f"HeadIG: example {mine[pos] + 1} took {each:.1f} s; about "
+                         f"{each * left:.0f} s for the remaining {left}")
             if resume_path is not None:
-                _save_state(resume_path, state)
-    if bar is not None:
-        bar.close()
-    results = _gather_examples(mine, state, ranks)
-    return _artifact(model, examples, settings, results, layers, checkpointing,
-                     time.perf_counter() - started)
+                save_state(resume_path, state)
+    results = gather_examples(mine, state, ranks)
+    return build_artifact(model, examples, settings, results, layers, checkpointing,
+                          time.perf_counter() - started)
 
 
 def _attribute_example(model: nn.Module, example: Example, index: int, settings: HeadIGSettings,
@@ -354,72 +293,3 @@ def _attribute_example(model: nn.Module, example: Example, index: int, settings:
                                    on_step=tick)
     ig /= settings.paths
     return ig, objective.value(torch.ones(alpha0.shape)), objective.value(alpha0)
-
-
-def _gather_examples(mine: Sequence[int], state: dict[str, Any], ranks: Ranks) -> dict[str, list]:
-    """Every example's (ig, j_full, j_base) in example order, gathered from every rank.
-
-    Gathering the per-example tensors (instead of all-reducing their sum) keeps the final mean
-    in one fixed order, so the result is bit-identical to a one-process run.
-    """
-    parts = gather_objects((list(mine), state["ig"], state["j_full"], state["j_base"]), ranks)
-    rows = sorted((i, ig, jf, jb) for idx, igs, jfs, jbs in parts
-                  for i, ig, jf, jb in zip(idx, igs, jfs, jbs, strict=True))
-    return {"ig": [r[1] for r in rows], "j_full": [r[2] for r in rows], "j_base": [r[3] for r in rows]}
-
-
-def _artifact(model: nn.Module, examples: CalibrationSet | Sequence[Example],
-              settings: HeadIGSettings, state: dict[str, list], layers: range,
-              checkpointing: bool, elapsed: float) -> HeadImportance:
-    """The HeadImportance of the gathered per-example attributions, with its metadata."""
-    cfg = model.config
-    shape = (cfg.n_layers, cfg.n_heads)
-    per_example = torch.stack(state["ig"]).double()  # (N, Ly, H)
-    scores = postprocess(per_example, settings.postprocess).mean(0).float()
-    outside = torch.ones(shape, dtype=torch.bool)
-    outside[layers.start : layers.stop] = False
-    scores[outside] = float("nan")
-    sums = per_example.sum((1, 2))
-    deltas = torch.tensor(state["j_full"], dtype=torch.float64) - torch.tensor(state["j_base"],
-                                                                                dtype=torch.float64)
-    gaps = [_rel_gap(float(s), float(d)) for s, d in zip(sums, deltas, strict=True)]
-    exs = list(examples)
-    metadata = {
-        "estimator": "headig",
-        "sign": "higher_is_more_important",
-        "objective": "J = -masked cross-entropy on the completion span (logits aligned per family)",
-        "integration": f"{settings.rule} Riemann sum over t_k = k/K",
-        "settings": asdict(settings),
-        "seed": settings.seed,
-        "data": examples.description if isinstance(examples, CalibrationSet) else
-        {"n": len(exs), "names": [e.name for e in exs][:50]},
-        "layers_attributed": [layers.start, layers.stop - 1],
-        "passes_per_example": settings.passes_per_example,
-        "completeness": {
-            "j_full_mean": float(torch.tensor(state["j_full"]).mean()),
-            "j_baseline_mean": float(torch.tensor(state["j_base"]).mean()),
-            "ig_sum_mean": float(sums.mean()),
-            "rel_gap_mean": _finite_or_none(sum(gaps) / len(gaps)),
-            "rel_gap_max": _finite_or_none(max(gaps)),
-        },
-        "family": cfg.family,
-        "n_kv_heads": cfg.n_kv_heads,
-        "model": getattr(model, "source", None),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(next(model.parameters()).device),
-        "checkpointing": checkpointing,
-        "elapsed_s": round(elapsed, 2),
-        "torch": torch.__version__,
-    }
-    return HeadImportance(scores=scores, head_kind="query", metadata=metadata)
-
-
-def _rel_gap(ig_sum: float, delta: float) -> float:
-    """|sum IG - (J(1) - J(alpha0))| / |J(1) - J(alpha0)| (0 when both vanish)."""
-    if delta == 0.0:
-        return 0.0 if ig_sum == 0.0 else math.inf
-    return abs(ig_sum - delta) / abs(delta)
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None

@@ -110,24 +110,41 @@ def prune_gates(
             raise AdllmError(f"layer range {layers} is not inside 0..{n_layers - 1}")
         candidates[:first] = False
         candidates[last + 1 :] = False
-    gates = torch.ones(n_layers, n_heads)
     gen = torch.Generator().manual_seed(seed)  # random: one stream, layer after layer
     if scope == "per_layer":
-        for layer in range(n_layers):
-            cand = torch.zeros_like(candidates)
-            cand[layer] = candidates[layer]
-            n = int(cand.sum())
-            if n == 0:
-                continue
-            count = k if k is not None else round(fraction * n)
-            if count > n or (keep_one_per_layer and count >= n_heads):
-                raise AdllmError(
-                    f"cannot prune {count} heads in layer {layer}: it has {n} candidate(s) of "
-                    f"{n_heads} heads{' and one must stay' if keep_one_per_layer else ''}"
-                )
-            for flat in _order(scores, cand, which, gen)[:count]:
-                gates.view(-1)[flat] = 0.0
-        return gates
+        return _per_layer_gates(scores, candidates, which, gen, k=k, fraction=fraction,
+                                keep_one_per_layer=keep_one_per_layer)
+    return _global_gates(scores, candidates, which, gen, k=k, fraction=fraction,
+                         keep_one_per_layer=keep_one_per_layer)
+
+
+def _per_layer_gates(scores: Tensor, candidates: Tensor, which: Which, gen: torch.Generator, *,
+                     k: int | None, fraction: float | None, keep_one_per_layer: bool) -> Tensor:
+    """k (or ``fraction`` of the candidates) heads pruned in every layer."""
+    n_layers, n_heads = scores.shape
+    gates = torch.ones(n_layers, n_heads)
+    for layer in range(n_layers):
+        cand = torch.zeros_like(candidates)
+        cand[layer] = candidates[layer]
+        n = int(cand.sum())
+        if n == 0:
+            continue
+        count = k if k is not None else round(fraction * n)
+        if count > n or (keep_one_per_layer and count >= n_heads):
+            raise AdllmError(
+                f"cannot prune {count} heads in layer {layer}: it has {n} candidate(s) of "
+                f"{n_heads} heads{' and one must stay' if keep_one_per_layer else ''}"
+            )
+        for flat in _order(scores, cand, which, gen)[:count]:
+            gates.view(-1)[flat] = 0.0
+    return gates
+
+
+def _global_gates(scores: Tensor, candidates: Tensor, which: Which, gen: torch.Generator, *,
+                  k: int | None, fraction: float | None, keep_one_per_layer: bool) -> Tensor:
+    """k (or ``fraction`` of the candidates) heads pruned over all layers, in ranking order."""
+    n_layers, n_heads = scores.shape
+    gates = torch.ones(n_layers, n_heads)
     n = int(candidates.sum())
     count = k if k is not None else round(fraction * n)
     if count > n:
