@@ -128,7 +128,7 @@ def test_cli_passes_no_option_the_user_did_not_give(monkeypatch, capsys, scripte
                         lambda *a, **k: (scripted(2, 8), ByteTokenizer()))
     assert main(["generate", "ab", "--json"]) == 2
     assert "stopped after the call was seen" in capsys.readouterr().err
-    sampler_options = set(seen) - {"chat", "seed", "sparse", "on_step", "output_history"}
+    sampler_options = set(seen) - {"chat", "seed", "sparse", "on_step"}
     assert sampler_options == set()  # block length, steps, gen length: the API's defaults
 
 
