@@ -9,6 +9,7 @@ from typing import Any
 
 from adaptive_dllm.cli.arguments import add_quiet, check_plot, check_steps, device, positive_int
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.support import BLOCK_SIZES
 
 #: The "kind" of every record the sweep emits; --out appends only to files of such records.
 RECORD_KINDS = ("kernel", "e2e", "compile", "skipped", "error")
@@ -45,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="mean fraction of key blocks kept, in (0, 1] (default 0.3)")
     p.add_argument("--skip", type=float, default=0.2,
                    help="fraction of steps run dense before the plan (default 0.2)")
-    p.add_argument("--block-size", type=int, default=128, choices=(32, 64, 128))
+    p.add_argument("--block-size", type=int, default=128, choices=BLOCK_SIZES,
+                   help="sparse key block size (default 128)")
     p.add_argument("--steps", type=positive_int, default=128,
                    help="denoising steps, at most 16 x --gen-length (default 128)")
     p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
