@@ -156,3 +156,43 @@ def test_a_session_without_a_sparse_config_runs_dense_under_a_cache(bundled, stu
     assert torch.equal(out.sequences, _llada(bundled, cache="dual").sequences)
     assert spec.sessions[0].begun == [(b, 4) for b in range(4)]
     assert out.stats["sparse"]["cached_dense_steps"] == 28
+
+
+class _GpuLikeRefreshes:
+    """A cost model whose refreshes pick the reference backend (as ``triton`` on a GPU would)."""
+
+    def __init__(self, decode):
+        from adaptive_dllm.sparsity.cost import CostModel
+
+        self.model = CostModel(decode=decode)
+
+    def decide(self, **_):
+        from adaptive_dllm.sparsity.cost import Decision
+
+        return Decision("reference", "GPU-like refreshes (test)")
+
+    def decide_cached(self, **kw):
+        return self.model.decide_cached(**kw)
+
+
+@pytest.mark.parametrize("decode, expect", [
+    (None, "dense"),  # the bundled model's cache is tiny: cached steps stay dense under auto
+    ({"bandwidth": 1.0, "overhead_s": 0.0, "build_reads": 1.0}, "reference"),
+])
+def test_auto_decides_cached_steps_with_the_cost_model(bundled, monkeypatch, decode, expect):
+    from adaptive_dllm.sparsity import session as session_mod
+    from adaptive_dllm.sparsity.cost import DecodeCost
+
+    constants = DecodeCost(**decode) if decode else DecodeCost()
+    monkeypatch.setattr(session_mod, "CostModel", lambda: _GpuLikeRefreshes(constants))
+    cfg = SparseConfig(select=0.5, skip=0.2, block_size=16, backend="auto")
+    out = _llada(bundled, prompt="ROMEO: " * 12, cache="prefix", sparse=cfg)
+    s = out.stats["sparse"]
+    assert s["backend"] == "reference" and s["cached_backend"] == expect
+    if expect == "dense":
+        assert "short cache" in s["cached_reason"]
+        assert (s["cached_dense_steps"], s["cached_sparse_steps"]) == (28, 0)
+        assert s["cached_keep_ratio"] is None
+    else:
+        assert "7 per block" in s["cached_reason"]  # 8 steps per block of 8: 7 cached
+        assert (s["cached_dense_steps"], s["cached_sparse_steps"]) == (0, 28)

@@ -22,8 +22,8 @@ SPARSE_KEYS = {
     "region_note", "block_size", "units", "estimator", "build_kernel", "seq_len", "time_dense_s",
     "time_plan_s", "time_sparse_s", "compile_s"}
 GENERATION_KEYS = {"sampler", "steps", "batch", "prompt_length", "gen_length", "total_s",
-                   "step_median_s", "step_s", "tokens_per_s", "sparse", "batch_note",
-                   "cache", "threshold", "forwards", "refreshes", "tokens_per_forward"}
+                   "step_median_s", "step_s", "tokens_per_s", "cache", "threshold", "forwards",
+                   "refreshes", "tokens_per_forward", "sparse", "batch_note"}
 
 
 class _CompilingReference(ReferenceBackend):

@@ -24,7 +24,7 @@ def table(records: list[dict[str, Any]]) -> str:
                 f"{_mode_label(r):<16} {r['ms']:>8.2f} {r['speedup']:>7.2f}x "
                 f"{_f(r.get('ideal_speedup')):>6} {_f(r.get('achieved_over_ideal')):>9} "
                 f"{_f(r.get('plan_build_ms'), 1):>10} {_f(r.get('plan_build_fused_ms'), 1):>6}")
-    e2e = [r for r in records if r.get("kind") == "e2e"]
+    e2e = [r for r in records if r.get("kind") == "e2e" and "cache" not in r]
     if e2e:
         lines.append("")
         lines.append("end-to-end           prompt  mode      run   total(s)  speedup  ideal  "
@@ -37,6 +37,8 @@ def table(records: list[dict[str, Any]]) -> str:
                 f"{_f(r.get('achieved_over_ideal')):>9} {_f(r.get('plan_over_dense_step')):>15} "
                 f"{_f(r.get('peak_memory_gb'), 1):>8} {_f(r.get('peak_over_dense'), 3):>10} "
                 f"{_f(keep, 3):>5}")
+    lines += _cache_table([r for r in records if r.get("kind") == "e2e" and "cache" in r])
+    lines += _decode_table([r for r in records if r.get("kind") == "decode"])
     comp = [r for r in records if r.get("kind") == "compile"]
     for r in comp:
         lines.append(f"one-time compile ({r['family']}): {r['compile_s']:.1f} s")
@@ -47,6 +49,42 @@ def table(records: list[dict[str, Any]]) -> str:
             lines.append(f"skipped {r['family']} {r.get('prompt_len')} {r.get('mode', 'all')} "
                          f"{r.get('run', '')}: {r['reason']}")
     return "\n".join(lines)
+
+
+def _cache_table(rows: list[dict[str, Any]]) -> list[str]:
+    """End-to-end runs of the cache protocol: speedups over dense without a cache and over dense
+    with the same cache, tokens per forward, peak memory, and what ``auto`` decided."""
+    if not rows:
+        return []
+    lines = ["", "cache protocol       prompt  cache   mode      backend    tok/fwd fwds  total(s) "
+                 "vs-nocache  vs-cache  peak(GB) peak/nocache  ran (refresh/cached)"]
+    for r in rows:
+        sp = r.get("sparse_stats") or {}
+        ran = f"{sp.get('backend', '-')}/{sp.get('cached_backend', '-')}" if sp else "-"
+        lines.append(
+            f"{r['family']:<20} {r['prompt_len']:>6}  {r['cache'] or 'none':<7} {r['mode']:<9} "
+            f"{r.get('sparse_backend') or '-':<10} {r['tokens_per_forward']:>7.2f} "
+            f"{r['forwards']:>4} {r['total_s']:>9.3f} "
+            f"{_f(r.get('speedup_over_no_cache_dense')):>9}x "
+            f"{_f(r.get('speedup_over_same_cache_dense')):>7}x "
+            f"{_f(r.get('peak_memory_gb'), 1):>8} {_f(r.get('peak_over_no_cache_dense'), 3):>12}  "
+            f"{ran}")
+    return lines
+
+
+def _decode_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Cached-step attention: sparse kernel vs the fastest dense SDPA, bandwidth."""
+    if not rows:
+        return []
+    lines = ["", "cached step          keys  queries keep  kernel     ms   dense(ms,backend)  "
+                 "speedup  ideal  GB/s  dense GB/s  copy GB/s"]
+    for r in rows:
+        lines.append(
+            f"{r['family']:<20} {r['keys']:>6} {r['queries']:>5} {r['keep_ratio']:>6.3f} "
+            f"{r['kernel']:<9} {r['ms']:>7.3f} {r['dense_ms']:>8.3f} {r['dense_backend']:<9} "
+            f"{r['speedup']:>6.2f}x {r['ideal_speedup']:>5.2f} {r['gbs']:>6.1f} "
+            f"{r['dense_gbs']:>10.1f} {r['copy_rate_gbs']:>10.1f}")
+    return lines
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -65,8 +103,9 @@ def plot(records: list[dict[str, Any]], path: str) -> None:
     axes = fig.subplots(1, 2)
     for ax, kind, xkey, title in ((axes[0], "kernel", "seq_len", "attention kernel (one layer)"),
                                   (axes[1], "e2e", "prompt_len", "end-to-end generation")):
-        rows = [r for r in records if r.get("kind") == kind and r.get("mode") not in ("dense",)
-                and r.get("run", "warm") == "warm" and r.get("speedup") is not None]
+        rows = [r for r in records if r.get("kind") == kind and r.get("run", "warm") == "warm"
+                and r.get("speedup") is not None
+                and not (r.get("mode") == "dense" and not r.get("cache"))]
         for n, key in enumerate(sorted({(r["family"], _mode_label(r)) for r in rows})):
             pts = sorted((r[xkey], r["speedup"]) for r in rows
                          if (r["family"], _mode_label(r)) == key)
@@ -102,6 +141,9 @@ def _mode_label(r: dict[str, Any]) -> str:
     mode already (``uniform [triton]``); dense and ``*_all_blocks`` as they are."""
     backend = r.get("backend")
     mode = r["mode"]
+    if r.get("cache"):  # the cache protocol: dense/sparse under a cache, on a backend
+        return f"{mode} +{r['cache']}" + (f" [{r['sparse_backend']}]" if r.get("sparse_backend")
+                                          else "")
     if backend and r.get("kind") == "kernel" and not mode.startswith(backend):
         return f"{mode} [{backend}]"
     return mode

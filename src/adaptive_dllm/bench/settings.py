@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.config import ModelConfig
 
 
@@ -40,6 +41,30 @@ class SweepSettings:
     #: Sparse backends: the kernel sweep times each, end to end runs the first (CUDA only for
     #: "triton"; a CPU smoke run uses flex).
     backends: tuple[str, ...] = ("triton", "flex")
+    #: Cache sweep (issue 14): cache modes ("none", "prefix", "dual"; empty: the plain e2e
+    #: protocol), fixed tokens per step or a threshold, sparse backends (``auto`` included).
+    caches: tuple[str, ...] = ()
+    tokens_per_step: int | None = None
+    threshold: float | None = None
+    cache_backends: tuple[str, ...] = ("auto",)
+    window: int = 32  # queries of a cached step (decode kernel records)
+    command: str | None = None  # the command line that made the records
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.caches if c not in ("none", "prefix", "dual")]
+        if bad:
+            raise AdllmError(f"cache {bad[0]!r} is not one of none, prefix, dual")
+        if self.tokens_per_step is not None and self.threshold is not None:
+            raise AdllmError("tokens_per_step and threshold exclude each other; give one")
+        k = self.tokens_per_step
+        if k is not None and (k < 1 or self.llada_block_length % k or self.gen_length % k):
+            raise AdllmError(f"tokens_per_step={k} must divide the block length "
+                             f"{self.llada_block_length} (and gen_length {self.gen_length})")
+
+    @property
+    def cache_sweep(self) -> bool:
+        """Whether end-to-end runs follow the cache protocol (:mod:`~adaptive_dllm.bench.cache`)."""
+        return bool(self.caches) or self.tokens_per_step is not None or self.threshold is not None
 
     def sparse_backends(self) -> tuple[str, ...]:
         """The backends this device can run, in order."""

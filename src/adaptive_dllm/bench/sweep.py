@@ -1,9 +1,10 @@
 """Benchmark sweeps: attention kernels and end-to-end generation, dense vs uniform vs adaptive.
 
-Every measurement becomes one JSON record (``kind`` = ``kernel`` or ``e2e``, plus ``compile``
-for the one-time compilation) carrying the environment (:func:`~adaptive_dllm.bench.timing.
-environment`). Protocol (DESIGN §5): the dense baseline is the fastest dense SDPA backend measured
-in the same process; warm-up runs are excluded; CUDA events; medians.
+Every measurement becomes one JSON record (``kind`` = ``kernel``, ``e2e`` or ``decode`` (the
+cached-step kernel), plus ``compile`` for the one-time compilation) carrying the environment
+(:func:`~adaptive_dllm.bench.timing.environment`). Protocol (DESIGN §5): the dense baseline is
+the fastest dense SDPA backend measured in the same process; warm-up runs are excluded; CUDA
+events; medians.
 
 Models (:mod:`~adaptive_dllm.bench.settings`) have the real LLaDA-8B / Dream-7B geometry with
 fewer layers: the per-layer ratio is what the kernel sweep measures; end-to-end ratios
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from adaptive_dllm.bench.cache import cache_e2e_records, copy_rate_gbs, decode_records
 from adaptive_dllm.bench.e2e import e2e_records, warmup_compile
 from adaptive_dllm.bench.settings import (
     SweepSettings,
@@ -158,7 +160,17 @@ def _run_sweep(s: SweepSettings, *, what: Iterable[str],
                     if rec["kind"] == "kernel":
                         dense_at[(family, length)] = (rec["dense_backend"], rec["dense_ms"])
                 _free()
-    if "e2e" in what:
+    if "decode" in what:
+        copy_gbs = copy_rate_gbs(s.device, mib=8 if s.tiny else 1024)
+        for family in s.families:
+            for length in s.lengths:
+                case = functools.partial(decode_records, family, length, s, copy_gbs=copy_gbs)
+                for rec in _guarded(case, family, length):
+                    add(rec)
+                _free()
+    if "e2e" in what and s.cache_sweep:
+        _cache_sweep(s, add)
+    elif "e2e" in what:
         top = max(s.e2e_lengths) + s.gen_length
         models = {}
         for family in s.families:
@@ -191,6 +203,21 @@ def _run_sweep(s: SweepSettings, *, what: Iterable[str],
         models.clear()
         _free()
     return records
+
+
+def _cache_sweep(s: SweepSettings, add: Callable[[dict[str, Any]], None]) -> None:
+    """End-to-end runs under the cache protocol, family-major (one model in memory at a time)."""
+    top = max(s.e2e_lengths) + s.gen_length
+    for family in s.families:
+        config = model_config(family, n_layers=s.n_layers, max_seq_len=top, tiny=s.tiny)
+        model = random_model(config, device=s.device, dtype=getattr(torch, s.dtype))
+        for length in sorted(s.e2e_lengths):
+            case = functools.partial(cache_e2e_records, model, length, s)
+            for rec in _guarded(case, family, length):
+                add(rec)
+            _free()
+        del model
+        _free()
 
 
 def _dense_attention(config: ModelConfig, length: int, s: SweepSettings) -> tuple[str, float]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from typing import Any
 
 from adaptive_dllm.cli.arguments import add_quiet, check_plot, check_steps, device, positive_int
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.support import BLOCK_SIZES
 
 #: The "kind" of every record the sweep emits; --out appends only to files of such records.
-RECORD_KINDS = ("kernel", "e2e", "compile", "skipped", "error")
+RECORD_KINDS = ("kernel", "e2e", "decode", "compile", "skipped", "error")
 
 EPILOG = """\
 examples:
@@ -19,11 +21,18 @@ examples:
   adllm bench --what kernel --lengths 16384 65536 --family llada --json
   adllm bench --what e2e --layers 2 --e2e-lengths 16384 --plot speedup.png --out runs/bench.jsonl
   adllm bench --tiny --device cpu --lengths 256 --e2e-lengths 128 --steps 8 --gen-length 16
+  adllm bench --what e2e --cache none prefix --tokens-per-step 4 --modes uniform --e2e-lengths 4096
+  adllm bench --what decode --lengths 65536 --select 0.3      # cached-step kernel vs dense SDPA
 
 Needs a CUDA GPU (random bf16 weights at the LLaDA-8B / Dream-7B geometry, fewer layers);
 --tiny --device cpu runs a seconds-long smoke test of the harness. Protocol: benchmarks/README.md.
 --out appends to a JSONL file of earlier bench records (or creates it); any other existing file
 is refused. A line per finished measurement goes to stderr (--quiet: none).
+
+--cache / --threshold / --tokens-per-step switch end-to-end runs to the cache protocol (issue 14):
+dense without a cache is the baseline, every other cache mode runs dense and each sparse mode on
+each --sparse-backend. Random weights make confidences meaningless: --tokens-per-step K commits
+exactly K tokens per forward (steps = gen_length / K) and the records say so.
 """
 
 
@@ -33,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Time attention kernels and end-to-end generation: fastest dense SDPA vs "
                     "uniform and adaptive block-sparse attention.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--what", nargs="+", choices=("kernel", "e2e"), default=["kernel", "e2e"])
+    p.add_argument("--what", nargs="+", choices=("kernel", "e2e", "decode"),
+                   default=["kernel", "e2e"],
+                   help="kernel: prefill attention; e2e: generation; decode: cached-step "
+                        "attention (--lengths cached keys)")
     p.add_argument("--family", nargs="+", choices=("llada", "dream"), default=["llada", "dream"])
     p.add_argument("--lengths", nargs="+", type=positive_int,
                    default=[4096, 8192, 16384, 32768, 65536], help="kernel sequence lengths")
@@ -45,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="mean fraction of key blocks kept, in (0, 1] (default 0.3)")
     p.add_argument("--skip", type=float, default=0.2,
                    help="fraction of steps run dense before the plan (default 0.2)")
-    p.add_argument("--block-size", type=int, default=128, choices=(32, 64, 128))
+    p.add_argument("--block-size", type=int, default=128, choices=BLOCK_SIZES,
+                   help="sparse key block size (default 128)")
     p.add_argument("--steps", type=positive_int, default=128,
                    help="denoising steps, at most 16 x --gen-length (default 128)")
     p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
@@ -54,6 +67,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="timed repeats per kernel (median)")
     p.add_argument("--modes", nargs="+", choices=("uniform", "adaptive"),
                    default=["uniform", "adaptive"])
+    p.add_argument("--cache", nargs="+", choices=("none", "prefix", "dual"), default=[],
+                   help="e2e under these K/V cache modes (none = the dense baseline)")
+    decoding = p.add_mutually_exclusive_group()
+    decoding.add_argument("--tokens-per-step", type=positive_int, default=None, metavar="K",
+                          help="commit exactly K tokens per forward (steps = gen-length / K); "
+                               "must divide --block-length")
+    decoding.add_argument("--threshold", type=_threshold, default=None, metavar="TAU",
+                          help="threshold decoding (meaningless confidences on random weights)")
+    p.add_argument("--block-length", type=positive_int, default=32,
+                   help="semi-autoregressive block of the cache protocol and LLaDA (default 32)")
+    p.add_argument("--sparse-backend", nargs="+", default=["auto"],
+                   choices=("auto", "triton", "flex", "reference"),
+                   help="sparse backends of the cache protocol (default auto)")
+    p.add_argument("--window", type=positive_int, default=32,
+                   help="queries of a cached step (--what decode, default 32)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (first) sparse run")
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="start no generation that would end later than this after launch")
@@ -67,6 +95,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write a speedup plot (any format matplotlib writes: png, svg, pdf ...)")
     add_quiet(p)
     p.set_defaults(func=run)
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"threshold {text} must be > 0")
+    return value
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line with every option's value (defaults included): what the records ran."""
+    skip = {"func", "command", "json", "out", "plot", "quiet", "verbose"}
+    parts = ["adllm", "bench"]
+    for name, value in vars(args).items():
+        if name in skip or value is None or value is False or value == []:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 def _is_record(value: Any) -> bool:
@@ -97,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
         skip=args.skip, block_size=args.block_size, steps=args.steps, gen_length=args.gen_length,
         repeats=args.repeats, modes=tuple(args.modes), cold=not args.no_cold, tiny=args.tiny,
         device=device, dtype="bfloat16" if device.startswith("cuda") else "float32",
-        deadline=None if args.deadline is None else time.monotonic() + args.deadline)
+        deadline=None if args.deadline is None else time.monotonic() + args.deadline,
+        caches=tuple(args.cache), tokens_per_step=args.tokens_per_step, threshold=args.threshold,
+        llada_block_length=args.block_length, cache_backends=tuple(args.sparse_backend),
+        window=args.window, command=_command(args))
     out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below
 
     def emit(rec: dict) -> None:

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = generate(model, tokenizer, prompt, chat=args.chat, seed=args.seed, sparse=sparse,
                        on_step=bar.update_to if bar else None,
-                       output_history=bool(args.history or args.history_gif), **options)
+                       **({"output_history": True} if args.history or args.history_gif else {}),
+                       **options)
     finally:
         if bar:
             bar.close()

@@ -247,7 +247,8 @@ def _new_session(sparse: SparseConfig | SparseSpec, config: ModelConfig,
             return wrap_session(sparse.new_session(config, opts.num_blocks), config, None)
         session = build_session(sparse, config, opts.num_blocks, gen_length=opts.gen_length,
                                 block_starts=tuple(range(1, opts.num_blocks)))
-        return wrap_session(session, config, sparse)
+        cached = None if opts.threshold is not None else opts.steps_per_block - 1
+        return wrap_session(session, config, sparse, cached_steps=cached)
     if not isinstance(sparse, SparseConfig):
         return sparse.new_session(config, opts.steps)
     block_starts: tuple[int, ...] = ()

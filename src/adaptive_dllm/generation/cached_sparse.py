@@ -22,6 +22,11 @@ build step again).
   that is larger, and the realised ratio is reported as ``cached_keep_ratio``). The cached steps run it with
   :mod:`~adaptive_dllm.kernels.decode_sparse` (the Triton kernel on a GPU, its eager oracle
   under the ``reference`` backend or without Triton).
+- Under ``backend="auto"`` the cached steps get their own decision
+  (:meth:`~adaptive_dllm.sparsity.cost.CostModel.decide_cached`, made at the first refresh):
+  a short cache, or too few cached steps per block to pay back the decode-plan build, runs the
+  cached steps dense even when the refreshes run sparse; the stats say which and why
+  (``cached_backend``, ``cached_reason``).
 - ``select = 1`` (or a session that decided to run dense) runs dense everywhere, so a cached
   sparse run then equals the dense run with the same cache exactly.
 
@@ -39,13 +44,15 @@ from adaptive_dllm.attention.api import attend
 from adaptive_dllm.generation.schedule import StepSession
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.sparsity.config import SparseConfig
+from adaptive_dllm.sparsity.cost import Decision
 
 
 def wrap_session(session: StepSession, model_config: ModelConfig,
-                 config: SparseConfig | None) -> CachedSparse:
+                 config: SparseConfig | None, *, cached_steps: int | None = None) -> CachedSparse:
     """The hook a sampler with a cache passes to the model in place of ``session``; with
-    ``config`` None (a custom session) cached steps run dense."""
-    return CachedSparse(session, model_config, config)
+    ``config`` None (a custom session) cached steps run dense. ``cached_steps``: cached steps
+    per block (None: unknown, threshold decoding), for the ``auto`` decision."""
+    return CachedSparse(session, model_config, config, cached_steps=cached_steps)
 
 
 class CachedSparse:
@@ -57,8 +64,10 @@ class CachedSparse:
     """
 
     def __init__(self, session: StepSession, model_config: ModelConfig,
-                 config: SparseConfig | None) -> None:
+                 config: SparseConfig | None, *, cached_steps: int | None = None) -> None:
         self.session = session
+        self.cached_steps = cached_steps
+        self.cached_decision: Decision | None = None
         self.config = config
         # (layers, units) relative weights of the session's planner (SparseSession only).
         self.weights = None if config is None else session.planner.weights
@@ -88,9 +97,10 @@ class CachedSparse:
                  key_mask: torch.Tensor | None) -> torch.Tensor:
         if q.shape[2] == k.shape[2]:  # refresh: the session's own schedule
             out = self.session(layer, q, k, v, key_mask)
-            decision = getattr(self.session, "decision", None)
+            if self.cached_decision is None:
+                self.cached_decision = self._decide_cached(k)
             if self._build and self._window is not None and (
-                    decision is None or decision.backend != "dense"):
+                    self.cached_decision.backend != "dense"):
                 self._plans[layer] = self._decode_plan(layer, q, k, key_mask)
             return out
         plan = self._plans[layer]
@@ -102,6 +112,19 @@ class CachedSparse:
         if plan is None:
             return attend(q, k, v, key_mask=key_mask)
         return self._run(q, k, v, plan, key_mask)
+
+    def _decide_cached(self, k: torch.Tensor) -> Decision:
+        """Whether cached steps run sparse: the refreshes' decision, and under ``auto`` the cost
+        model's for the cache's size (k: (B, Hkv, Lf, D), one layer's keys)."""
+        decision = getattr(self.session, "decision", None)
+        if decision is None:  # a custom session: no decision of its own
+            return Decision("dense", "a custom session: cached steps run dense")
+        if decision.backend == "dense" or getattr(self.session, "requested_backend", None) != "auto":
+            return decision
+        kv_bytes = 2 * k.numel() * k.element_size()
+        return self.session.cost_model.decide_cached(
+            refresh=decision, select=self.config.select, kv_bytes=kv_bytes,
+            cached_steps=self.cached_steps)
 
     def _decode_plan(self, layer: int, q: torch.Tensor, k: torch.Tensor,
                      key_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +167,7 @@ class CachedSparse:
 
         idx, cnt = plan
         bs = self.config.block_size
-        backend = getattr(getattr(self.session, "decision", None), "backend", "reference")
+        backend = self.cached_decision.backend
         if backend != "reference" and q.is_cuda and _has_triton():
             return ds.decode_sparse(q, k, v, idx, cnt, block_size=bs, key_mask=key_mask)
         return ds.decode_reference(q, k, v, idx, cnt, block_size=bs, key_mask=key_mask)
@@ -157,7 +180,11 @@ class CachedSparse:
         if self._kept:
             kept = torch.stack([c for c, _ in self._kept]).sum().item()
             ratio = kept / sum(s for _, s in self._kept)
-        out.update({"schedule_over": "refresh forwards", "cached_dense_steps": self.cached_dense,
+        decision = self.cached_decision
+        out.update({"schedule_over": "refresh forwards",
+                    "cached_backend": None if decision is None else decision.backend,
+                    "cached_reason": None if decision is None else decision.reason,
+                    "cached_dense_steps": self.cached_dense,
                     "cached_sparse_steps": self.cached_sparse,
                     "cached_keep_ratio": ratio})
         return out

@@ -17,6 +17,19 @@ the reason.
 
 On the CPU there is no fast sparse kernel (the reference backend materialises L x L), so ``auto``
 runs dense there; ``backend="reference"`` forces a sparse run (tests, debugging).
+
+**Cached steps** (an approximate K/V cache, ``generation/cached_sparse.py``) are a different
+regime: W queries over Lk cached keys read all of K/V once, so a step is memory-bound. A dense
+cached step costs about ``t = kv_bytes / bandwidth``; the decode kernel reads ``select`` of it but
+adds a fixed ``overhead_s`` (its launch and the log-sum-exp combine of the splits), and every
+refresh builds the decode plan (the window's exact attention mass, ``build_reads * t``). The
+cached steps of a block run sparse only when
+
+    cached_steps * ((1 - select) * t - overhead_s) > build_reads * t,
+
+so short caches (t of a few microseconds) stay dense. :class:`DecodeCost`'s constants are
+**assumptions** (the H200 copy rate of issue 14, launch latencies), not measurements yet:
+``adllm bench --what decode`` measures the kernel, and ``benchmarks/README.md`` says how to refit.
 """
 
 from __future__ import annotations
@@ -43,6 +56,32 @@ BUILD_COST_POINTS: tuple[tuple[int, float], ...] = ((4096, 5.0), (16384, 0.69), 
 
 
 @dataclass(frozen=True)
+class DecodeCost:
+    """Cost constants of cached steps (see the module doc). Assumed, not measured yet.
+
+    Attributes:
+        bandwidth: Bytes per second at which K/V stream from memory (4.3e12: the H200's measured
+            copy rate quoted in issue 14).
+        overhead_s: Fixed seconds a sparse cached step adds over one dense SDPA call (the kernel
+            and its combine: a few launches of ~5 us each).
+        build_reads: The decode-plan build at a refresh, in dense cached-step reads (the exact
+            window mass is a float32 pass over K plus a softmax: a few reads).
+        threshold_cached_steps: Cached steps per block assumed under threshold decoding, whose
+            count is unknown in advance (a block of 32 at 8 tokens per forward).
+    """
+
+    bandwidth: float = 4.3e12
+    overhead_s: float = 2e-5
+    build_reads: float = 4.0
+    threshold_cached_steps: int = 4
+
+    def __post_init__(self) -> None:
+        if not (self.bandwidth > 0 and self.overhead_s >= 0 and self.build_reads >= 0
+                and self.threshold_cached_steps >= 0):
+            raise AdllmError(f"DecodeCost({self}) needs bandwidth > 0 and the other values >= 0")
+
+
+@dataclass(frozen=True)
 class CostModel:
     """Break-even model for block-sparse attention (defaults measured on an H100, bf16).
 
@@ -52,12 +91,14 @@ class CostModel:
             relative to the fastest dense SDPA; interpolated in log(tokens), held flat outside.
         build_cost: (tokens, value) points of the plan build in units of one dense attention.
         sparse_backend: The backend a generation that pays off runs.
+        decode: Constants of the cached-step decision (:meth:`decide_cached`).
     """
 
     min_seq_len: int = 4096
     efficiency: tuple[tuple[int, float], ...] = EFFICIENCY_POINTS
     build_cost: tuple[tuple[int, float], ...] = BUILD_COST_POINTS
     sparse_backend: str = "triton"
+    decode: DecodeCost = DecodeCost()
 
     def __post_init__(self) -> None:
         for name in ("efficiency", "build_cost"):
@@ -90,6 +131,40 @@ class CostModel:
                                      f"build ({build:.2g} dense attentions)")
         return Decision(self.sparse_backend, f"predicted sparse attention {ratio:.2f}x of dense "
                                              f"per step, {sparse_steps} sparse steps")
+
+
+    def decide_cached(self, *, refresh: Decision, select: float, kv_bytes: int,
+                      cached_steps: int | None) -> Decision:
+        """Dense or the refreshes' sparse backend for the cached steps (``backend="auto"``).
+
+        Args:
+            refresh: The decision of the refresh forwards (:meth:`decide`); dense stays dense.
+            select: Mean fraction of key blocks the decode plan keeps.
+            kv_bytes: Bytes of one layer's cached K and V (2 * B * Hkv * Lk * D * itemsize).
+            cached_steps: Cached steps per refresh (block), None under threshold decoding.
+        """
+        if refresh.backend == "dense":
+            return Decision("dense", "the refresh forwards run dense")
+        d = self.decode
+        assumed = ""
+        if cached_steps is None:
+            cached_steps = d.threshold_cached_steps
+            assumed = " (assumed under threshold decoding)"
+        if cached_steps < 1:
+            return Decision("dense", "no cached step follows a refresh")
+        dense_s = kv_bytes / d.bandwidth
+        saving = (1.0 - select) * dense_s - d.overhead_s
+        if saving <= 0:
+            return Decision("dense", f"short cache: a dense cached step reads "
+                                     f"{kv_bytes / 2**20:.0f} MiB of K/V (~{dense_s * 1e6:.1f} us), "
+                                     f"too little for the decode kernel's fixed "
+                                     f"~{d.overhead_s * 1e6:.0f} us to pay off")
+        if cached_steps * saving <= d.build_reads * dense_s:
+            return Decision("dense", f"{cached_steps} cached step(s) per block{assumed} cannot "
+                                     f"pay back the decode-plan build (~{d.build_reads:g} dense "
+                                     f"cached steps)")
+        return Decision(refresh.backend, f"predicted cached step {1 - saving / dense_s:.2f}x of "
+                                         f"dense, {cached_steps} per block{assumed}")
 
 
 def _interpolate(points: tuple[tuple[int, float], ...], seq_len: int) -> float:
