@@ -42,6 +42,7 @@ from torch import nn
 
 from adaptive_dllm._checks import check_choice, check_float, check_int
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.block_loop import walk_blocks
 from adaptive_dllm.generation.cache import BlockCache, CacheMode, LoopCounts, check_cache
 from adaptive_dllm.generation.dream_steps import (  # noqa: F401 - tests reach them here
     _confidence,
@@ -265,60 +266,26 @@ def _sample_blocks(model: nn.Module, input_ids: torch.Tensor, o: DreamOptions,
         reveal_p[-1] = 1.0
         reveal_p = reveal_p.to(device)
     cache = None if o.cache is None else BlockCache(o.cache, model.config.n_layers, x.shape[1])
-    step = 0
-    for block in range(o.num_blocks):
-        lo = P + block * width
-        hi = lo + width
-        j = 0
-        while (j < o.steps_per_block if o.threshold is None
-               else j < width and bool((x[:, lo:hi] == mask_id).any())):
-            refresh = cache is None or j == 0
-            _begin_forward(session, cache, refresh=refresh, step=step, block=block,
-                           rows=(lo - lead, hi), o=o)
-            if history is not None:
-                history.append(x.clone())
-            start = 0
-            inputs = x
-            extra = {} if cache is None else {"cache": cache}
-            if cache is not None and cache.window is not None:
-                start, stop = cache.window
-                inputs = x[:, start:stop]
-            out = model(inputs, attention_mask=real, attn=session,
-                        logits_from=lo - lead - start, **extra)
-            logits = _decision_logits(out, family.align_logits, lead)[:, :width]
-            probs = torch.softmax(_filter(logits.float(), o), dim=-1)  # (B, Lb, V)
-            region = x[:, lo:hi]
-            maskable = region == mask_id
-            if o.alg == "origin":
-                region = _origin_step(region, probs, maskable, reveal_p[j], o)
-            else:
-                k = None if o.threshold is not None else block_counts[:, j]
-                region = _ranked_step(region, probs, maskable, k,
-                                      None if k is None else k_max[j], o)
-            x[:, lo:hi] = region
-            counts.count(refresh=refresh)
-            j += 1
-            step += 1
-            if on_step is not None:
-                on_step(step, o.steps)
-        counts.block_steps.append(j)
-    if history is not None:
-        history.append(x.clone())
+    for s in walk_blocks(x, start=P, width=width, options=o, mask_id=mask_id, cache=cache,
+                         session=session, counts=counts, history=history, on_step=on_step,
+                         lead=lead):
+        start = 0
+        inputs = x
+        extra = {} if cache is None else {"cache": cache}
+        if cache is not None and cache.window is not None:
+            start, stop = cache.window
+            inputs = x[:, start:stop]
+        out = model(inputs, attention_mask=real, attn=session,
+                    logits_from=s.lo - lead - start, **extra)
+        logits = _decision_logits(out, family.align_logits, lead)[:, :width]
+        probs = torch.softmax(_filter(logits.float(), o), dim=-1)  # (B, Lb, V)
+        region = x[:, s.lo:s.hi]
+        maskable = region == mask_id
+        if o.alg == "origin":
+            region = _origin_step(region, probs, maskable, reveal_p[s.j], o)
+        else:
+            k = None if o.threshold is not None else block_counts[:, s.j]
+            region = _ranked_step(region, probs, maskable, k,
+                                  None if k is None else k_max[s.j], o)
+        x[:, s.lo:s.hi] = region
     return x
-
-
-def _begin_forward(session: StepSession | None, cache: BlockCache | None, *, refresh: bool,
-                   step: int, block: int, rows: tuple[int, int], o: DreamOptions) -> None:
-    """Tell the session and the cache what the next forward is (see llada._begin_forward)."""
-    if cache is None:
-        if session is not None:
-            session.begin_step(step, o.steps)
-        return
-    if refresh:
-        cache.begin_refresh()
-        if session is not None:
-            session.begin_step(block, o.num_blocks)
-            if hasattr(session, "set_window"):
-                session.set_window(cache.window_for(*rows))
-    else:
-        cache.begin_cached(*rows)

@@ -17,7 +17,7 @@ upstream for float32 models, more precise than upstream's model-dtype arithmetic
 The step loop never reads a tensor back to the host: transfer counts are known before the
 loop and selection uses :func:`~adaptive_dllm.generation.schedule.select_top`. One documented
 exception: with ``threshold`` (parallel decoding) a block ends when it holds no mask token, which
-is read once per step (:func:`_block_open`).
+is read once per step (:func:`~adaptive_dllm.generation.block_loop.walk_blocks`).
 
 ``cache`` (``"prefix"`` / ``"dual"``) runs every block's first step as a full forward that
 refreshes the K/V cache and the block's other steps on a window only
@@ -35,6 +35,7 @@ from torch import nn
 
 from adaptive_dllm._checks import check_choice, check_float, check_int
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.generation.block_loop import walk_blocks
 from adaptive_dllm.generation.cache import (
     BlockCache,
     CacheMode,
@@ -183,55 +184,13 @@ def sample_llada(
     schedule = split_evenly(block_n, o.steps_per_block)
     counts = LoopCounts() if counts is None else counts
     cache = None if o.cache is None else BlockCache(o.cache, model.config.n_layers, x.shape[1])
-    step = 0
-    for block in range(o.num_blocks):
-        lo = P + block * o.block_length
-        hi = lo + o.block_length
-        j = 0
-        while _block_open(x, lo, hi, j, o, mask_id):
-            refresh = cache is None or j == 0
-            _begin_forward(session, cache, refresh=refresh, step=step, block=block, lo=lo,
-                           hi=hi, options=o)
-            if history is not None:
-                history.append(x.clone())
-            _step(model, x, lo=lo, hi=hi, k=None if o.threshold is not None else schedule[:, j], options=o,
-                  mask_id=mask_id, model_mask=model_mask, uncond_positions=uncond_positions,
-                  session=session, cache=cache)
-            counts.count(refresh=refresh)
-            j += 1
-            step += 1
-            if on_step is not None:
-                on_step(step, o.steps)
-        counts.block_steps.append(j)
-    if history is not None:
-        history.append(x.clone())
+    for s in walk_blocks(x, start=P, width=o.block_length, options=o, mask_id=mask_id,
+                         cache=cache, session=session, counts=counts, history=history,
+                         on_step=on_step):
+        _step(model, x, lo=s.lo, hi=s.hi, k=None if o.threshold is not None else schedule[:, s.j],
+              options=o, mask_id=mask_id, model_mask=model_mask,
+              uncond_positions=uncond_positions, session=session, cache=cache)
     return x
-
-
-def _block_open(x: torch.Tensor, lo: int, hi: int, j: int, o: LladaOptions, mask_id: int) -> bool:
-    """Whether block ``[lo, hi)`` takes another step. With ``threshold`` the loop reads whether
-    any mask token is left (one host sync per step, the documented exception)."""
-    if o.threshold is None:
-        return j < o.steps_per_block
-    return j < o.block_length and bool((x[:, lo:hi] == mask_id).any())
-
-
-def _begin_forward(session: StepSession | None, cache: BlockCache | None, *, refresh: bool,
-                   step: int, block: int, lo: int, hi: int, options: LladaOptions) -> None:
-    """Tell the session and the cache what the next forward is."""
-    if cache is None:
-        if session is not None:
-            session.begin_step(step, options.steps)
-        return
-    if refresh:
-        cache.begin_refresh()
-        if session is not None:
-            # Sessions wrapped for a cache count refresh forwards (cached_sparse.py).
-            session.begin_step(block, options.num_blocks)
-            if hasattr(session, "set_window"):
-                session.set_window(cache.window_for(lo, hi))
-    else:
-        cache.begin_cached(lo, hi)
 
 
 def _step(
