@@ -102,18 +102,12 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *,
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
+    with _replace_on_success(tmp, target):
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(target.parent)
 
 
 @contextlib.contextmanager
@@ -129,10 +123,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                                suffix=target.suffix or ".tmp")
     os.close(fd)
     os.unlink(tmp)  # the writer creates it with open()'s permissions
-    try:
+    with _replace_on_success(tmp, target):
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _replace_on_success(tmp: str, target: Path) -> Iterator[None]:
+    """Rename the written, fsynced ``tmp`` onto ``target`` when the block succeeds (then fsync
+    the directory so the rename is durable); remove ``tmp`` when it raises."""
+    try:
+        yield
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
