@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 import re
 import textwrap
 from dataclasses import dataclass
@@ -176,6 +177,16 @@ def assert_sync_free():
             assert found is None, f"{found and found.group()!r} in {where}"
 
     return check
+
+
+@pytest.fixture
+def torchrun_env() -> dict[str, str]:
+    """Environment of a CLI / torchrun subprocess: this checkout's ``src`` on PYTHONPATH, one
+    thread per process (2 ranks share the CPU) and no rank variables from an outer launcher."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO_ROOT / "src"), OMP_NUM_THREADS="1")
+    return env
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

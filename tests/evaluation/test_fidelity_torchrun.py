@@ -3,38 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 from test_importance_cli import byte_checkpoint  # noqa: E402
 
 
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    e.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    return e
-
-
 @pytest.mark.slow
-def test_two_ranks_report_the_one_process_rows(tmp_path):
+def test_two_ranks_report_the_one_process_rows(tmp_path, torchrun_env):
     ckpt = byte_checkpoint(tmp_path / "model")
     args = ["eval", "fidelity", "--model", str(ckpt), "--device", "cpu", "--length", "64",
             "--modes", "dense,uniform", "--select", "0.5,1", "--block-size", "32",
             "--mask-ratios", "0.5", "--passages", "2", "--prompts", "2", "--prompt-length", "32",
             "--gen-length", "16", "--block-length", "16", "--json"]
-    single = subprocess.run([sys.executable, "-m", "adaptive_dllm.cli", *args], env=env(),
+    single = subprocess.run([sys.executable, "-m", "adaptive_dllm.cli", *args], env=torchrun_env,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node", "2", "-m", "adaptive_dllm.cli", "-v", *args],
-                          env=env(), capture_output=True, text=True, timeout=300)
+                          env=torchrun_env, capture_output=True, text=True, timeout=300)
     assert dist.returncode == 0, dist.stderr
     assert "rank 1 of 2 joined (gloo)" in dist.stderr
     a, b = json.loads(single.stdout), json.loads(dist.stdout)  # rank 1 prints nothing

@@ -6,7 +6,6 @@ example order before the mean, so the result is bit-identical (no float toleranc
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +15,12 @@ import torch
 
 from adaptive_dllm.importance import HeadImportance
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 from test_importance_cli import TEXT, byte_checkpoint  # noqa: E402
 
 
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    e.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    return e
-
-
 @pytest.mark.slow
-def test_two_ranks_give_the_one_process_scores(tmp_path):
+def test_two_ranks_give_the_one_process_scores(tmp_path, torchrun_env):
     ckpt = byte_checkpoint(tmp_path / "model")
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
@@ -38,12 +29,12 @@ def test_two_ranks_give_the_one_process_scores(tmp_path):
             "--mask-ratios", "0.5", "--mask-samples", "1", "--device", "cpu", "--seed", "3"]
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     single = subprocess.run([sys.executable, "-m", "adaptive_dllm.cli", *args, "--out", str(one)],
-                            env=env(), capture_output=True, text=True, timeout=300)
+                            env=torchrun_env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node", "2", "-m", "adaptive_dllm.cli", "-v", *args,
                            "--out", str(two), "--resume", str(tmp_path / "partial.pt")],
-                          env=env(), capture_output=True, text=True, timeout=300)
+                          env=torchrun_env, capture_output=True, text=True, timeout=300)
     assert dist.returncode == 0, dist.stderr
     assert "rank 1 of 2 joined (gloo)" in dist.stderr
     assert dist.stdout.count("wrote ") == 1  # rank 0 alone reports
