@@ -6,22 +6,12 @@ import json
 import math
 
 import pytest
-import torch
 from toy_tasks import ToyChoice, ToyGenerate
 
 import adaptive_dllm as ad
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.evaluation.report import wilson_interval
 from adaptive_dllm.evaluation.runner import RunSettings, cut_at_stop, derive_seed, evaluate_task
-
-
-@pytest.fixture(scope="module")
-def bundled():
-    # One thread: these tiny forwards are slower with two threads on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ad.load(device="cpu", dtype="float32")
-    torch.set_num_threads(threads)
 
 
 def test_wilson_interval_known_values():

@@ -5,24 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from toy_tasks import ToyGenerate
 
-import adaptive_dllm as ad
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.evaluation.runner import RunSettings, evaluate_task
 
 TIMING = ("seconds",)
 SETTINGS = RunSettings(modes=("dense", "uniform"), selects=(0.5,), batch_size=2,
                        sparse={"block_size": 32})
-
-
-@pytest.fixture(scope="module")
-def bundled():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ad.load(device="cpu", dtype="float32")
-    torch.set_num_threads(threads)
 
 
 def strip(records):
