@@ -195,14 +195,7 @@ def evaluate_task(
     ranks = ranks or Ranks()
     s = ctx.settings
     items = task.items(limit=s.limit)
-    ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):
-        raise AdllmError(f"task {task.name!r} has duplicate item ids; ids must be unique")
-    if task.kind == "generate":
-        from adaptive_dllm.generation.api import make_options
-
-        check_context(task, items, tokenizer, max_len=model.config.max_seq_len, chat=ctx.chat,
-                      gen_length=make_options(model.config.family, **ctx.sampler).gen_length)
+    _check_items(ctx, items)
     header = _header(ctx, model)
     done, writer = _shared_done(Path(out) if out is not None else None, header, ranks)
     conds = s.conditions()
@@ -272,6 +265,19 @@ def _context(model: nn.Module, tokenizer: Any, task: Task, s: RunSettings, impor
         estimator = default_estimator()
     chat = has_chat_template(tokenizer) if s.chat is None else bool(s.chat)
     return UnitContext(model, tokenizer, task, s, sampler, sparse, chat, importance, estimator)
+
+
+def _check_items(ctx: UnitContext, items: Sequence[TaskItem]) -> None:
+    """Unique ids, and every prompt fits the model with its generation (before any work)."""
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise AdllmError(f"task {ctx.task.name!r} has duplicate item ids; ids must be unique")
+    if ctx.task.kind == "generate":
+        from adaptive_dllm.generation.api import make_options
+
+        config = ctx.model.config
+        check_context(ctx.task, items, ctx.tokenizer, max_len=config.max_seq_len, chat=ctx.chat,
+                      gen_length=make_options(config.family, **ctx.sampler).gen_length)
 
 
 def default_estimator() -> LoglikelihoodEstimator:
