@@ -139,3 +139,20 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv, "--limit", "2")
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_real_tasks_refuse_bad_data_and_models_without_tokenizer(capsys, tmp_path, fixtures_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": oops\n')
+    cases = [
+        (["gsm8k", "--data", str(tmp_path / "missing.jsonl")], "does not exist"),
+        (["gsm8k", "--data", str(bad)], "bad.jsonl:2 is not valid JSON"),
+        (["humaneval", "--data", str(bad), "--check-harness"], "bad.jsonl"),
+        (["gsm8k", "--model", str(fixtures_dir / "llada_tiny")], "has no tokenizer"),
+        (["retrieval", "--model", str(fixtures_dir / "dream_tiny")], "has no tokenizer"),
+        (["mmlu"], "unknown task 'mmlu'; choose one of choice, gsm8k, humaneval, retrieval"),
+    ]
+    for argv, message in cases:
+        code, out, err = run(capsys, *argv, "--limit", "1", *FAST)
+        assert code == 2 and out == "", argv
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
