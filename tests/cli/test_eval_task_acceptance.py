@@ -134,6 +134,9 @@ def test_retrieval_length_flag_reaches_the_task(capsys, tmp_path):
     (["gsm8k", "--limit", "0"], "must be at least 1"),
     (["gsm8k", "--length", "0"], "must be at least 1"),
     (["gsm8k", "--device", "gpu"], "not a torch device"),
+    # Options a task does not take: refused before the model loads (was a TypeError traceback).
+    (["gsm8k", "--length", "512"], "task 'gsm8k' has no option 'length'; its options are"),
+    (["humaneval", "--check-harness", "--task-option", "foo=1"], "has no option 'foo'"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv, "--limit", "2")

@@ -166,11 +166,12 @@ def run_task(args: argparse.Namespace) -> int:
     from adaptive_dllm.cli.arguments import join_ranks, load_model
     from adaptive_dllm.evaluation.report import format_table
     from adaptive_dllm.evaluation.runner import evaluate_task
-    from adaptive_dllm.evaluation.tasks.base import TASKS, get_task
+    from adaptive_dllm.evaluation.tasks.base import TASKS, check_task_options, get_task
 
     if args.task not in TASKS:
         raise AdllmError(f"unknown task {args.task!r}; choose one of {', '.join(sorted(TASKS))}")
     options = task_options(args)
+    check_task_options(args.task, options)  # e.g. --length for gsm8k: refused before loading
     if args.check_harness:
         return _check_harness(args, get_task(args.task, tokenizer=None, **options))
     settings = run_settings(args)
