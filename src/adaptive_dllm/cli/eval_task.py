@@ -35,7 +35,13 @@ examples:
       --block-length 32 --batch-size 8 --out gsm8k.jsonl
   torchrun --nproc-per-node 8 -m adaptive_dllm.cli eval task gsm8k --model DIR \\
       --modes dense,uniform,adaptive --select 0.3 --importance heads.safetensors --out gsm8k.jsonl
+  adllm eval task retrieval --model DIR --length 2048 --limit 16 --json
   adllm eval task humaneval --check-harness --json
+
+Prompts are measured before any generation: one longer than the model allows with
+its --gen-length is refused naming the fix; without --shots, GSM8K takes its 5
+exemplars or the most that fit (a note on stderr). Progress lines go to stderr
+(--quiet: none).
 """
 
 # CLI dest -> sampler option; only options the user gave are passed (over the task's defaults).
@@ -94,7 +100,8 @@ def register_task(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet(p)
     g = p.add_argument_group("sampler (over the task's defaults)")
-    for flag, kind in (("--steps", int), ("--gen-length", int), ("--block-length", int),
+    for flag, kind in (("--steps", positive_int), ("--gen-length", positive_int),
+                       ("--block-length", positive_int),
                        ("--temperature", float), ("--cfg-scale", float), ("--alg-temp", float),
                        ("--eps", float), ("--top-p", float), ("--top-k", int)):
         g.add_argument(flag, type=kind, default=None)
