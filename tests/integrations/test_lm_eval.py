@@ -115,17 +115,15 @@ def test_generate_until_batched_equals_one_by_one_and_cuts_at_until():
 
 
 def test_loglikelihood_uses_the_estimator_and_rolling_is_refused(task_dir, monkeypatch):
-    import adaptive_dllm.evaluation.loglik as loglik
+    import adaptive_dllm.evaluation.likelihood as lik
 
     seen = []
 
-    # The package's estimator (evaluation.loglik, through the runner's default_estimator); a
-    # sparse mode hands it an attention session.
-    def fake(model, prefix, cont, *, mc_num, batch_size, seed, attn):
-        seen.append((mc_num, attn is not None))
+    def fake(model, prefix, cont, *, mc_num, batch_size, seed, sparse):
+        seen.append((mc_num, sparse is not None))
         return -1.0 if 116 in cont else -5.0  # "t" of "\nthe" wins
 
-    monkeypatch.setattr(loglik, "estimate_loglikelihood", fake)
+    monkeypatch.setattr(lik, "estimate_loglikelihood", fake, raising=False)
     results = simple_evaluate(task_dir, ["adllm_toy_choice"],
                               "device=cpu,dtype=float32,mc_num=4,sparse=uniform,select=0.5,"
                               "block_size=32")
