@@ -11,6 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
+from adaptive_dllm.cli.arguments import (
+    add_model_args,
+    add_quiet,
+    check_steps,
+    positive_int,
+    seed,
+)
 from adaptive_dllm.errors import AdllmError
 
 EPILOG = """\
@@ -28,7 +35,13 @@ examples:
       --block-length 32 --batch-size 8 --out gsm8k.jsonl
   torchrun --nproc-per-node 8 -m adaptive_dllm.cli eval task gsm8k --model DIR \\
       --modes dense,uniform,adaptive --select 0.3 --importance heads.safetensors --out gsm8k.jsonl
+  adllm eval task retrieval --model DIR --length 2048 --limit 16 --json
   adllm eval task humaneval --check-harness --json
+
+Prompts are measured before any generation: one longer than the model allows with
+its --gen-length is refused naming the fix; without --shots, GSM8K takes its 5
+exemplars or the most that fit (a note on stderr). Progress lines go to stderr
+(--quiet: none).
 """
 
 # CLI dest -> sampler option; only options the user gave are passed (over the task's defaults).
@@ -42,7 +55,6 @@ SPARSE_OPTIONS = {"skip": "skip", "block_size": "block_size", "sparse_backend": 
 
 def register_task(sub: argparse._SubParsersAction) -> None:
     """Add ``adllm eval task`` to the ``adllm eval`` subparsers."""
-    from adaptive_dllm.cli.importance import add_model_args
     from adaptive_dllm.generation.dream import Algorithm
     from adaptive_dllm.generation.llada import Remasking
     from adaptive_dllm.sparsity.config import BLOCK_SIZES
@@ -56,8 +68,12 @@ def register_task(sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("task")
     t.add_argument("--data", type=Path, default=None, metavar="FILE",
                    help="local data file (default: the task's bundled data)")
-    t.add_argument("--shots", type=int, default=None, metavar="K", help="few-shot examples")
-    t.add_argument("--limit", type=int, default=None, metavar="N", help="first N items only")
+    t.add_argument("--shots", type=int, default=None, metavar="K",
+                   help="few-shot examples (gsm8k default: 5, or the most that fit the model)")
+    t.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="first N items only")
+    t.add_argument("--length", type=positive_int, default=None, metavar="TOKENS",
+                   help="retrieval: prompt length in the model's tokens (default 4096)")
     t.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task-specific option (repeatable), e.g. length=4096")
     t.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
@@ -71,16 +87,21 @@ def register_task(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--select", default="0.3", metavar="S[,S...]",
                    help="keep ratios of the sparse modes (default 0.3)")
     r.add_argument("--importance", default=None, metavar="FILE", help="head importance (adaptive)")
-    r.add_argument("--batch-size", type=int, default=1, metavar="B", help="items per batch")
-    r.add_argument("--samples", type=int, default=1, metavar="N", help="completions per item")
-    r.add_argument("--mc-num", type=int, default=128, metavar="N",
+    r.add_argument("--batch-size", type=positive_int, default=1, metavar="B",
+                   help="items per batch")
+    r.add_argument("--samples", type=positive_int, default=1, metavar="N",
+                   help="completions per item")
+    r.add_argument("--mc-num", type=positive_int, default=128, metavar="N",
                    help="Monte-Carlo samples per log-likelihood (choice tasks; default 128)")
-    r.add_argument("--seed", type=int, default=0, help="base seed (per-item seeds derive from it)")
+    r.add_argument("--seed", type=seed, default=0,
+                   help="base seed (per-item seeds derive from it)")
     r.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl",
                    help="per-item results, resumed when the file exists")
     r.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quiet(p)
     g = p.add_argument_group("sampler (over the task's defaults)")
-    for flag, kind in (("--steps", int), ("--gen-length", int), ("--block-length", int),
+    for flag, kind in (("--steps", positive_int), ("--gen-length", positive_int),
+                       ("--block-length", positive_int),
                        ("--temperature", float), ("--cfg-scale", float), ("--alg-temp", float),
                        ("--eps", float), ("--top-p", float), ("--top-k", int)):
         g.add_argument(flag, type=kind, default=None)
@@ -128,6 +149,8 @@ def task_options(args: argparse.Namespace) -> dict[str, Any]:
         if args.shots < 0:
             raise AdllmError(f"--shots {args.shots} must be >= 0")
         options["shots"] = args.shots
+    if args.length is not None:
+        options["length"] = args.length
     for text in args.task_option:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
@@ -146,21 +169,21 @@ def _parse_value(text: str) -> Any:
 
 
 def run_task(args: argparse.Namespace) -> int:
-    import torch
-
-    from adaptive_dllm._distributed import init_ranks, rank_device
     from adaptive_dllm._io import check_output_path, dumps_json
+    from adaptive_dllm.cli.arguments import join_ranks, load_model
     from adaptive_dllm.evaluation.report import format_table
     from adaptive_dllm.evaluation.runner import evaluate_task
-    from adaptive_dllm.evaluation.tasks.base import TASKS, get_task
-    from adaptive_dllm.models.checkpoints import load
+    from adaptive_dllm.evaluation.tasks.base import TASKS, check_task_options, get_task
 
     if args.task not in TASKS:
         raise AdllmError(f"unknown task {args.task!r}; choose one of {', '.join(sorted(TASKS))}")
     options = task_options(args)
+    check_task_options(args.task, options)  # e.g. --length for gsm8k: refused before loading
     if args.check_harness:
         return _check_harness(args, get_task(args.task, tokenizer=None, **options))
     settings = run_settings(args)
+    if args.gen_length is not None:
+        check_steps(args.steps, args.gen_length)
     if args.out is not None:
         args.out = check_output_path(args.out, inputs=(args.data, args.importance))
         if args.out.suffix != ".jsonl":
@@ -170,15 +193,14 @@ def run_task(args: argparse.Namespace) -> int:
         from adaptive_dllm.importance.artifact import HeadImportance
 
         importance = HeadImportance.load(args.importance)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ranks = init_ranks(device)
-    model, tok = load(args.model, device=rank_device(ranks, device), dtype=args.dtype)
+    ranks = join_ranks(args)  # torchrun: items sharded over ranks, rank 0 reports
+    model, tok = load_model(args)
     if tok is None:
-        raise AdllmError(f"model {args.model!r} has no tokenizer; task {args.task!r} needs text "
-                         "prompts: use a checkpoint with tokenizer.json")
-    task = get_task(args.task, tokenizer=tok, **options)
+        raise AdllmError(f"model {args.model or 'bundled'!r} has no tokenizer; task {args.task!r} "
+                         "needs text prompts: use a checkpoint with a tokenizer.json")
+    task = _build_task(args, options, model, tok, settings, quiet=not ranks.is_main)
     report = evaluate_task(model, tok, task, settings, importance=importance, out=args.out,
-                           ranks=ranks, progress=ranks.is_main and not args.json and sys.stderr.isatty())
+                           ranks=ranks, progress=ranks.is_main and not args.quiet)
     if not ranks.is_main:
         return 0
     if args.json:
@@ -191,6 +213,36 @@ def run_task(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"per-item results in {args.out}")
     return 0
+
+
+def _build_task(args: argparse.Namespace, options: dict[str, Any], model: Any, tok: Any,
+                settings: Any, *, quiet: bool) -> Any:
+    """The task; a few-shot task without --shots gets the most shots (up to its default) that
+    fit the model's context, with a note on stderr when that is fewer than the default."""
+    from adaptive_dllm.evaluation.context import fit_shots
+    from adaptive_dllm.evaluation.runner import has_chat_template, task_sampler
+    from adaptive_dllm.evaluation.tasks.base import get_task
+    from adaptive_dllm.generation.api import make_options
+
+    task = get_task(args.task, tokenizer=tok, **options)
+    if task.kind != "generate":
+        return task
+    sampler = task_sampler(task, settings.sampler)
+    gen_length = make_options(model.config.family, **sampler).gen_length
+    check_steps(args.steps, gen_length)
+    default = task.settings().get("shots")
+    if args.shots is not None or not isinstance(default, int) or default == 0:
+        return task
+    chat = has_chat_template(tok) if settings.chat is None else settings.chat
+    fitted = fit_shots(lambda k: get_task(args.task, tokenizer=tok, **options, shots=k), default,
+                       tok, limit=settings.limit, max_len=model.config.max_seq_len,
+                       gen_length=gen_length, chat=chat)
+    shots = fitted.settings().get("shots")
+    if shots != default and not quiet:
+        print(f"note: {default}-shot prompts + {gen_length} generated tokens exceed the model's "
+              f"{model.config.max_seq_len} tokens; using {shots} shots (--shots K to choose)",
+              file=sys.stderr)
+    return fitted
 
 
 def _check_harness(args: argparse.Namespace, task: Any) -> int:

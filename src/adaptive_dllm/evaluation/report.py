@@ -177,10 +177,12 @@ class ConditionResult:
     realized_keep_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The issue's JSON shape exactly; the two other per-item means of the table (generated
+        tokens, forwards) go into ``metrics`` with the task's own per-item means."""
+        extra = {"mean_gen_tokens": self.mean_gen_tokens, "forwards_per_item": self.forwards_per_item}
+        metrics = {**self.metrics, **{k: v for k, v in extra.items() if v is not None}}
         return {"mode": self.mode, "select": self.select, "n": self.n, "accuracy": self.accuracy,
-                "ci95": list(self.ci95), "metrics": dict(self.metrics),
-                "mean_gen_tokens": self.mean_gen_tokens, "tokens_per_s": self.tokens_per_s,
-                "forwards_per_item": self.forwards_per_item,
+                "ci95": list(self.ci95), "metrics": metrics, "tokens_per_s": self.tokens_per_s,
                 "realized_keep_ratio": self.realized_keep_ratio}
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from adaptive_dllm._distributed import Ranks, gather_objects, shard
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.evaluation.context import check_context
 from adaptive_dllm.evaluation.report import (
     ResultsWriter,
     TaskReport,
@@ -51,7 +52,7 @@ from adaptive_dllm.evaluation.units import (
 from adaptive_dllm.sparsity.config import SparseConfig
 
 __all__ = ["MODES", "LoglikelihoodEstimator", "Mode", "RunSettings", "cut_at_stop", "derive_seed",
-           "evaluate_task", "has_chat_template"]
+           "evaluate_task", "has_chat_template", "task_sampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,23 @@ def has_chat_template(tokenizer: Any) -> bool:
     return True
 
 
+def task_sampler(task: Task, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampler options: the task's defaults under the ``given`` ones. Defaults tied to the
+    task's ``gen_length`` follow a given ``gen_length``: ``steps`` keeps its ratio to it, and a
+    default ``block_length`` longer than it shrinks to it (``--gen-length 16`` alone must not
+    run 256 steps, nor fail on GSM8K's blocks of 32)."""
+    defaults = task.generation_defaults()
+    merged = {**defaults, **given}
+    gen, base = given.get("gen_length"), defaults.get("gen_length")
+    if isinstance(gen, int) and isinstance(base, int) and gen != base:
+        if "steps" not in given and isinstance(defaults.get("steps"), int):
+            merged["steps"] = max(1, defaults["steps"] * gen // base)
+        block = defaults.get("block_length")
+        if "block_length" not in given and isinstance(block, int) and gen < block:
+            merged["block_length"] = gen
+    return merged
+
+
 def stochastic(options: Mapping[str, Any]) -> bool:
     """Whether these sampler options draw random numbers (then items are generated one by one)."""
     return (float(options.get("temperature") or 0.0) > 0 or options.get("remasking") == "random"
@@ -177,9 +195,7 @@ def evaluate_task(
     ranks = ranks or Ranks()
     s = ctx.settings
     items = task.items(limit=s.limit)
-    ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):
-        raise AdllmError(f"task {task.name!r} has duplicate item ids; ids must be unique")
+    _check_items(ctx, items)
     header = _header(ctx, model)
     done, writer = _shared_done(Path(out) if out is not None else None, header, ranks)
     conds = s.conditions()
@@ -231,7 +247,7 @@ def _context(model: nn.Module, tokenizer: Any, task: Task, s: RunSettings, impor
                          "(from `adllm importance estimate`)")
     if importance is not None and "adaptive" not in s.modes:
         raise AdllmError("--importance is only used by the adaptive mode (add it to --modes)")
-    sampler = {**task.generation_defaults(), **s.sampler}
+    sampler = task_sampler(task, s.sampler)
     if task.kind == "generate":
         from adaptive_dllm.generation.api import make_options
 
@@ -249,6 +265,19 @@ def _context(model: nn.Module, tokenizer: Any, task: Task, s: RunSettings, impor
         estimator = default_estimator()
     chat = has_chat_template(tokenizer) if s.chat is None else bool(s.chat)
     return UnitContext(model, tokenizer, task, s, sampler, sparse, chat, importance, estimator)
+
+
+def _check_items(ctx: UnitContext, items: Sequence[TaskItem]) -> None:
+    """Unique ids, and every prompt fits the model with its generation (before any work)."""
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise AdllmError(f"task {ctx.task.name!r} has duplicate item ids; ids must be unique")
+    if ctx.task.kind == "generate":
+        from adaptive_dllm.generation.api import make_options
+
+        config = ctx.model.config
+        check_context(ctx.task, items, ctx.tokenizer, max_len=config.max_seq_len, chat=ctx.chat,
+                      gen_length=make_options(config.family, **ctx.sampler).gen_length)
 
 
 def default_estimator() -> LoglikelihoodEstimator:
@@ -312,6 +341,7 @@ def _report(task: Task, model: nn.Module, items: Sequence[TaskItem],
 def _bar(total: int, enabled: bool) -> Any:
     if not enabled or total == 0:
         return None
-    from tqdm import tqdm
+    from adaptive_dllm._progress import progress_bar
 
-    return tqdm(total=total, desc="eval", unit="batch")
+    # A tqdm bar on a terminal, whole lines in a log (every ~10% or 30 s).
+    return progress_bar(total, desc="eval", unit="batch")

@@ -145,3 +145,10 @@ def test_bad_input(tmp_path):
         make_task(tokenizer=ByteTokenizer(), length=100, kinds=("vt",)).items()
     with pytest.raises(AdllmError, match="zero-shot"):
         make_task(tokenizer=ByteTokenizer(), shots=3)
+
+
+def test_kinds_from_one_comma_separated_string():
+    # --task-option kinds=passkey,vt arrives as one string (was split into characters).
+    task = make_task(tokenizer=ByteTokenizer(), length=600, n=1, kinds="passkey, vt")
+    assert task.settings()["kinds"] == ["passkey", "vt"]
+    assert [it.meta["kind"] for it in task.items()] == ["passkey", "vt"]

@@ -22,13 +22,14 @@ for HumanEval, ...). Accuracy in reports is the mean of ``"correct"`` over items
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from adaptive_dllm.errors import AdllmError
 
-__all__ = ["TASKS", "Task", "TaskItem", "TaskKind", "get_task"]
+__all__ = ["TASKS", "Task", "TaskItem", "TaskKind", "check_task_options", "get_task"]
 
 TaskKind = Literal["generate", "loglikelihood"]
 
@@ -94,14 +95,35 @@ TASKS: dict[str, str] = {
 }
 
 
+def _factory(name: str) -> Any:
+    if name not in TASKS:
+        raise AdllmError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
+    return importlib.import_module(f"adaptive_dllm.evaluation.tasks.{TASKS[name]}").make_task
+
+
+def check_task_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse options that task ``name`` does not take (before a model is loaded).
+
+    Raises:
+        AdllmError: an unknown task, or an option it does not take (the message lists its own).
+    """
+    params = inspect.signature(_factory(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k in params if k != "tokenizer"]
+    for key in options:
+        if key not in params:
+            raise AdllmError(f"task {name!r} has no option {key!r}; its options are "
+                             f"{', '.join(known)}")
+
+
 def get_task(name: str, **options: Any) -> Task:
     """The task ``name`` built with ``options`` (``tokenizer=``, ``data=``, ``shots=``, ``seed=``
     and task-specific ones).
 
     Raises:
-        AdllmError: an unknown task name (the message lists the known ones).
+        AdllmError: an unknown task name (the message lists the known ones) or an option the
+            task does not take.
     """
-    if name not in TASKS:
-        raise AdllmError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
-    module = importlib.import_module(f"adaptive_dllm.evaluation.tasks.{TASKS[name]}")
-    return module.make_task(**options)
+    check_task_options(name, options)
+    return _factory(name)(**options)

@@ -305,7 +305,7 @@ def make_task(
         shots: must be None or 0.
         seed: item seed, in :data:`TEST_SEEDS`.
         length: prompt length in tokens (+-2%).
-        kinds: which of :data:`KINDS`.
+        kinds: which of :data:`KINDS` (a sequence, or one comma-separated string).
         n: items per kind.
         distractors: extra needles of ``niah_multikey``.
         hops: assignments per ``vt`` chain.
@@ -318,6 +318,8 @@ def make_task(
                          "tokens; this model has none")
     if shots:
         raise AdllmError(f"retrieval is zero-shot; drop --shots {shots}")
+    if isinstance(kinds, str):  # "passkey,vt" from --task-option kinds=passkey,vt
+        kinds = [k.strip() for k in kinds.split(",") if k.strip()]
     haystack = DEFAULT_HAYSTACK if data is None else Path(data).expanduser()
     return Retrieval(tokenizer=tokenizer, haystack=haystack, length=length, kinds=tuple(kinds), n=n,
                      seed=seed, distractors=distractors, hops=hops)
