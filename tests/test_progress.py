@@ -85,3 +85,17 @@ def test_note_prints_a_line_of_its_own():
     bar.note("on the terminal")
     bar.close()
     assert "on the terminal" in tty.getvalue()
+
+
+def test_each_line_is_flushed_when_written():
+    class Recording(io.StringIO):
+        def flush(self) -> None:  # what a reader of the log sees at each flush
+            self.flushed.append(self.getvalue())
+
+    out = Recording()
+    out.flushed = []
+    bar = LineProgress(10, desc="w", unit="it", file=out, clock=Clock())
+    bar.update(1)
+    bar.note("a note")
+    assert out.flushed == ["w: 1/10 it (10%), 0 s elapsed\n",
+                           out.getvalue()] and out.getvalue().endswith("a note\n")

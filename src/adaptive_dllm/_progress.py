@@ -2,7 +2,7 @@
 
 On a terminal :func:`progress_bar` is a tqdm bar. When stderr is not a terminal (a log file,
 ``| tee``, a batch job), a redrawn bar would be one endless line of carriage returns, so it
-prints whole lines instead: one every time another tenth of the work is done or 30 seconds have
+writes whole lines instead: one every time another tenth of the work is done or 30 seconds have
 passed (whichever comes first), and a last one at the end::
 
     masked NLL: 30/100 passage (30%), 12 s elapsed, about 28 s left
@@ -14,7 +14,7 @@ Usage::
             bar.update(1)
             bar.set_postfix_str("uniform 0.3")   # optional note, shown on the next line
 
-``enabled=False`` returns an object with the same methods that prints nothing, so callers
+``enabled=False`` returns an object with the same methods that writes nothing, so callers
 never test for ``None``.
 """
 
@@ -85,7 +85,7 @@ class LineProgress(NoProgress):
         self.desc = desc or ""
 
     def note(self, text: str) -> None:
-        print(text, file=self.file, flush=True)
+        self._emit(text)
 
     def close(self) -> None:
         if not self._closed and self.n != self._last_n:
@@ -104,9 +104,13 @@ class LineProgress(NoProgress):
         else:
             done += f" {self.unit}"
         note = f" [{self.postfix}]" if self.postfix else ""
-        print(f"{self.desc}: {done}, {elapsed:.0f} s elapsed{left}{note}", file=self.file,
-              flush=True)
+        self._emit(f"{self.desc}: {done}, {elapsed:.0f} s elapsed{left}{note}")
         self._last_time, self._last_n = now, self.n
+
+    def _emit(self, line: str) -> None:
+        """One whole line, flushed at once so a log shows it while the work goes on."""
+        self.file.write(line + "\n")
+        self.file.flush()
 
 
 def progress_bar(total: int | None, *, desc: str, unit: str = "it", enabled: bool = True,
