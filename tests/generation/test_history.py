@@ -32,6 +32,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_strict_json_and_one_line_errors(tmp_path):
     write_history_json(tmp_path / "h.json", {"x": float("nan")})
     assert json.loads((tmp_path / "h.json").read_text(), parse_constant=pytest.fail) == {"x": None}
+    assert (tmp_path / "h.json").read_text() == '{"x": null}\n'  # one line, newline-terminated
     with pytest.raises(AdllmError, match="does not exist"):
         write_history_json(tmp_path / "missing" / "h.json", {})
     with pytest.raises(AdllmError, match="is a directory"):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from adaptive_dllm._io import atomic_write, check_output_path, dumps_json
+from adaptive_dllm._io import atomic_write, check_output_path, write_json
 
 
 def history_record(history: torch.Tensor, *, mask_id: int,
@@ -34,10 +34,8 @@ def history_record(history: torch.Tensor, *, mask_id: int,
 
 
 def write_history_json(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Write ``record`` (from :func:`history_record`) atomically as strict JSON."""
-    check_output_path(path, flag="history file")
-    with atomic_write(path) as handle:
-        handle.write(dumps_json(record))
+    """Write ``record`` (from :func:`history_record`) atomically as strict JSON, one line."""
+    write_json(check_output_path(path, flag="history file"), record, indent=None)
 
 
 def write_history_gif(path: str | os.PathLike[str], history: torch.Tensor, *, mask_id: int,
