@@ -68,8 +68,7 @@ class BlockCache:
         ``[lo, hi)`` for dual. Returns ``(start, stop)``."""
         if not self._k:
             raise AdllmError("a cached step needs a refresh forward first")
-        stop = self.seq_len if self.mode == "prefix" else hi
-        self.window = (lo, stop)
+        self.window = self.window_for(lo, hi)
         return self.window
 
     def window_for(self, lo: int, hi: int) -> tuple[int, int]:
