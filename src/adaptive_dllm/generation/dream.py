@@ -200,9 +200,7 @@ def sample_dream(
 
     timesteps = dream_timesteps(o.steps, o.eps)  # (S + 1,) CPU float32
     if o.alg == "origin":
-        reveal_p = 1 - timesteps[1:] / timesteps[:-1]
-        reveal_p[-1] = 1.0  # everything left is revealed on the last step
-        reveal_p = reveal_p.to(device)  # (S,)
+        reveal_p = _reveal_probs(timesteps, device)
     else:
         counts = dream_counts(_maskable(x, mask_id, real).sum(-1), timesteps)  # (B, S)
         # torch.topk / torch.multinomial take a host-side count per step; read once, here.
@@ -223,7 +221,7 @@ def sample_dream(
             region = _origin_step(region, probs, maskable, reveal_p[i], o)
         else:
             region = _ranked_step(region, probs, maskable, counts[:, i], k_max[i], o, lead=lo)
-        x = torch.cat([x[:, :lo], region], dim=1)
+        x[:, lo:] = region  # in place, as the blocked loop: no new (B, L) per step
         tally.count(refresh=True)
         if on_step is not None:
             on_step(i + 1, o.steps)
@@ -231,6 +229,13 @@ def sample_dream(
     if history is not None:
         history.append(x.clone())
     return x
+
+
+def _reveal_probs(timesteps: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(S,) ``origin``'s reveal probability per step, ``1 - s/t``; the last step reveals all."""
+    reveal_p = 1 - timesteps[1:] / timesteps[:-1]
+    reveal_p[-1] = 1.0
+    return reveal_p.to(device)
 
 
 def _start(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, gen_length: int,
@@ -262,9 +267,7 @@ def _sample_blocks(model: nn.Module, input_ids: torch.Tensor, o: DreamOptions,
         block_counts = dream_counts(torch.full((B,), width, device=device), timesteps)
         k_max = block_counts.amax(0).tolist()  # read once, before the loop
     else:
-        reveal_p = 1 - timesteps[1:] / timesteps[:-1]
-        reveal_p[-1] = 1.0
-        reveal_p = reveal_p.to(device)
+        reveal_p = _reveal_probs(timesteps, device)
     cache = None if o.cache is None else BlockCache(o.cache, model.config.n_layers, x.shape[1])
     for s in walk_blocks(x, start=P, width=width, options=o, mask_id=mask_id, cache=cache,
                          session=session, counts=counts, history=history, on_step=on_step,
