@@ -35,6 +35,15 @@ def test_llada_save_load_roundtrip_with_tied_embeddings(tmp_path):
     assert loaded.lm_head.weight is loaded.embed.weight
     ids = torch.randint(0, 38, (2, 9))
     torch.testing.assert_close(loaded(ids), model(ids))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+    # A config that cannot be written fails before either file is replaced.
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with torch.no_grad():
+        model.embed.weight.zero_()
+    with pytest.raises(TypeError):
+        save_checkpoint(model, tmp_path, {**config_json, "bad": object()})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_dream_logit_shift():

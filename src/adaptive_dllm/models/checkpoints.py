@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from adaptive_dllm._io import atomic_path, dumps_json, write_text
 from adaptive_dllm.errors import AdllmError, CheckpointError
 from adaptive_dllm.models.checks import check_finite_weights
 from adaptive_dllm.models.config import ModelConfig
@@ -278,8 +278,7 @@ def save_checkpoint(model: Transformer, directory: str | os.PathLike[str],
                if name in inverse}
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        Path(tmp, "config.json").write_text(json.dumps(config_json, indent=1, sort_keys=True) + "\n")
-        for name in ("model.safetensors", "config.json"):
-            os.replace(os.path.join(tmp, name), out / name)
+    config_text = dumps_json(config_json, indent=1, sort_keys=True) + "\n"  # fails before a write
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_text(out / "config.json", config_text)
