@@ -78,7 +78,7 @@ def test_prompt_completion_jsonl_and_chat(tmp_path):
     assert tok.decode(ex.ids[ex.start:].tolist()) == " there"
     plain = load_calibration(path, tok, kind="jsonl", prompt_key="in", completion_key="out")
     assert plain[0].ids[0].item() == 255 and plain[0].start == 3  # BOS + "hi"
-    with pytest.raises(AdllmError, match="lacks string field"):
+    with pytest.raises(AdllmError, match=r"pc\.jsonl:1 lacks string field"):  # file:line
         load_calibration(path, tok, kind="jsonl")
 
 

@@ -21,7 +21,6 @@ from adaptive_dllm.importance.headig import (
     mask_variants,
     stp_thresholds,
 )
-from adaptive_dllm.importance.headig_layers import headig_per_layer
 from adaptive_dllm.models import ModelConfig, Transformer, get_family
 
 FAST = dict(mask_ratios=(0.3, 0.7), mask_samples=1, steps=4, path_samples=2)
@@ -302,7 +301,7 @@ def test_resumed_progress_starts_at_the_examples_done(tmp_path, capsys):
 def test_per_layer_runs_each_layer_alone_with_its_own_resume_file(tmp_path):
     model, exs = tiny(), examples(1)
     settings = HeadIGSettings(**FAST)
-    both = headig_per_layer(model, exs, settings, resume=tmp_path / "r.pt")
+    both = headig(model, exs, settings, resume=tmp_path / "r.pt", per_layer=True)
     for layer in (0, 1):
         alone = headig(model, exs, HeadIGSettings(**FAST, layers=(layer, layer)))
         torch.testing.assert_close(both.scores[layer], alone.scores[layer])

@@ -3,12 +3,10 @@ from seeds outside the test seeds, their layout matches what the task scores, ha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,34 +18,16 @@ from adaptive_dllm.evaluation.tasks.retrieval import DEFAULT_HAYSTACK, KINDS, TE
 from adaptive_dllm.generation.api import generate
 from adaptive_dllm.models import load
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def load_script():
-    """The recipe as a module; it puts scripts/ on sys.path and imports retrieval_recipe from there."""
-    spec = importlib.util.spec_from_file_location("train_retrieval", SCRIPTS / "train_retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def script():
-    return load_script()
+def script(load_script):
+    """The recipe; it puts scripts/ on sys.path and imports retrieval_recipe from there."""
+    return load_script("train_retrieval")
 
 
 @pytest.fixture(scope="module")
 def rd(script):
     return sys.modules["retrieval_recipe"]
-
-
-def fake_corpus(directory: Path) -> Path:
-    directory.mkdir()
-    for i, name in enumerate(data.HELDOUT_WORKS):
-        (directory / f"{name}_gut.txt").write_bytes(b"".join(b"held %d %05d\n" % (i, j) for j in range(3000)))
-    for name in ("hamlet", "lear"):
-        (directory / f"{name}_gut.txt").write_bytes(b"To be, or not to be.\nThat is the question.\n" * 800)
-    return directory
 
 
 TINY = ["--device", "cpu", "--min-length", "512", "--max-length", "512", "--tokens-per-step", "1024",
@@ -57,8 +37,8 @@ TINY = ["--device", "cpu", "--min-length", "512", "--max-length", "512", "--toke
 
 
 @pytest.mark.slow
-def test_cpu_run_checkpoint_resume_and_eval(script, tmp_path):
-    out, corpus = tmp_path / "run", fake_corpus(tmp_path / "corpus")
+def test_cpu_run_checkpoint_resume_and_eval(script, fake_corpus, tmp_path):
+    out, corpus = tmp_path / "run", fake_corpus
     assert script.main(["--data", str(corpus), "--out", str(out), "--steps", "4", "--final-lengths", "512",
                         *TINY]) == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -122,8 +102,8 @@ def test_items_have_the_length_and_the_answer_layout_the_task_scores(rd, length)
     assert kinds == set(KINDS)
 
 
-def test_haystack_is_training_text_only(rd, tmp_path):
-    train, held = data.split_works(data.read_works(fake_corpus(tmp_path / "corpus")))
+def test_haystack_is_training_text_only(rd, fake_corpus):
+    train, held = data.split_works(data.read_works(fake_corpus))
     stream = rd.ItemStream(rd.train_text(train), data_seed=TEST_SEEDS.stop)
     for _ in range(20):
         assert b"held" not in stream.draw(2048).ids
@@ -195,8 +175,8 @@ def test_bad_budgets_are_refused(script, bad):
 
 
 @pytest.mark.slow
-def test_eval_only_with_deadline_counts_items(script, tmp_path):
-    out, corpus = tmp_path / "run", fake_corpus(tmp_path / "corpus")
+def test_eval_only_with_deadline_counts_items(script, fake_corpus, tmp_path):
+    out, corpus = tmp_path / "run", fake_corpus
     assert script.main(["--data", str(corpus), "--out", str(out), "--steps", "1", "--final-lengths", "",
                         *TINY]) == 0
     assert script.main(["--data", str(corpus), "--out", str(out), "--eval-only", "--final-lengths", "512",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,30 +10,15 @@ import torch
 from adaptive_dllm.evaluation import data
 from adaptive_dllm.models import load
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_tiny.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_tiny", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def fake_corpus(directory: Path) -> Path:
-    directory.mkdir()
-    for i, name in enumerate(data.HELDOUT_WORKS):
-        (directory / f"{name}_gut.txt").write_bytes(b"".join(b"held %d %05d\n" % (i, j) for j in range(3000)))
-    for name in ("hamlet", "lear"):
-        (directory / f"{name}_gut.txt").write_bytes(b"To be, or not to be.\n" * 2000)
-    return directory
+@pytest.fixture(scope="module")
+def script(load_script):
+    return load_script("train_tiny")
 
 
 @pytest.mark.slow
-def test_tiny_cpu_run(tmp_path, capsys):
-    script = load_script()
-    out = tmp_path / "run"
-    corpus = fake_corpus(tmp_path / "corpus")
+def test_tiny_cpu_run(script, fake_corpus, tmp_path, capsys):
+    out, corpus = tmp_path / "run", fake_corpus
     rc = script.main(["--data", str(corpus), "--out", str(out),
                       "--device", "cpu", "--steps", "6", "--batch-size", "2", "--seq-len", "64",
                       "--d-model", "32", "--n-layers", "1", "--n-heads", "4", "--n-kv-heads", "2",
@@ -53,8 +36,7 @@ def test_tiny_cpu_run(tmp_path, capsys):
     assert "final held-out mask ratio 0.5" in capsys.readouterr().out
 
 
-def test_diffusion_loss_weights_masked_bytes_by_inverse_ratio():
-    script = load_script()
+def test_diffusion_loss_weights_masked_bytes_by_inverse_ratio(script):
 
     class Uniform(torch.nn.Module):
         config = type("C", (), {"family": "llada"})()
@@ -68,8 +50,7 @@ def test_diffusion_loss_weights_masked_bytes_by_inverse_ratio():
     assert loss.item() == pytest.approx(torch.log(torch.tensor(16.0)).item(), rel=0.05)
 
 
-def test_lr_schedule():
-    script = load_script()
+def test_lr_schedule(script):
     args = script.parse_args(["--steps", "100", "--warmup", "10", "--lr", "1e-3", "--min-lr-ratio", "0.1"])
     assert script.lr_at(0, args) == pytest.approx(1e-4)
     assert script.lr_at(9, args) == pytest.approx(1e-3)

@@ -3,8 +3,7 @@
 Subcommands live in ``importance_estimate`` (estimate) and ``importance_files`` (show, compare,
 average, import); each registers with ``register_<name>(sub)`` and sets ``importance_func``.
 Shared parsing helpers live in :mod:`adaptive_dllm.cli.arguments`; the checks of importance
-outputs in :mod:`adaptive_dllm.cli.importance_files`. (``floats`` and ``add_model_args`` are
-re-exported here for commands written against the old home.)
+outputs in :mod:`adaptive_dllm.cli.importance_files`; import those from there, not from here.
 
 Every subcommand that writes validates its output paths while parsing, before any work (parent
 exists, not a directory, not one of its inputs), writes atomically with the umask's
@@ -16,9 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adaptive_dllm.cli.arguments import add_model_args, floats, layer_range, load_model, out_stream
+# Kept only for cli/eval_task.py, which still imports it from here; drop once that import moves
+# to cli.arguments.
+from adaptive_dllm.cli.arguments import floats  # noqa: F401
 
-__all__ = ["add_model_args", "floats", "layer_range", "load_model", "out_stream", "register", "run"]
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

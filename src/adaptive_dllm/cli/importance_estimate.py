@@ -211,7 +211,6 @@ def run_estimate(args: argparse.Namespace) -> int:
 def _run_headig(args: argparse.Namespace, model: Any, data: Any, settings: Any,
                 resume: Path | None, *, say: Any, progress: bool, ranks: Any) -> Any:
     from adaptive_dllm.importance.headig import describe_cost, headig
-    from adaptive_dllm.importance.headig_layers import headig_per_layer
 
     cost = describe_cost(settings, len(data))
     if args.per_layer:
@@ -221,9 +220,8 @@ def _run_headig(args: argparse.Namespace, model: Any, data: Any, settings: Any,
     if resume is not None:
         print(f"partial results saved to {resume} after every example (resumed from if present)",
               file=say, flush=True)
-    run = headig_per_layer if args.per_layer else headig
-    imp = run(model, data, settings, checkpointing=args.checkpointing, resume=resume,
-              progress=progress, ranks=ranks)
+    imp = headig(model, data, settings, checkpointing=args.checkpointing, resume=resume,
+                 progress=progress, ranks=ranks, per_layer=args.per_layer)
     for part in imp.metadata.get("per_layer", [{"layer": None, **imp.metadata}]):
         c = part["completeness"]
         where = "" if part["layer"] is None else f"layer {part['layer']} "
@@ -235,7 +233,7 @@ def _run_headig(args: argparse.Namespace, model: Any, data: Any, settings: Any,
 
 def _remove_resume_files(resume: Path, imp: Any) -> None:
     """The default resume file(s) served their purpose once the result is written."""
-    from adaptive_dllm.importance.headig_layers import layer_resume_path
+    from adaptive_dllm.importance.headig import layer_resume_path
 
     layers = [p["layer"] for p in imp.metadata.get("per_layer", [])]
     for path in [layer_resume_path(resume, layer) for layer in layers] or [resume]:

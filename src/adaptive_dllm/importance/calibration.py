@@ -41,7 +41,6 @@ so that seed stability and data stability can be measured separately.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,14 @@ from typing import Any, Literal
 
 import torch
 
-from adaptive_dllm.datafiles import LETTERS, choice_prompt, humaneval_path, read_choice, read_humaneval
+from adaptive_dllm.datafiles import (
+    LETTERS,
+    choice_prompt,
+    humaneval_path,
+    read_choice,
+    read_humaneval,
+    read_jsonl,
+)
 from adaptive_dllm.errors import AdllmError
 
 AnswerMode = Literal["final", "full"]
@@ -128,25 +134,6 @@ def scored_span(example: Example, logit_shift: bool) -> tuple[int, int]:
 # Reading sources into (prompt, completion) text pairs
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise AdllmError(f"calibration file {str(path)!r} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise AdllmError(f"{path}:{n} is not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise AdllmError(f"{path}:{n} must be a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    if not rows:
-        raise AdllmError(f"calibration file {str(path)!r} holds no examples")
-    return rows
-
-
 def gsm8k_pair(question: str, answer: str, mode: AnswerMode) -> tuple[str, str]:
     """(prompt, completion) of one GSM8K problem (see the module docstring for the format)."""
     if mode not in ANSWER_MODES:
@@ -178,14 +165,13 @@ def read_pairs(
         return [(choice_prompt(q), f" {LETTERS[q.answer]}" + (
                  f". {q.choices[q.answer].strip()}" if answer_mode == "full" else ""))
                 for q in read_choice(p)]
-    rows = _read_jsonl(p)
     keys = ("question", "answer") if kind == "gsm8k" else (prompt_key, completion_key)
     pairs = []
-    for n, row in enumerate(rows, 1):
+    for n, row in read_jsonl(p, what="calibration"):
         missing = [k for k in keys if not isinstance(row.get(k), str)]
         if missing:
             raise AdllmError(
-                f"{p} example {n} lacks string field(s) {', '.join(map(repr, missing))}; "
+                f"{p}:{n} lacks string field(s) {', '.join(map(repr, missing))}; "
                 f"a {kind} file needs {' and '.join(map(repr, keys))}"
             )
         if kind == "gsm8k":
@@ -203,7 +189,7 @@ def _detect_kind(path: Path) -> Literal["gsm8k", "humaneval", "choice", "jsonl",
         return "choice"
     if path.is_dir() or suffixes[-1:] not in ([".jsonl"], [".json"]):
         return "text"
-    keys = set(_read_jsonl(path)[0])
+    keys = set(read_jsonl(path, what="calibration")[0][1])
     if {"task_id", "prompt", "canonical_solution"} <= keys:
         return "humaneval"
     if {"question", "choices"} <= keys:

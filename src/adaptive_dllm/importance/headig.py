@@ -46,7 +46,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -205,6 +205,7 @@ def headig(
     resume: str | Path | None = None,
     progress: bool = False,
     ranks: Ranks | None = None,
+    per_layer: bool = False,
 ) -> HeadImportance:
     """Estimate head importance with HeadIG.
 
@@ -221,6 +222,11 @@ def headig(
         ranks: torchrun ranks (:func:`~adaptive_dllm._distributed.init_ranks`): every rank
             attributes every ``world``-th example and the per-example attributions are gathered
             in example order, so every rank returns exactly the one-process result.
+        per_layer: one run per attributed layer, moving only that layer's gates along the path
+            (the other layers held at 1), so a head is scored in the context of the full model
+            rather than of a jointly shrunk one. Costs one run per layer; ``resume`` then names
+            one file per layer (:func:`layer_resume_path`) and the metadata keeps every layer's
+            completeness diagnostics under ``per_layer``.
 
     Returns:
         A :class:`~adaptive_dllm.importance.artifact.HeadImportance` over query heads, signed
@@ -231,6 +237,9 @@ def headig(
         AdllmError: bad settings, layer range, empty data, or a resume file for another run.
     """
     settings = settings or HeadIGSettings()
+    if per_layer:
+        return _headig_per_layer(model, examples, settings, resume=resume,
+                                 checkpointing=checkpointing, progress=progress, ranks=ranks)
     ranks = ranks or Ranks()
     exs = list(examples)
     if not exs:
@@ -273,6 +282,35 @@ def headig(
     results = gather_examples(mine, state, ranks)
     return build_artifact(model, examples, settings, results, layers, checkpointing,
                           time.perf_counter() - started)
+
+
+def _headig_per_layer(model: nn.Module, examples: CalibrationSet | Sequence[Example],
+                      settings: HeadIGSettings, *, resume: str | Path | None,
+                      checkpointing: bool | None, progress: bool, ranks: Ranks | None
+                      ) -> HeadImportance:
+    """``headig(per_layer=True)``: one single-layer run per layer, scores and diagnostics joined."""
+    layers = settings.layer_range(model.config.n_layers)
+    scores = torch.full((model.config.n_layers, model.config.n_heads), float("nan"))
+    per_layer, last = [], None
+    for layer in layers:
+        part_resume = None if resume is None else layer_resume_path(Path(resume), layer)
+        last = headig(model, examples, replace(settings, layers=(layer, layer)),
+                      checkpointing=checkpointing, resume=part_resume, progress=progress,
+                      ranks=ranks)
+        scores[layer] = last.scores[layer]
+        per_layer.append({"layer": layer, "completeness": last.metadata["completeness"],
+                          "elapsed_s": last.metadata["elapsed_s"]})
+    assert last is not None  # layer_range is never empty
+    metadata = {**last.metadata, "settings": {**asdict(settings), "per_layer": True},
+                "layers_attributed": [layers.start, layers.stop - 1], "per_layer": per_layer,
+                "elapsed_s": round(sum(p["elapsed_s"] for p in per_layer), 2)}
+    metadata.pop("completeness")
+    return HeadImportance(scores=scores, head_kind="query", metadata=metadata)
+
+
+def layer_resume_path(resume: Path, layer: int) -> Path:
+    """The resume file of one layer of a per-layer run: ``NAME.layerI.SUFFIX``."""
+    return resume.with_name(f"{resume.stem}.layer{layer}{resume.suffix}")
 
 
 def _attribute_example(model: nn.Module, example: Example, index: int, settings: HeadIGSettings,
