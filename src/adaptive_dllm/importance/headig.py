@@ -48,12 +48,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from adaptive_dllm._distributed import Ranks, shard
+from adaptive_dllm._progress import progress_bar
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example
@@ -258,30 +259,38 @@ def headig(
     state = load_state(resume_path, fingerprint(model, [exs[i] for i in mine], settings))
     log.info(describe_cost(settings, len(exs)))
     ticks_per_example = settings.paths * settings.steps
-
-    from adaptive_dllm._progress import progress_bar  # tqdm on a terminal, lines in logs
-
     bar = progress_bar(len(mine) * ticks_per_example, desc="HeadIG", unit="step",
                        enabled=progress, initial=len(state["ig"]) * ticks_per_example)
     started = time.perf_counter()
-    first = len(state["ig"])
     with _Frozen(model, checkpointing), bar:
-        for pos in range(first, len(mine)):
-            ig, j_full, j_base = _attribute_example(model, exs[mine[pos]], mine[pos], settings,
-                                                    alpha0, bar.update)
-            state["ig"].append(ig.float())
-            state["j_full"].append(j_full)
-            state["j_base"].append(j_base)
-            bar.set_postfix_str(f"gap={rel_gap(ig.sum().item(), j_full - j_base):.1%}")
-            if pos == first:  # the cost line came first; now a measured time estimate
-                each, left = time.perf_counter() - started, len(mine) - pos - 1
-                bar.note(f"HeadIG: example {mine[pos] + 1} took {each:.1f} s; about "
-                         f"{each * left:.0f} s for the remaining {left}")
-            if resume_path is not None:
-                save_state(resume_path, state)
+        _attribute_shard(model, [(i, exs[i]) for i in mine], settings, alpha0, state, bar,
+                         resume_path)
     results = gather_examples(mine, state, ranks)
     return build_artifact(model, examples, settings, results, layers, checkpointing,
                           time.perf_counter() - started)
+
+
+def _attribute_shard(model: nn.Module, todo: Sequence[tuple[int, Example]],
+                     settings: HeadIGSettings, alpha0: Tensor, state: dict[str, Any], bar: Any,
+                     resume_path: Path | None) -> None:
+    """Attribute this rank's ``(index, example)`` pairs not yet in ``state`` (resumed ones are
+    skipped), appending to ``state`` and saving it after every example."""
+    started = time.perf_counter()
+    first = len(state["ig"])
+    for pos in range(first, len(todo)):
+        index, example = todo[pos]
+        ig, j_full, j_base = _attribute_example(model, example, index, settings, alpha0,
+                                                bar.update)
+        state["ig"].append(ig.float())
+        state["j_full"].append(j_full)
+        state["j_base"].append(j_base)
+        bar.set_postfix_str(f"gap={rel_gap(ig.sum().item(), j_full - j_base):.1%}")
+        if pos == first:  # the cost line came first; now a measured time estimate
+            each, left = time.perf_counter() - started, len(todo) - pos - 1
+            bar.note(f"HeadIG: example {index + 1} took {each:.1f} s; about "
+                     f"{each * left:.0f} s for the remaining {left}")
+        if resume_path is not None:
+            save_state(resume_path, state)
 
 
 def _headig_per_layer(model: nn.Module, examples: CalibrationSet | Sequence[Example],
