@@ -169,3 +169,18 @@ def test_stats_helper_reads_dicts_and_typed_objects():
     assert metric_value(Typed(), "realized_keep_ratio") == 0.25
     assert metric_value(Attrs(), "realized_keep_ratio") == 0.5
     assert _keep(Typed()) == 0.25 and _keep({"backend": "dense"}) == 1.0 and _keep(None) == 1.0
+
+
+def test_per_item_loop_of_a_generation_reads_nothing_from_the_device(sync_pattern):
+    """The generated ids come to the host once per generate() call, not once per item."""
+    import ast
+    import inspect
+    import textwrap
+
+    from adaptive_dllm.evaluation import units
+
+    source = textwrap.dedent(inspect.getsource(units._generate_batch))
+    loops = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.For)]
+    per_item = next(n for n in loops if ast.unparse(n.iter) == "enumerate(texts)")
+    found = sync_pattern.search(ast.get_source_segment(source, per_item))
+    assert found is None, f"{found.group()!r} in the per-item loop"

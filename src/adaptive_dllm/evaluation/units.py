@@ -85,9 +85,10 @@ def _generate_batch(ctx: UnitContext, batch: Sequence[TaskItem], cfg: Any, mode:
         out = generate(ctx.model, ctx.tokenizer, [it.prompt for it in batch], sparse=cfg,
                        chat=ctx.chat, seed=seed, **ctx.sampler)
         texts = out.text if isinstance(out.text, list) else [out.text]
+        rows = out.ids.tolist()  # one device-to-host copy per generation, not one per item
         for i, text in enumerate(texts):
             outputs[i].append(cut_at_stop(text or "", ctx.task.stop))
-            tokens[i] += _generated_tokens(out.ids[i].tolist(), ctx)
+            tokens[i] += _generated_tokens(rows[i], ctx)
         # metric_value: the stats may be a dict or a typed object with to_dict().
         seconds += float(metric_value(out.stats, "total_s"))
         keeps.append(_keep(metric_value(out.stats, "sparse")))
