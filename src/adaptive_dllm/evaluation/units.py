@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.evaluation.context import prompt_ids
 from adaptive_dllm.evaluation.report import metric_value
 from adaptive_dllm.evaluation.tasks.base import Task, TaskItem
 
@@ -123,10 +124,7 @@ def _loglikelihood_item(ctx: UnitContext, item: TaskItem, cfg: Any, mode: str,
                         select: float) -> dict[str, Any]:
     if not item.choices:
         raise AdllmError(f"item {item.id!r} of task {ctx.task.name!r} has no choices")
-    prompt = item.prompt
-    if ctx.chat:
-        prompt = ctx.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-    prefix = ctx.tokenizer.encode(prompt)
+    prefix = prompt_ids(ctx.tokenizer, item.prompt, chat=ctx.chat)
     started = time.perf_counter()
     lls = []
     for j, choice in enumerate(item.choices):
