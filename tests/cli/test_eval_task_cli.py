@@ -8,9 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 
-from adaptive_dllm.cli import main
 from adaptive_dllm.evaluation.tasks import base
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
@@ -27,20 +25,10 @@ def toy_task(monkeypatch):
         module.make_task = lambda kind=kind, **o: toy_tasks.make_task(kind=kind, **{"n": 3, **o})
         monkeypatch.setitem(sys.modules, module.__name__, module)
         monkeypatch.setitem(base.TASKS, name, name)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def run(capsys, *argv):
-    code = main(["eval", "task", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_json_output_is_strict_and_complete(capsys):
-    code, out, _ = run(capsys, "toy", "--modes", "dense,uniform", "--select", "0.5", "--json",
+def test_json_output_is_strict_and_complete(eval_task):
+    code, out, _ = eval_task("toy", "--modes", "dense,uniform", "--select", "0.5", "--json",
                        "--limit", "2", *FAST)
     assert code == 0
     data = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
@@ -52,21 +40,21 @@ def test_json_output_is_strict_and_complete(capsys):
         assert r["n"] == 2 and len(r["ci95"]) == 2 and "correct" in r["metrics"]
 
 
-def test_default_modes_follow_importance(capsys):
-    code, out, _ = run(capsys, "toy", "--json", "--limit", "1", *FAST)
+def test_default_modes_follow_importance(eval_task):
+    code, out, _ = eval_task("toy", "--json", "--limit", "1", *FAST)
     assert code == 0
     assert [r["mode"] for r in json.loads(out)["results"]] == ["dense", "uniform"]
 
 
-def test_table_and_resume_through_the_cli(capsys, tmp_path):
+def test_table_and_resume_through_the_cli(eval_task, tmp_path):
     out = tmp_path / "r.jsonl"
     args = ["toy", "--modes", "dense", "--out", str(out), *FAST]
-    code, text, _ = run(capsys, *args, "--limit", "1")
+    code, text, _ = eval_task(*args, "--limit", "1")
     assert code == 0 and "accuracy" in text and "95% CI" in text
     assert len(out.read_text().splitlines()) == 2
-    code, text, _ = run(capsys, *args)
+    code, text, _ = eval_task(*args)
     assert code == 0 and len(out.read_text().splitlines()) == 4
-    code, _, err = run(capsys, *args, "--seed", "1")
+    code, _, err = eval_task(*args, "--seed", "1")
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
 
 
@@ -80,21 +68,21 @@ def test_table_and_resume_through_the_cli(capsys, tmp_path):
     (["toy", "--check-harness"], "no harness check"),
     (["toy", "--out", "x.json"], "must end in .jsonl"),
 ])
-def test_bad_input_is_one_line_exit_2(capsys, argv, message, tmp_path, monkeypatch):
+def test_bad_input_is_one_line_exit_2(eval_task, argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, *argv, *FAST)
+    code, _, err = eval_task(*argv, *FAST)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_malformed_data_lines_are_one_line_exit_2(capsys, tmp_path):
+def test_malformed_data_lines_are_one_line_exit_2(eval_task, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "ROMEO:", "target": "a"}\n{"prompt": broken\n')
-    code, _, err = run(capsys, "toy", "--data", str(data), "--modes", "dense", *FAST)
+    code, _, err = eval_task("toy", "--data", str(data), "--modes", "dense", *FAST)
     assert code == 2 and "line 2" in err and len(err.strip().splitlines()) == 1
 
 
-def test_model_without_tokenizer_is_one_line_exit_2(capsys, fixtures_dir):
-    code, _, err = run(capsys, "toy", "--model", str(fixtures_dir / "llada_tiny"), "--modes",
+def test_model_without_tokenizer_is_one_line_exit_2(eval_task, fixtures_dir):
+    code, _, err = eval_task("toy", "--model", str(fixtures_dir / "llada_tiny"), "--modes",
                        "dense", *FAST)
     assert code == 2 and "has no tokenizer" in err and len(err.strip().splitlines()) == 1

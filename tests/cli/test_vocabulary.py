@@ -99,6 +99,10 @@ def test_commands_use_the_shared_groups(commands):
         "adllm eval fidelity": {"model", "device", "steps", "gen_length", "block_length",
                                 "block_size", "skip", "region"},
         "adllm eval nll": {"model", "device", "dtype"},
+        "adllm eval task": {"model", "device", "steps", "gen_length", "block_length",
+                            "temperature", "remasking", "cfg_scale", "alg", "alg_temp", "eps",
+                            "top_p", "top_k", "skip", "block_size", "sparse_backend", "region",
+                            "min_keep_ratio", "refresh"},
         "adllm prune": {"model", "device", "download"},
         "adllm importance estimate": {"model", "device", "download"},
     }

@@ -169,3 +169,52 @@ def test_stats_helper_reads_dicts_and_typed_objects():
     assert metric_value(Typed(), "realized_keep_ratio") == 0.25
     assert metric_value(Attrs(), "realized_keep_ratio") == 0.5
     assert _keep(Typed()) == 0.25 and _keep({"backend": "dense"}) == 1.0 and _keep(None) == 1.0
+
+
+def test_per_item_loop_of_a_generation_reads_nothing_from_the_device(sync_pattern):
+    """The generated ids come to the host once per generate() call, not once per item."""
+    import ast
+    import inspect
+    import textwrap
+
+    from adaptive_dllm.evaluation import units
+
+    source = textwrap.dedent(inspect.getsource(units._generate_batch))
+    loops = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.For)]
+    per_item = next(n for n in loops if ast.unparse(n.iter) == "enumerate(texts)")
+    found = sync_pattern.search(ast.get_source_segment(source, per_item))
+    assert found is None, f"{found.group()!r} in the per-item loop"
+
+
+def test_chat_prefix_of_a_loglikelihood_is_the_generation_prompt(bundled):
+    """With a chat template, the scored prefix is what generation feeds the model: the template
+    once, its special tokens not doubled by the encoder, the assistant turn opened."""
+    from adaptive_dllm.generation.prompts import encode_prompt
+
+    model, byte_tok = bundled
+
+    class ChatTokenizer:
+        """The byte tokenizer with a chat template and an encoder that adds a BOS (id 0)."""
+
+        def __getattr__(self, name):
+            return getattr(byte_tok, name)
+
+        def apply_chat_template(self, messages, *, add_generation_prompt=True):
+            text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+            return "\x00" + text + ("<assistant>" if add_generation_prompt else "")
+
+        def encode(self, text, *, add_special_tokens=True):
+            return ([0] if add_special_tokens else []) + byte_tok.encode(text)
+
+    tok = ChatTokenizer()
+    prefixes = []
+
+    def estimator(model, prefix, cont, *, mc_num, batch_size, seed, sparse):
+        prefixes.append(list(prefix))
+        return 0.0
+
+    evaluate_task(model, tok, ToyChoice(n=1), RunSettings(chat=True, mc_num=1), estimator=estimator)
+    ids, _ = encode_prompt(ToyChoice().items()[0].prompt, tok, model.config, chat=True,
+                           attention_mask=None)
+    assert prefixes and all(p == ids[0].tolist() for p in prefixes)
+    assert prefixes[0][:2] != [0, 0]

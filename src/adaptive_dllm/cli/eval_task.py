@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from adaptive_dllm.cli.arguments import (
     add_model_args,
     add_quiet,
+    add_sampler_args,
+    add_sparse_args,
     check_steps,
     positive_int,
+    sampler_options,
     seed,
 )
 from adaptive_dllm.errors import AdllmError
@@ -44,10 +47,11 @@ exemplars or the most that fit (a note on stderr). Progress lines go to stderr
 (--quiet: none).
 """
 
-# CLI dest -> sampler option; only options the user gave are passed (over the task's defaults).
-SAMPLER_OPTIONS = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
-                   "alg", "alg_temp", "eps", "top_p", "top_k", "logits_eos_inf",
-                   "confidence_eos_eot_inf")
+# The shared sampler group's options this command takes (over the task's defaults), plus two
+# LLaDA evaluation switches of its own; only options the user gave are passed.
+SAMPLER_ONLY = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
+                "alg", "alg_temp", "eps", "top_p", "top_k")
+EOS_OPTIONS = ("logits_eos_inf", "confidence_eos_eot_inf")
 # CLI dest -> SparseConfig field.
 SPARSE_OPTIONS = {"skip": "skip", "block_size": "block_size", "sparse_backend": "backend",
                   "region": "region", "min_keep_ratio": "min_keep_ratio", "refresh": "refresh"}
@@ -55,10 +59,6 @@ SPARSE_OPTIONS = {"skip": "skip", "block_size": "block_size", "sparse_backend": 
 
 def register_task(sub: argparse._SubParsersAction) -> None:
     """Add ``adllm eval task`` to the ``adllm eval`` subparsers."""
-    from adaptive_dllm.generation.dream import Algorithm
-    from adaptive_dllm.generation.llada import Remasking
-    from adaptive_dllm.sparsity.config import BLOCK_SIZES
-
     p = sub.add_parser("task", help="task accuracy (GSM8K, HumanEval, choice, retrieval) per mode",
                        description="Evaluate a task under dense, uniform and adaptive sparse "
                                    "attention on the same items.",
@@ -99,26 +99,18 @@ def register_task(sub: argparse._SubParsersAction) -> None:
                    help="per-item results, resumed when the file exists")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet(p)
-    g = p.add_argument_group("sampler (over the task's defaults)")
-    for flag, kind in (("--steps", positive_int), ("--gen-length", positive_int),
-                       ("--block-length", positive_int),
-                       ("--temperature", float), ("--cfg-scale", float), ("--alg-temp", float),
-                       ("--eps", float), ("--top-p", float), ("--top-k", int)):
-        g.add_argument(flag, type=kind, default=None)
-    g.add_argument("--remasking", choices=get_args(Remasking), default=None)
-    g.add_argument("--alg", choices=get_args(Algorithm), default=None)
+    g = add_sampler_args(p, only=SAMPLER_ONLY)
+    g.title = "sampler (over the task's defaults)"
+    for action in g._group_actions:  # the task sets these three, not the sampler
+        if action.dest in ("steps", "gen_length", "block_length") \
+                and action.help not in (None, argparse.SUPPRESS):
+            action.help = action.help.split(" (default")[0] + " (default: the task's)"
     g.add_argument("--logits-eos-inf", action="store_true", default=None,
                    help="LLaDA: never generate EOS (upstream evaluation option)")
     g.add_argument("--confidence-eos-eot-inf", action="store_true", default=None,
                    help="LLaDA: never commit EOS/EOT by confidence (upstream evaluation option)")
-    s = p.add_argument_group("sparse attention (uniform and adaptive)")
-    s.add_argument("--skip", type=float, default=None, metavar="K", help="dense step fraction")
-    s.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None, metavar="B")
-    s.add_argument("--sparse-backend", choices=("auto", "triton", "flex", "reference"),
-                   default=None, help="default: reference on CPU, flex on CUDA (sparse really runs)")
-    s.add_argument("--region", choices=("separate", "joint"), default=None)
-    s.add_argument("--min-keep-ratio", type=float, default=None, metavar="R")
-    s.add_argument("--refresh", choices=("block", "never"), default=None)
+    add_sparse_args(p, only=SPARSE_OPTIONS, notes={
+        "sparse_backend": "reference on CPU, flex on CUDA, so sparse really runs"})
     p.set_defaults(eval_func=run_task)
 
 
@@ -130,7 +122,8 @@ def run_settings(args: argparse.Namespace) -> Any:
     text = args.modes or ("dense,uniform,adaptive" if args.importance else "dense,uniform")
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
     selects = floats(args.select, "--select")
-    sampler = {k: getattr(args, k) for k in SAMPLER_OPTIONS if getattr(args, k) is not None}
+    sampler = {**sampler_options(args),
+               **{k: getattr(args, k) for k in EOS_OPTIONS if getattr(args, k) is not None}}
     sparse = {field: getattr(args, dest) for dest, field in SPARSE_OPTIONS.items()
               if getattr(args, dest) is not None}
     return RunSettings(modes=modes, selects=selects, sampler=sampler, sparse=sparse,

@@ -18,16 +18,22 @@ from typing import Any
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.evaluation.tasks.base import Task, TaskItem
 
-__all__ = ["check_context", "fit_shots", "longest_prompt", "prompt_tokens"]
+__all__ = ["check_context", "fit_shots", "longest_prompt", "prompt_ids", "prompt_tokens"]
+
+
+def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool) -> list[int]:
+    """``prompt``'s token ids as generation encodes it (one user turn when ``chat``)."""
+    if chat:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                 add_generation_prompt=True)
+        # The template writes the special tokens itself: encoding must not add a second BOS.
+        return list(tokenizer.encode(rendered, add_special_tokens=False))
+    return list(tokenizer.encode(prompt))
 
 
 def prompt_tokens(tokenizer: Any, prompt: str, *, chat: bool) -> int:
     """Tokens of ``prompt`` as generation encodes it (one user turn when ``chat``)."""
-    if chat:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 add_generation_prompt=True)
-        return len(tokenizer.encode(rendered, add_special_tokens=False))
-    return len(tokenizer.encode(prompt))
+    return len(prompt_ids(tokenizer, prompt, chat=chat))
 
 
 def longest_prompt(tokenizer: Any, items: Sequence[TaskItem], *,

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.evaluation.context import prompt_ids
 from adaptive_dllm.evaluation.report import metric_value
 from adaptive_dllm.evaluation.tasks.base import Task, TaskItem
 
@@ -85,9 +86,10 @@ def _generate_batch(ctx: UnitContext, batch: Sequence[TaskItem], cfg: Any, mode:
         out = generate(ctx.model, ctx.tokenizer, [it.prompt for it in batch], sparse=cfg,
                        chat=ctx.chat, seed=seed, **ctx.sampler)
         texts = out.text if isinstance(out.text, list) else [out.text]
+        rows = out.ids.tolist()  # one device-to-host copy per generation, not one per item
         for i, text in enumerate(texts):
             outputs[i].append(cut_at_stop(text or "", ctx.task.stop))
-            tokens[i] += _generated_tokens(out.ids[i].tolist(), ctx)
+            tokens[i] += _generated_tokens(rows[i], ctx)
         # metric_value: the stats may be a dict or a typed object with to_dict().
         seconds += float(metric_value(out.stats, "total_s"))
         keeps.append(_keep(metric_value(out.stats, "sparse")))
@@ -122,10 +124,7 @@ def _loglikelihood_item(ctx: UnitContext, item: TaskItem, cfg: Any, mode: str,
                         select: float) -> dict[str, Any]:
     if not item.choices:
         raise AdllmError(f"item {item.id!r} of task {ctx.task.name!r} has no choices")
-    prompt = item.prompt
-    if ctx.chat:
-        prompt = ctx.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-    prefix = ctx.tokenizer.encode(prompt)
+    prefix = prompt_ids(ctx.tokenizer, item.prompt, chat=ctx.chat)
     started = time.perf_counter()
     lls = []
     for j, choice in enumerate(item.choices):

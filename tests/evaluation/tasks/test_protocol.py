@@ -38,3 +38,15 @@ def test_task_follows_the_protocol(name, options):
         json.dumps(dict(item.meta))
         assert bool(item.choices) == (task.kind == "loglikelihood")
     assert task.settings() == get_task(name, tokenizer=ByteTokenizer(), **options[name]).settings()
+
+
+def test_draw_shots_never_takes_the_evaluated_question_and_is_seeded():
+    from adaptive_dllm.evaluation.tasks._common import draw_shots, item_rng
+
+    pool = [("Q1", "a"), (" Q2 ", "b"), ("Q3", "c"), ("Q2", "d")]
+    picked = draw_shots(pool, "Q2", lambda pair: pair[0], 2, item_rng(0, "t", 1))
+    assert len(picked) == 2 and {q.strip() for q, _ in picked} == {"Q1", "Q3"}
+    assert draw_shots(pool, "Q2", lambda pair: pair[0], 2, item_rng(0, "t", 1)) == picked
+    # Only two others: asking for three gives those two, not the evaluated question.
+    assert sorted(draw_shots(pool, "Q2", lambda p: p[0], 3, item_rng(0, "t", 1))) == [
+        ("Q1", "a"), ("Q3", "c")]

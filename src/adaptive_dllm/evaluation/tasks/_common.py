@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from adaptive_dllm.errors import AdllmError
+
+T = TypeVar("T")
 
 #: The data files shipped with the package.
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -30,6 +33,14 @@ def item_rng(seed: int, *key: Any) -> random.Random:
     """
     text = ":".join(str(k) for k in (seed, *key))
     return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
+
+
+def draw_shots(pool: Sequence[T], question: str, question_of: Callable[[T], str], shots: int,
+               rng: random.Random) -> list[T]:
+    """Up to ``shots`` few-shot examples drawn by ``rng`` from ``pool``, never one whose question
+    is the evaluated ``question`` (fewer only when too few others exist)."""
+    others = [e for e in pool if question_of(e).strip() != question.strip()]
+    return rng.sample(others, min(shots, len(others)))
 
 
 def check_count(name: str, value: Any, *, minimum: int) -> int:

@@ -38,7 +38,13 @@ from typing import Any, Literal
 
 from adaptive_dllm.datafiles import LETTERS, ChoiceQuestion, choice_prompt, read_choice
 from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.evaluation.tasks._common import check_count, check_limit, file_digest, item_rng
+from adaptive_dllm.evaluation.tasks._common import (
+    check_count,
+    check_limit,
+    draw_shots,
+    file_digest,
+    item_rng,
+)
 from adaptive_dllm.evaluation.tasks.base import TaskItem
 
 __all__ = ["ChoiceTask", "make_task"]
@@ -90,8 +96,8 @@ class ChoiceTask:
 
     def prompt(self, index: int) -> str:
         q = self._questions[index]
-        others = [s for s in self._pool if s.question.strip() != q.question.strip()]
-        shots = item_rng(self.seed, "choice", index).sample(others, min(self.shots, len(others)))
+        shots = draw_shots(self._pool, q.question, lambda s: s.question, self.shots,
+                           item_rng(self.seed, "choice", index))
         solved = [self._block(s) + self.candidates(s)[s.answer] for s in shots]
         return "\n\n".join([*solved, self._block(q)])
 

@@ -39,6 +39,7 @@ from adaptive_dllm.evaluation.tasks._common import (
     check_count,
     check_limit,
     data_path,
+    draw_shots,
     file_digest,
     item_rng,
 )
@@ -120,12 +121,12 @@ class GSM8K:
 
     def exemplars(self, index: int) -> list[tuple[str, str]]:
         """The few-shot (question, answer) pairs of item ``index`` (seeded by seed and index)."""
-        question = self._problems[index][0]
-        candidates = [pair for pair in self._pool if pair[0].strip() != question.strip()]
-        if len(candidates) < self.shots:
-            raise AdllmError(f"{self.shots} shots: only {len(candidates)} few-shot problems differ "
+        picked = draw_shots(self._pool, self._problems[index][0], lambda pair: pair[0], self.shots,
+                            item_rng(self.seed, "gsm8k", index))
+        if len(picked) < self.shots:
+            raise AdllmError(f"{self.shots} shots: only {len(picked)} few-shot problems differ "
                              f"from item {index}'s question; lower --shots")
-        return item_rng(self.seed, "gsm8k", index).sample(candidates, self.shots)
+        return picked
 
     def prompt(self, index: int) -> str:
         shots = [f"Question: {q}\nAnswer: {a}" for q, a in self.exemplars(index)]
