@@ -17,7 +17,6 @@ import sys
 
 # Kept only for cli/eval_task.py, which still imports it from here; drop once that import moves
 # to cli.arguments.
-from adaptive_dllm.cli.arguments import floats  # noqa: F401
 
 __all__ = ["register", "run"]
 

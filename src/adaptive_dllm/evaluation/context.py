@@ -17,18 +17,9 @@ from typing import Any
 
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.evaluation.tasks.base import Task, TaskItem
+from adaptive_dllm.generation.prompts import prompt_ids
 
-__all__ = ["check_context", "fit_shots", "longest_prompt", "prompt_ids", "prompt_tokens"]
-
-
-def prompt_ids(tokenizer: Any, prompt: str, *, chat: bool) -> list[int]:
-    """``prompt``'s token ids as generation encodes it (one user turn when ``chat``)."""
-    if chat:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 add_generation_prompt=True)
-        # The template writes the special tokens itself: encoding must not add a second BOS.
-        return list(tokenizer.encode(rendered, add_special_tokens=False))
-    return list(tokenizer.encode(prompt))
+__all__ = ["check_context", "fit_shots", "longest_prompt", "prompt_tokens"]
 
 
 def prompt_tokens(tokenizer: Any, prompt: str, *, chat: bool) -> int:

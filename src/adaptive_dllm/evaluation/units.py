@@ -18,9 +18,9 @@ from typing import Any
 from torch import nn
 
 from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.evaluation.context import prompt_ids
 from adaptive_dllm.evaluation.report import metric_value
 from adaptive_dllm.evaluation.tasks.base import Task, TaskItem
+from adaptive_dllm.generation.prompts import prompt_ids
 
 __all__ = ["LoglikelihoodEstimator", "UnitContext", "cut_at_stop", "derive_seed", "run_unit"]
 

@@ -119,17 +119,22 @@ def encode_prompt(
     return ids, mask
 
 
-def _tokenize(text: str, tokenizer: Any, chat: bool) -> list[int]:
+def prompt_ids(tokenizer: Any, text: str, *, chat: bool) -> list[int]:
+    """``text``'s token ids as :func:`~adaptive_dllm.generation.api.generate` encodes a prompt
+    (one user turn of the chat template when ``chat``)."""
     if chat:
         rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                  add_generation_prompt=True)
         # The template already writes the special tokens (BOS, role headers).
-        ids = tokenizer.encode(rendered, add_special_tokens=False)
-    else:
-        ids = tokenizer.encode(text)
+        return list(tokenizer.encode(rendered, add_special_tokens=False))
+    return list(tokenizer.encode(text))
+
+
+def _tokenize(text: str, tokenizer: Any, chat: bool) -> list[int]:
+    ids = prompt_ids(tokenizer, text, chat=chat)
     if not ids:
         raise AdllmError(f"prompt {text!r} encodes to no tokens; give a non-empty prompt")
-    return list(ids)
+    return ids
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
