@@ -213,3 +213,15 @@ def test_gpu_more_kernel_signatures_than_dynamos_default_limit():
                 out = attend(q, k, v, plan=plan, backend="flex")
                 ref = reference_attention(q.float(), k.float(), v.float(), plan=plan)
                 assert _max_err(out, ref) < 0.05
+
+
+def test_backend_options_must_cover_every_block_size():
+    """Both backends' per-block-size options name the missing block size in one line."""
+    from adaptive_dllm.attention.triton import TritonOptions
+
+    tiles = {bs: t for bs, t in flex.FLEX_TILES.items() if bs != 32}
+    with pytest.raises(AdllmError, match=r"^FlexOptions.tiles lacks block sizes \[32\]; give "):
+        flex.FlexOptions(tiles=tiles)
+    with pytest.raises(AdllmError, match=r"^TritonOptions.launch lacks block sizes \[16, 32, 64\]"):
+        TritonOptions(launch={128: TritonOptions().launch[128]})
+    assert flex.FlexOptions().tiles is flex.FLEX_TILES

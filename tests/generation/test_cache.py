@@ -84,6 +84,28 @@ def test_sparse_with_a_cache_runs_refreshes_and_cached_steps_sparse(bundled):
     assert not (out.ids == bundled[0].config.mask_id).any()
 
 
+def test_decode_plans_allocate_once_per_key_block_count(bundled, monkeypatch):
+    """The decode plans' budgets depend only on Nk: one allocation per Nk for the whole run,
+    not one per layer and refresh."""
+    import adaptive_dllm.budget.allocator as allocator
+    import adaptive_dllm.sparsity.planner as planner
+
+    calls = []
+    real = allocator.allocate
+
+    def spy(weights, select, n_blocks, **kw):
+        calls.append(n_blocks)
+        return real(weights, select, n_blocks, **kw)
+
+    monkeypatch.setattr(allocator, "allocate", spy)
+    monkeypatch.setattr(planner, "allocate", spy)
+    cfg = SparseConfig(select=0.5, skip=0.2, block_size=16, backend="reference")
+    out = _llada(bundled, prompt="ROMEO: " * 12, cache="dual", sparse=cfg)
+    assert out.stats["sparse"]["cached_sparse_steps"] == 28
+    assert out.stats["sparse"]["cached_keep_ratio"] == pytest.approx(0.5)
+    assert len(calls) == len(set(calls)), calls
+
+
 @pytest.mark.parametrize("cache", [None, "prefix", "dual"])
 def test_padded_batch_equals_one_by_one(bundled, cache):
     model, tok = bundled

@@ -330,6 +330,44 @@ def test_build_step_returns_dense_attention_and_installs_the_plan():
     assert session.stats()["build_kernel"] == "separate" and session.plan_builds == 1
 
 
+class _ProtocolOnly:
+    """A user's backend with only the Backend protocol (no fused build step)."""
+
+    name, block_sizes, max_head_dim, compile_log = "reference", (), None, ()
+
+    def __init__(self, inner):
+        self.inner, self.runs = inner, 0
+
+    def supports(self, *, device_type, head_dim, block_size):
+        return None
+
+    def prepare(self, plan, n_heads):
+        return None
+
+    def run(self, q, k, v, *, key_mask=None, plan=None, prepared=None):
+        self.runs += 1
+        return self.inner.run(q, k, v, key_mask=key_mask, plan=plan, prepared=prepared)
+
+
+def test_a_protocol_only_backend_builds_plans_separately(monkeypatch):
+    """The fused build step is optional: the default build_kernel="fused" falls back to the
+    separate build for a backend that lacks it, instead of an AttributeError."""
+    from adaptive_dllm.attention import api
+    from adaptive_dllm.attention.backends import Backend
+
+    mine = _ProtocolOnly(api.get_backend("reference"))
+    assert isinstance(mine, Backend)
+    monkeypatch.setitem(api._BACKENDS, "reference", mine)
+    torch.manual_seed(0)
+    session = SparseConfig(select=0.3, block_size=16, backend="reference").new_session(
+        _tiny_dream_config(), 4, gen_length=16)
+    q, k, v = torch.randn(1, 4, 64, 8), torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8)
+    session.build_step(0, q, k, v, None)
+    assert session.stats()["build_kernel"] == "separate" and session.plan_of(0) is not None
+    session.run(0, q, k, v, None)
+    assert mine.runs == 1
+
+
 def _tiny_dream_config():
     from adaptive_dllm.models import ModelConfig
 

@@ -9,8 +9,10 @@ mutating a module. Every backend says what it can run (:attr:`Backend.block_size
 :attr:`Backend.max_head_dim`, :meth:`Backend.supports`), prepares a plan once
 (:meth:`Backend.prepare`: e.g. the flex BlockMask or device-side counts, returned to the caller,
 never written into the plan), runs it (:meth:`Backend.run`) and accounts for the time it spent
-compiling kernels (:attr:`Backend.compile_log`). Backends that can run the fused build step
-(attention plus block scores in one kernel) also implement :meth:`Backend.attend_and_score`.
+compiling kernels (:attr:`Backend.compile_log`). The fused build step (attention plus block
+scores in one kernel) is an optional capability outside the protocol: a backend that has it
+defines ``can_attend_and_score(q)`` and ``attend_and_score(...)`` (:class:`FusedBuildMixin`), and
+callers ask :func:`runs_fused_build` before calling it.
 """
 
 from __future__ import annotations
@@ -96,15 +98,6 @@ class BackendBase:
     def prepare(self, plan: SparsePlan, n_heads: int) -> Any:
         return None
 
-    def can_attend_and_score(self, q: torch.Tensor) -> bool:
-        """Whether :meth:`attend_and_score` runs these queries (the fused build step)."""
-        return False
-
-    def attend_and_score(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                         block_size: int, key_mask: torch.Tensor | None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError(f"the {self.name!r} backend has no fused build step")
-
     def timed_first_use(self, signature: Hashable, device: torch.device,
                         launch: Callable[[], Any], *, synchronize: bool = False) -> Any:
         """``launch()``; the first time ``signature`` is seen, also time it and log it as a
@@ -124,6 +117,13 @@ class BackendBase:
                 self._seen.add(signature)
                 self._log.append(CompileRecord(repr(signature), time.perf_counter() - start))
         return out
+
+
+def runs_fused_build(backend: Backend, q: torch.Tensor) -> bool:
+    """Whether ``backend`` runs the fused build step for queries ``q`` (B, H, L, D): False for
+    a backend without the optional ``can_attend_and_score`` (e.g. a user's :class:`Backend`)."""
+    can = getattr(backend, "can_attend_and_score", None)
+    return can is not None and bool(can(q))
 
 
 class FusedBuildMixin:

@@ -42,8 +42,7 @@ import torch.nn.functional as F
 
 from adaptive_dllm.attention.backends import BackendBase, FusedBuildMixin
 from adaptive_dllm.attention.plan import SparsePlan, check_plan_fits
-from adaptive_dllm.errors import AdllmError
-from adaptive_dllm.kernels.support import BLOCK_SIZES
+from adaptive_dllm.kernels.support import BLOCK_SIZES, check_covers_block_sizes
 
 #: Triton tile options of the compiled flex kernel per block size (BLOCK_M / BLOCK_N must divide
 #: the block); 128 was tuned on an H100 (``benchmarks/README.md``).
@@ -70,10 +69,7 @@ class FlexOptions:
     tiles: Mapping[int, Mapping[str, Any]] = field(default_factory=lambda: FLEX_TILES)
 
     def __post_init__(self) -> None:
-        missing = [bs for bs in BLOCK_SIZES if bs not in self.tiles]
-        if missing:
-            raise AdllmError(f"FlexOptions.tiles lacks block sizes {missing}; give tile options "
-                             f"for each of {', '.join(map(str, BLOCK_SIZES))}")
+        check_covers_block_sizes(self.tiles, what="FlexOptions.tiles")
 
 
 class FlexBackend(FusedBuildMixin, BackendBase):

@@ -28,6 +28,7 @@ from adaptive_dllm.kernels.support import (
     MAX_HEAD_DIM,
     LaunchOptions,
     check_block_size,
+    check_covers_block_sizes,
     check_head_dim,
     triton_device_problem,
 )
@@ -49,10 +50,7 @@ class TritonOptions:
     def __post_init__(self) -> None:
         if self.use_tma not in (None, True, False):
             raise AdllmError(f"use_tma={self.use_tma!r} must be None, True or False")
-        missing = [bs for bs in BLOCK_SIZES if bs not in self.launch]
-        if missing:
-            raise AdllmError(f"TritonOptions.launch lacks block sizes {missing}; give launch "
-                             f"options for each of {', '.join(map(str, BLOCK_SIZES))}")
+        check_covers_block_sizes(self.launch, what="TritonOptions.launch")
 
 
 class TritonBackend(FusedBuildMixin, BackendBase):

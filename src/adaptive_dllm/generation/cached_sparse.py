@@ -69,15 +69,13 @@ class CachedSparse:
         self.cached_steps = cached_steps
         self.cached_decision: Decision | None = None
         self.config = config
-        # (layers, units) relative weights of the session's planner (SparseSession only).
-        self.weights = None if config is None else session.planner.weights
         self.n_layers = model_config.n_layers
         self._plans: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.n_layers
         self._window: tuple[int, int] | None = None
         self._build = False
         self.cached_dense = 0
         self.cached_sparse = 0
-        self._kept: list[tuple[torch.Tensor, int]] = []  # (kept blocks, slots) per decode plan
+        self._kept = [0, 0]  # kept blocks, slots over every decode plan (host ints: no sync)
 
     def begin_step(self, step: int, total: int) -> None:
         """Before refresh forward ``step`` of ``total`` (one per block)."""
@@ -138,23 +136,21 @@ class CachedSparse:
         mass = _window_mass(q[:, :, start:stop], k, key_mask, bs)  # (B, Hkv, Nk)
         own = torch.arange(start // bs, -(-stop // bs), device=q.device)
         mass[:, :, own] = float("inf")  # the window's own key blocks are always kept
-        counts = self._counts(layer, n_blocks, Hkv, len(own))  # (Hkv,) CPU
+        counts = self._counts(layer, n_blocks, Hkv, len(own))  # (Hkv,) CPU: no device sync
         kmax = int(counts.max())
+        self._kept[0] += B * int(counts.sum())
+        self._kept[1] += B * Hkv * n_blocks
         order = torch.sort(mass, dim=-1, descending=True, stable=True).indices[..., :kmax]
-        slot = torch.arange(kmax, device=q.device)
-        keep = slot < counts.to(q.device)[:, None]  # (Hkv, kmax)
+        counts = counts.to(device=q.device, dtype=torch.int32)
+        keep = torch.arange(kmax, device=q.device) < counts[:, None]  # (Hkv, kmax)
         idx = torch.where(keep, order, n_blocks).sort(dim=-1).values  # ascending, pad last
         idx = torch.where(idx < n_blocks, idx, -1).to(torch.int32)
-        cnt = counts.to(torch.int32).to(q.device).expand(B, Hkv).contiguous()
-        self._kept.append((cnt.sum(), B * Hkv * n_blocks))
-        return idx.contiguous(), cnt
+        return idx.contiguous(), counts.expand(B, Hkv).contiguous()
 
     def _counts(self, layer: int, n_blocks: int, n_kv: int, own: int) -> torch.Tensor:
-        from adaptive_dllm.budget.allocator import allocate
-
-        c = self.config
-        alloc = allocate(self.weights, c.select, n_blocks,
-                         min_keep_ratio=c.min_keep_ratio, budget=c.budget)
+        # One joint allocation over all Nk key blocks (no prompt/generation split), from the
+        # planner's cache: computed once per Nk, not once per layer and refresh.
+        alloc, _ = self.session.planner.allocation(n_blocks, n_blocks)
         counts = alloc.blocks[layer].to(torch.int64)  # (U,)
         if counts.numel() != n_kv:  # per-query-head units: the group's largest count
             counts = counts.view(n_kv, -1).amax(-1)
@@ -176,10 +172,8 @@ class CachedSparse:
         """The session's stats plus the cached steps: how many ran dense or sparse, and the
         decode plans' realised keep ratio (None when none was built)."""
         out = dict(self.session.stats())
-        ratio = None
-        if self._kept:
-            kept = torch.stack([c for c, _ in self._kept]).sum().item()
-            ratio = kept / sum(s for _, s in self._kept)
+        kept, slots = self._kept
+        ratio = kept / slots if slots else None
         decision = self.cached_decision
         out.update({"schedule_over": "refresh forwards",
                     "cached_backend": None if decision is None else decision.backend,

@@ -59,6 +59,15 @@ BLOCK_SPARSE_LAUNCH: Mapping[int, LaunchOptions] = MappingProxyType({
 })
 
 
+def check_covers_block_sizes(options: Mapping[int, Any], *, what: str) -> None:
+    """One-line error unless the per-block-size ``options`` (named ``what``) have an entry for
+    every one of :data:`BLOCK_SIZES`."""
+    missing = [bs for bs in BLOCK_SIZES if bs not in options]
+    if missing:
+        raise AdllmError(f"{what} lacks block sizes {missing}; give options for each of "
+                         f"{', '.join(map(str, BLOCK_SIZES))}")
+
+
 def n_blocks(length: int, block_size: int) -> int:
     """N = ceil(L / bs): blocks that cover ``length`` tokens (the last one may be partial)."""
     return -(-length // block_size)

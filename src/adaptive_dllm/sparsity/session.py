@@ -31,7 +31,7 @@ import torch
 
 from adaptive_dllm._checks import check_int
 from adaptive_dllm.attention.api import attend, get_backend
-from adaptive_dllm.attention.backends import Backend
+from adaptive_dllm.attention.backends import Backend, runs_fused_build
 from adaptive_dllm.attention.mass import reduce_units
 from adaptive_dllm.attention.plan import SparsePlan, plan_fits
 from adaptive_dllm.errors import AdllmError
@@ -137,14 +137,14 @@ class SparseSession:
         if self.decision is None:
             self._start(q)
         backend = self.backend
-        if not (self.fused_build and backend is not None and backend.can_attend_and_score(q)):
+        if not (self.fused_build and backend is not None and runs_fused_build(backend, q)):
             self.tally.build_kernel = "separate"
             out = attend(q, k, v, key_mask=key_mask)
             self.build_plan(layer, q, k, key_mask)
             return out
         self.tally.build_kernel = "fused"
-        out, per_head = backend.attend_and_score(q, k, v, block_size=self.planner.settings.block_size,
-                                                 key_mask=key_mask)
+        out, per_head = backend.attend_and_score(  # type: ignore[attr-defined]
+            q, k, v, block_size=self.planner.settings.block_size, key_mask=key_mask)
         self.build_plan(layer, q, k, key_mask,
                         scores=reduce_units(per_head, k.shape[1], self.planner.settings.gqa))
         return out
