@@ -83,3 +83,14 @@ def test_summary_stats():
     st = {"backend": "flex", "backend_reason": "r", "dense_steps": 13, "sparse_steps": 51,
           "target_keep_ratio": 0.3, "realized_keep_ratio": 0.31, "extra": 1}
     assert summary_stats(st, 64) == {k: v for k, v in st.items() if k != "extra"}
+
+
+def test_a_run_that_went_dense_reports_no_sparse_time(fixture_model):
+    """backend="auto" on a CPU runs dense: the steps the schedule called sparse ran dense
+    attention, so their time is dense time (it was reported as sparse time)."""
+    model = fixture_model("llada_tiny")
+    cfg = SparseConfig(select=0.5, skip=0.25, block_size=16, backend="auto")
+    st = generate(model, None, list(range(1, 57)), sparse=cfg, steps=8, gen_length=16,
+                  block_length=16).stats["sparse"]
+    assert st["backend"] == "dense" and st["sparse_steps"] == 0
+    assert st["time_sparse_s"] == 0.0 and st["time_plan_s"] == 0.0 and st["time_dense_s"] > 0

@@ -129,9 +129,11 @@ class PhaseClock:
     def stop_plan(self, token: tuple[int, Any]) -> None:
         self.plans.append((token[0], token[1], self._now()))
 
-    def phases(self, *, charge_build_excess: bool = True) -> dict[str, float]:
-        """Seconds per phase; ``charge_build_excess=False`` (no plan was built in a build step,
-        e.g. the run went dense) counts build steps as plain dense steps."""
+    def phases(self, *, charge_build_excess: bool = True, dense_run: bool = False
+               ) -> dict[str, float]:
+        """Seconds per phase; ``charge_build_excess=False`` (no plan was built in a build step)
+        counts build steps as plain dense steps; ``dense_run`` (the session decided to run
+        dense) counts every step as dense, whatever the schedule called it."""
         end = self._now()
         if self.cuda:
             end.synchronize()  # the one host read of the generation's timings
@@ -151,7 +153,8 @@ class PhaseClock:
             if kind == "build" and typical is not None and charge_build_excess:
                 plan = min(t, max(plan, t - typical))
             out["plan"] += plan
-            out["sparse" if kind == "sparse" else "dense"] += max(0.0, t - plan)
+            phase = "sparse" if kind == "sparse" and not dense_run else "dense"
+            out[phase] += max(0.0, t - plan)
         return out
 
 

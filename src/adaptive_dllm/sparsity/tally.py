@@ -96,7 +96,8 @@ class RunTally:
         allocator, note = planner.allocator_summary()
         times: dict[str, float] = {}
         if self.clock is not None:
-            times = self.clock.phases(charge_build_excess=not dense_run and self.plan_builds > 0)
+            times = self.clock.phases(charge_build_excess=not dense_run and self.plan_builds > 0,
+                                      dense_run=dense_run)
         compiles = () if self._backend is None else \
             self._backend.compile_log[self._compiles_before:]
         return SparseStats(
