@@ -160,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--mix-short", type=float, default=0.2)
     t.add_argument("--tokens-per-step", type=int, default=262144)
     t.add_argument("--text-frac", type=float, default=0.15, help="share of plain-text rows")
+    t.add_argument("--train-kinds", default=",".join(KINDS),
+                   help="task kinds of the training rows (comma-separated)")
     t.add_argument("--answer-mask-min", type=float, default=0.3)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--min-lr-ratio", type=float, default=0.1)
@@ -193,6 +195,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--text-frac and --answer-mask-min must lie in [0, 1)")
     check_train_seed(args.data_seed)
     args.eval_kinds = tuple(k for k in args.eval_kinds.split(",") if k)
+    args.train_kinds = tuple(k for k in args.train_kinds.split(",") if k)
+    unknown = [k for k in args.eval_kinds + args.train_kinds if k not in KINDS]
+    if unknown or not args.train_kinds:
+        p.error(f"unknown or no task kinds {unknown}; choose from {', '.join(KINDS)}")
     return args
 
 
@@ -272,7 +278,7 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict:
     """Data, model, optimizer, log; restored from ``resume.pt`` with ``--resume``."""
     lengths = curriculum(args)
     train_works, heldout_works = data.split_works(data.read_works(args.data))
-    stream = ItemStream(train_text(train_works), data_seed=args.data_seed)
+    stream = ItemStream(train_text(train_works), data_seed=args.data_seed, kinds=args.train_kinds)
     config_json = model_config_json(args)
     model = build_model(args, config_json, device)
     n_params = sum(p.numel() for p in model.parameters())
