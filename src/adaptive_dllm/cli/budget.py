@@ -183,9 +183,8 @@ def _weights(args: argparse.Namespace) -> tuple[Tensor, _Source]:
 
 
 def _weight_options(args: argparse.Namespace) -> dict[str, Any]:
-    # The weights module names the per-query-head unit "q".
     return {"normalize": args.normalize, "scale": args.scale, "invert": args.invert,
-            "gqa": "kv" if args.gqa == "kv" else "q"}
+            "gqa": args.gqa}
 
 
 def _unit(args: argparse.Namespace) -> str:
