@@ -325,7 +325,7 @@ def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
             help=f"block size in tokens: {sizes} (also 8, 256, 512 with --sparse-backend "
                  "reference)"), str(d.block_size)),
         "importance": (("--importance",), dict(metavar="FILE", help=(
-            "head importance file (adllm importance); needed by --sparse adaptive")), None),
+            "head importance file (adllm importance) for adaptive sparse attention")), None),
         "min_keep_ratio": (("--min-keep-ratio",), dict(type=float, metavar="R", help=(
             "floor on every head's keep ratio")), f"{d.min_keep_ratio:g}"),
         "region": (("--region",), dict(choices=("separate", "joint"), help=(
