@@ -89,9 +89,10 @@ def test_threshold_runs_are_labelled_threshold():
 
 @pytest.mark.parametrize("argv, says", [
     (["--tokens-per-step", "3", "--cache", "prefix"], "tokens_per_step=3"),
-    (["--tokens-per-step", "2", "--threshold", "0.9"], "not allowed with"),
+    (["--tokens-per-step", "2", "--threshold", "0.9"], "exclude each other"),
     (["--threshold", "0"], "threshold"),
-    (["--block-size", "8"], "invalid choice"),
+    (["--block-size", "8"], "take 16, 32, 64, 128"),
+    (["--block-size", "512"], "take 16, 32, 64, 128"),
 ])
 def test_bad_cache_options_are_one_line_errors(capsys, argv, says):
     assert main([*TINY, "--what", "e2e", "--e2e-lengths", "64", *argv]) == 2
@@ -100,12 +101,16 @@ def test_bad_cache_options_are_one_line_errors(capsys, argv, says):
     assert len([ln for ln in captured.err.splitlines() if "error" in ln]) == 1
 
 
-def test_block_size_choices_are_the_kernels_list():
-    from adaptive_dllm.cli import build_parser
+def test_block_sizes_are_the_kernels_list(capsys):
+    """--block-size is the shared option (its choices include the reference backend's sizes);
+    bench refuses every size the kernels lack before any work and names the kernels' list."""
+    from adaptive_dllm.attention.reference import REFERENCE_BLOCK_SIZES
 
-    sub = build_parser()._subparsers._group_actions[0].choices["bench"]
-    (action,) = [a for a in sub._actions if a.dest == "block_size"]
-    assert tuple(action.choices) == BLOCK_SIZES
+    assert set(BLOCK_SIZES) < set(REFERENCE_BLOCK_SIZES)
+    for size in sorted(set(REFERENCE_BLOCK_SIZES) - set(BLOCK_SIZES)):
+        assert main([*TINY, "--what", "kernel", "--lengths", "64", "--block-size", str(size)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and ", ".join(map(str, BLOCK_SIZES)) in captured.err
 
 
 def test_settings_validate_the_cache_sweep():

@@ -154,7 +154,7 @@ def test_max_reduce_and_per_query_head_mode():
     scores = _scores(9, (4, 8))
     torch.testing.assert_close(relative_weights(scores, group_size=4, reduce="max"),
                                relative_weights(scores.view(4, 2, 4).amax(-1)))
-    q = relative_weights(scores, group_size=4, gqa="q")
+    q = relative_weights(scores, group_size=4, gqa="query")
     torch.testing.assert_close(q, relative_weights(scores))
 
 
@@ -170,6 +170,7 @@ def test_group_size_must_divide_heads():
         ({"scale": -0.1}, "scale=-0.1 must be in"),
         ({"normalize": "zscore"}, "normalize='zscore'"),
         ({"gqa": "both"}, "gqa='both'"),
+        ({"gqa": "q"}, "gqa='q' must be 'kv' .* or 'query'"),  # one spelling, as the CLI's
         ({"group_size": 0}, "group_size=0"),
         ({"reduce": "sum"}, "reduce='sum'"),
     ],

@@ -12,10 +12,6 @@ from adaptive_dllm.cli import build_parser
 
 #: Old spellings: parsed where cheap, never shown.
 OLD_SPELLINGS = ("--gqa-unit", "--max-new-tokens")
-#: Commands not on the shared groups yet, each with why; they join when their owners adopt
-#: ``add_sampler_args`` / ``add_sparse_args`` (then drop them here).
-PENDING = {"adllm bench": "cli/bench.py is reworked on its own branch (still shows "
-                          "--max-new-tokens)"}
 
 
 def _parsers(parser: argparse.ArgumentParser, name: str = "adllm"
@@ -38,7 +34,7 @@ def _visible(action: argparse.Action) -> bool:
 
 @pytest.fixture(scope="module")
 def commands():
-    return [(name, p) for name, p in _parsers(build_parser()) if name not in PENDING]
+    return _parsers(build_parser())
 
 
 def _spelling(action: argparse.Action) -> tuple[str, ...]:
@@ -97,13 +93,16 @@ def test_commands_use_the_shared_groups(commands):
         "adllm generate": {"model", "device", "steps", "gen_length", "temperature", "sparse",
                            "select", "gqa", "sparse_backend"},
         "adllm eval fidelity": {"model", "device", "steps", "gen_length", "block_length",
-                                "block_size", "skip", "region"},
+                                "block_size", "skip", "region", "importance"},
         "adllm eval nll": {"model", "device", "dtype"},
         "adllm eval task": {"model", "device", "steps", "gen_length", "block_length",
                             "temperature", "remasking", "cfg_scale", "alg", "alg_temp", "eps",
                             "top_p", "top_k", "skip", "block_size", "sparse_backend", "region",
-                            "min_keep_ratio", "refresh"},
+                            "min_keep_ratio", "refresh", "importance"},
+        "adllm budget": {"gqa", "min_keep_ratio"},
         "adllm prune": {"model", "device", "download"},
+        "adllm bench": {"device", "steps", "gen_length", "block_length", "threshold", "select",
+                        "skip", "block_size"},
         "adllm importance estimate": {"model", "device", "download"},
     }
     for name, dests in expected.items():

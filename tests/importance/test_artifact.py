@@ -211,13 +211,13 @@ def test_weights_follow_the_config():
     imp = HeadImportance(_scores(28, 28), "query", {"family": "dream"})
     w = imp.weights(_config(28, 28, 4))
     assert w.shape == (28, 4) and abs(float(w.mean()) - 1) < 1e-12
-    assert imp.weights(_config(28, 28, 4), gqa="q").shape == (28, 28)
+    assert imp.weights(_config(28, 28, 4), gqa="query").shape == (28, 28)
     assert imp.weights(7).shape == (28, 4)
     assert imp.weights().shape == (28, 28)  # KV-head count unknown: one unit per head
     kv = HeadImportance(_scores(28, 4), "kv", {})
     assert kv.weights(_config(28, 28, 4)).shape == (28, 4)
-    with pytest.raises(AdllmError, match="gqa='q'"):
-        kv.weights(gqa="q")
+    with pytest.raises(AdllmError, match="gqa='query'"):
+        kv.weights(gqa="query")
     with pytest.raises(AdllmError, match=r"needs \(32, 32\)"):
         imp.weights(_config(32, 32, 32))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from adaptive_dllm._checks import check_float
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.config import ModelConfig
 
@@ -56,6 +57,8 @@ class SweepSettings:
             raise AdllmError(f"cache {bad[0]!r} is not one of none, prefix, dual")
         if self.tokens_per_step is not None and self.threshold is not None:
             raise AdllmError("tokens_per_step and threshold exclude each other; give one")
+        if self.threshold is not None:
+            check_float("threshold", self.threshold, low=0.0, low_open=True)
         k = self.tokens_per_step
         if k is not None and (k < 1 or self.llada_block_length % k or self.gen_length % k):
             raise AdllmError(f"tokens_per_step={k} must divide the block length "

@@ -2,7 +2,7 @@
 
 Shapes: Ly layers, H heads per layer in the scores (query or KV heads), G query heads per KV
 head (``group_size``), Hu allocation units per layer (H // G in the default ``gqa="kv"`` mode,
-H in the per-query-head mode ``gqa="q"``).
+H in the per-query-head mode ``gqa="query"``).
 
 The weights feed :func:`adaptive_dllm.budget.allocator.allocate`, which turns them into exact
 integer block counts. A weight says "this unit deserves w times the average budget"; only ratios
@@ -32,7 +32,7 @@ from adaptive_dllm.errors import AdllmError
 logger = logging.getLogger(__name__)
 
 Normalization = Literal["global_percentile", "global", "per_layer", "rank"]
-GqaMode = Literal["kv", "q"]
+GqaMode = Literal["kv", "query"]
 GroupReduce = Literal["mean", "max"]
 
 NORMALIZATIONS: tuple[str, ...] = ("global_percentile", "global", "per_layer", "rank")
@@ -89,7 +89,7 @@ def relative_weights(
         invert: Give *less* budget to more important heads (ablations).
         group_size: Query heads per KV head G. With ``gqa="kv"`` the G query-head scores of a
             group are reduced to one score per KV head before normalising.
-        gqa: ``"kv"``: one unit per (layer, KV head), the default; ``"q"``: one unit per
+        gqa: ``"kv"``: one unit per (layer, KV head), the default; ``"query"``: one unit per
             (layer, query head), for ablations of per-query-head masks.
         reduce: How a group's query-head scores become one KV-head score: ``mean`` (equivalent
             to the sum, since normalisation ignores scale) or ``max`` (protects a group that
@@ -164,8 +164,9 @@ def _check_options(*, normalize: str, scale: float, gqa: str, reduce: str) -> No
         raise AdllmError(
             f"scale={scale!r} must be in [0, 1) so that every weight stays positive"
         )
-    if gqa not in ("kv", "q"):
-        raise AdllmError(f"gqa={gqa!r} must be 'kv' (one unit per KV head) or 'q' (per query head)")
+    if gqa not in ("kv", "query"):
+        raise AdllmError(f"gqa={gqa!r} must be 'kv' (one unit per KV head) or 'query' (per query "
+                         "head)")
     if reduce not in ("mean", "max"):
         raise AdllmError(f"reduce={reduce!r} must be 'mean' or 'max'")
 
@@ -180,7 +181,7 @@ def _group(x: Tensor, *, group_size: int, gqa: str, reduce: str) -> Tensor:
             f"importance has {n_heads} heads per layer, not a multiple of group_size={group_size} "
             "query heads per KV head; pass group_size=1 for per-KV-head scores"
         )
-    if gqa == "q" or group_size == 1:
+    if gqa == "query" or group_size == 1:
         return x
     grouped = x.view(n_layers, n_heads // group_size, group_size)  # (Ly, Hkv, G)
     return grouped.mean(-1) if reduce == "mean" else grouped.amax(-1)

@@ -81,20 +81,20 @@ def device(text: str) -> str:
     return text
 
 
-def add_model_args(p: argparse.ArgumentParser, *, dtypes: Iterable[str] | None = None) -> None:
-    """The ``model`` group: ``--model DIR``, ``--download``, ``--device``, ``--dtype``."""
+def add_model_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None = None) -> None:
+    """The ``model`` group: ``--model DIR``, ``--download``, ``--device``, ``--dtype`` (or ``only``)."""
     from adaptive_dllm.models.checkpoints import DTYPES
 
+    specs = {"model": dict(metavar="DIR", help="checkpoint directory (default: the bundled model); a "
+                           "Hugging Face hub id (org/name) only with --download"),
+             "download": dict(action="store_true", help="fetch --model from the Hugging Face hub "
+                              "when it is not a local directory"),
+             "device": dict(type=device, help="cpu, cuda, cuda:N or mps (default: cuda when "
+                            "available, else cpu)"),
+             "dtype": dict(choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")}
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, metavar="DIR",
-                   help="checkpoint directory (default: the bundled model); a Hugging Face hub "
-                        "id (org/name) only with --download")
-    g.add_argument("--download", action="store_true",
-                   help="fetch --model from the Hugging Face hub when it is not a local directory")
-    g.add_argument("--device", type=device, default=None,
-                   help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
-    g.add_argument("--dtype", choices=sorted(dtypes or DTYPES), default=None,
-                   help="default bf16 on GPU, fp32 on CPU")
+    for name in specs if only is None else only:
+        g.add_argument(f"--{name}", **specs[name])
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -325,7 +325,7 @@ def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
             help=f"block size in tokens: {sizes} (also 8, 256, 512 with --sparse-backend "
                  "reference)"), str(d.block_size)),
         "importance": (("--importance",), dict(metavar="FILE", help=(
-            "head importance file (adllm importance); needed by --sparse adaptive")), None),
+            "head importance file (adllm importance) for adaptive sparse attention")), None),
         "min_keep_ratio": (("--min-keep-ratio",), dict(type=float, metavar="R", help=(
             "floor on every head's keep ratio")), f"{d.min_keep_ratio:g}"),
         "region": (("--region",), dict(choices=("separate", "joint"), help=(

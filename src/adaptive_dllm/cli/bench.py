@@ -8,7 +8,15 @@ import sys
 import time
 from typing import Any
 
-from adaptive_dllm.cli.arguments import add_quiet, check_plot, check_steps, device, positive_int
+from adaptive_dllm.cli.arguments import (
+    add_model_args,
+    add_quiet,
+    add_sampler_args,
+    add_sparse_args,
+    check_plot,
+    check_steps,
+    positive_int,
+)
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.kernels.support import BLOCK_SIZES
 
@@ -53,30 +61,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="prompt lengths for end-to-end generation")
     p.add_argument("--layers", type=positive_int, default=4,
                    help="layers of the random model (e2e)")
-    p.add_argument("--select", type=float, default=0.3,
-                   help="mean fraction of key blocks kept, in (0, 1] (default 0.3)")
-    p.add_argument("--skip", type=float, default=0.2,
-                   help="fraction of steps run dense before the plan (default 0.2)")
-    p.add_argument("--block-size", type=int, default=128, choices=BLOCK_SIZES,
-                   help="sparse key block size (default 128)")
-    p.add_argument("--steps", type=positive_int, default=128,
-                   help="denoising steps, at most 16 x --gen-length (default 128)")
-    p.add_argument("--gen-length", "--max-new-tokens", dest="gen_length", type=positive_int,
-                   default=128, help="generated tokens (default 128)")
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="timed repeats per kernel (median)")
     p.add_argument("--modes", nargs="+", choices=("uniform", "adaptive"),
-                   default=["uniform", "adaptive"])
+                   default=["uniform", "adaptive"], help="sparse modes run after dense")
     p.add_argument("--cache", nargs="+", choices=("none", "prefix", "dual"), default=[],
                    help="e2e under these K/V cache modes (none = the dense baseline)")
-    decoding = p.add_mutually_exclusive_group()
-    decoding.add_argument("--tokens-per-step", type=positive_int, default=None, metavar="K",
-                          help="commit exactly K tokens per forward (steps = gen-length / K); "
-                               "must divide --block-length")
-    decoding.add_argument("--threshold", type=_threshold, default=None, metavar="TAU",
-                          help="threshold decoding (meaningless confidences on random weights)")
-    p.add_argument("--block-length", type=positive_int, default=32,
-                   help="semi-autoregressive block of the cache protocol and LLaDA (default 32)")
+    p.add_argument("--tokens-per-step", type=positive_int, default=None, metavar="K",
+                   help="commit exactly K tokens per forward (steps = gen-length / K); must "
+                        "divide --block-length; not with --threshold")
     p.add_argument("--sparse-backend", nargs="+", default=["auto"],
                    choices=("auto", "triton", "flex", "reference"),
                    help="sparse backends of the cache protocol (default auto)")
@@ -86,22 +79,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="start no generation that would end later than this after launch")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (harness smoke test)")
-    p.add_argument("--device", type=device, default=None,
-                   help="cuda, cuda:N (default) or cpu (with --tiny)")
     p.add_argument("--json", action="store_true", help="print one JSON record per line")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="append JSON records to FILE (a new file or one of bench records)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="write a speedup plot (any format matplotlib writes: png, svg, pdf ...)")
     add_quiet(p)
+    # The shared groups give every option that means what it means in generate; --modes,
+    # --cache and --sparse-backend above are sweep axes (lists, each value run in turn).
+    add_model_args(p, only=("device",))
+    add_sampler_args(p, only=("steps", "gen_length", "block_length", "threshold"),
+                     defaults={"steps": 128, "gen_length": 128, "block_length": 32})
+    add_sparse_args(p, only=("select", "skip", "block_size"),
+                    defaults={"select": 0.3, "skip": 0.2, "block_size": 128})
     p.set_defaults(func=run)
-
-
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"threshold {text} must be > 0")
-    return value
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -137,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
     if not device.startswith("cuda") and not args.tiny:
         raise AdllmError("full-size benchmarks need a CUDA GPU; add --tiny for a CPU smoke test")
     check_steps(args.steps, args.gen_length)
+    if args.tokens_per_step is not None and args.threshold is not None:
+        raise AdllmError(f"--tokens-per-step {args.tokens_per_step} and --threshold "
+                         f"{args.threshold:g} exclude each other; give one")
+    if args.block_size not in BLOCK_SIZES:  # the option also lists the reference backend's
+        raise AdllmError(f"--block-size {args.block_size}: the benchmarks time the kernels, which "
+                         f"take {', '.join(map(str, BLOCK_SIZES))}")
     from adaptive_dllm.sparsity.config import SparseConfig
 
     SparseConfig(select=args.select, skip=args.skip, block_size=args.block_size)  # validates

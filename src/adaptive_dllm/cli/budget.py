@@ -16,7 +16,7 @@ from torch import Tensor
 
 from adaptive_dllm.budget import Allocation, allocate, relative_weights, uniform_weights
 from adaptive_dllm.budget.weights import NORMALIZATIONS
-from adaptive_dllm.cli.arguments import check_plot, gqa_unit, save_plot, seed
+from adaptive_dllm.cli.arguments import add_sparse_args, check_plot, save_plot, seed
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance import HeadImportance
 
@@ -79,13 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     blk.add_argument("--blocks", type=int, metavar="N", help="key blocks per row")
     blk.add_argument("--seq-len", type=int, metavar="L", help="sequence length (with --block-size)")
     blk.add_argument("--block-size", type=int, metavar="BS", help="block size (with --seq-len)")
+    add_sparse_args(p, only=("gqa", "min_keep_ratio"), defaults={"gqa": "kv", "min_keep_ratio": 0.0})
     opt = p.add_argument_group("weights and allocation")
-    opt.add_argument("--gqa", type=gqa_unit, choices=("kv", "query"), default="kv",
-                     help="allocation unit: one budget per KV head (default) or per query head")
     opt.add_argument("--normalize", choices=NORMALIZATIONS, default="global_percentile")
     opt.add_argument("--scale", type=float, default=2 / 3, help="weight spread in [0, 1)")
     opt.add_argument("--invert", action="store_true", help="give important heads less budget")
-    opt.add_argument("--min-keep-ratio", type=float, default=0.0, help="soft floor per unit")
     opt.add_argument("--min-blocks", type=int, default=1, help="hard minimum blocks per unit")
     opt.add_argument("--budget", choices=("global", "per_layer"), default="global")
     opt.add_argument("--strict", action="store_true",
@@ -183,9 +181,8 @@ def _weights(args: argparse.Namespace) -> tuple[Tensor, _Source]:
 
 
 def _weight_options(args: argparse.Namespace) -> dict[str, Any]:
-    # The weights module names the per-query-head unit "q".
     return {"normalize": args.normalize, "scale": args.scale, "invert": args.invert,
-            "gqa": "kv" if args.gqa == "kv" else "q"}
+            "gqa": args.gqa}
 
 
 def _unit(args: argparse.Namespace) -> str:

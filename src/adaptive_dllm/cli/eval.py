@@ -228,8 +228,6 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                    help="target keep ratios in (0, 1] (default: %(default)s; 1 = exactness check)")
     p.add_argument("--modes", default=",".join(MODES), metavar="M[,M...]",
                    help="dense, uniform, adaptive (default: all; dense always runs as reference)")
-    p.add_argument("--importance", default=None, metavar="FILE",
-                   help="head importance file for adaptive (default: estimated, see --importance-method)")
     p.add_argument("--importance-method", default=d.importance_method, choices=STATISTIC_METHODS,
                    help="attention statistic estimated on calibration passages when no "
                         "--importance is given (default: %(default)s)")
@@ -253,10 +251,11 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
     add_quiet(p)
     add_sampler_args(p, only=("gen_length", "steps", "block_length"),
                      defaults={"gen_length": d.gen_length, "block_length": d.block_length})
-    add_sparse_args(p, only=("block_size", "skip", "region", "sparse_backend"),
+    add_sparse_args(p, only=("block_size", "skip", "region", "sparse_backend", "importance"),
                     defaults={"block_size": d.block_size, "skip": d.skip, "region": d.region},
                     backends=("reference", "flex"),
-                    notes={"sparse_backend": "reference on CPU, flex on CUDA"})
+                    notes={"sparse_backend": "reference on CPU, flex on CUDA",
+                           "importance": "estimated, see --importance-method"})
     p.set_defaults(eval_func=run_fidelity)
 
 

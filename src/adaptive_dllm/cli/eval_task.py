@@ -86,7 +86,6 @@ def register_task(sub: argparse._SubParsersAction) -> None:
                         "--importance is given)")
     r.add_argument("--select", default="0.3", metavar="S[,S...]",
                    help="keep ratios of the sparse modes (default 0.3)")
-    r.add_argument("--importance", default=None, metavar="FILE", help="head importance (adaptive)")
     r.add_argument("--batch-size", type=positive_int, default=1, metavar="B",
                    help="items per batch")
     r.add_argument("--samples", type=positive_int, default=1, metavar="N",
@@ -109,7 +108,7 @@ def register_task(sub: argparse._SubParsersAction) -> None:
                    help="LLaDA: never generate EOS (upstream evaluation option)")
     g.add_argument("--confidence-eos-eot-inf", action="store_true", default=None,
                    help="LLaDA: never commit EOS/EOT by confidence (upstream evaluation option)")
-    add_sparse_args(p, only=SPARSE_OPTIONS, notes={
+    add_sparse_args(p, only=(*SPARSE_OPTIONS, "importance"), notes={
         "sparse_backend": "reference on CPU, flex on CUDA, so sparse really runs"})
     p.set_defaults(eval_func=run_task)
 

@@ -196,8 +196,8 @@ class HeadImportance:
         else:
             group = config_or_group_size
         if self.head_kind == "kv":
-            if weight_options.get("gqa") == "q":
-                raise AdllmError("per-query-head weights (gqa='q') need query-head scores")
+            if weight_options.get("gqa") == "query":
+                raise AdllmError("per-query-head weights (gqa='query') need query-head scores")
             group = 1
         return relative_weights(self.scores, group_size=group, **weight_options)
 

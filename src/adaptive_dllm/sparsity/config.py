@@ -157,8 +157,7 @@ class SparseConfig:
 
         if self.importance is None:
             return uniform_weights(config.n_layers, self.units_per_layer(config))
-        gqa = "kv" if self.gqa == "kv" else "q"
-        return self.importance.weights(config, scale=self.weight_scale, gqa=gqa)
+        return self.importance.weights(config, scale=self.weight_scale, gqa=self.gqa)
 
     def new_session(self, model_config: ModelConfig, total_steps: int, *,
                     gen_length: int | None = None,
