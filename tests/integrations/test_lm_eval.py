@@ -161,3 +161,49 @@ def test_cli_passes_arguments_through(task_dir, capsys, monkeypatch):
     assert written, os.listdir(out)
     data = json.loads(written[0].read_text())
     assert data["config"]["model"] == "adllm" and "adllm_toy_gen" in data["results"]
+
+
+class _BosBytes:
+    """The bundled byte tokenizer with a BOS (byte 2) that ``encode`` adds, as HF tokenizers do."""
+
+    bos_id = 2
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def encode(self, text, add_special_tokens=True):
+        ids = list(self.inner.encode(text))
+        return [self.bos_id, *ids] if add_special_tokens else ids
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_chat_templated_context_keeps_one_bos(monkeypatch):
+    """lm-eval's --apply_chat_template puts the template's BOS text into the context: the adapter
+    must not add a second BOS (it did: generate() and the likelihood prefix encoded the context
+    with special tokens)."""
+    import adaptive_dllm.evaluation.loglik as lik
+    from adaptive_dllm.integrations.lm_eval import AdllmLM
+
+    class Req:
+        def __init__(self, *args):
+            self.args = args
+
+    lm = AdllmLM(device="cpu", dtype="float32", batch_size=2, **OPTIONS)
+    lm.tokenizer = _BosBytes(lm.tokenizer)
+    templated, plain = "\x02ROMEO:", "KING:"
+    got = lm.generate_until([Req(templated, {"until": ["\n\n"]}), Req(plain, {"until": ["\n\n"]})])
+    for context, ids, text in ((templated, [2, *b"ROMEO:"], got[0]), (plain, [2, *b"KING:"], got[1])):
+        expected = ad.generate(lm.model, lm.tokenizer.inner, ids, seed=0, **OPTIONS)
+        assert text == expected.text.split("\n\n")[0], context
+
+    prefixes = []
+
+    def fake(model, prefix, cont, *, mc_num, batch_size, seed, attn):
+        prefixes.append(list(prefix))
+        return -1.0
+
+    monkeypatch.setattr(lik, "estimate_loglikelihood", fake, raising=False)
+    lm.loglikelihood([Req(templated, " x"), Req(plain, " x")])
+    assert prefixes == [[2, *b"ROMEO:"], [2, *b"KING:"]]

@@ -131,17 +131,31 @@ class AdllmLM(LM):
             groups.setdefault(self._group_key(kwargs), []).append(i)
         for key, members in groups.items():
             options, until = self._generation_options(dict(key))
+            ids = {i: self._context_ids(requests[i].args[0]) for i in members}
             # Equal-length contexts side by side: less padding, and exact sparse batches.
-            members.sort(key=lambda i: len(self.tokenizer.encode(requests[i].args[0])))
+            members.sort(key=lambda i: len(ids[i]))
             for start in range(0, len(members), self.batch_size):
                 batch = members[start:start + self.batch_size]
-                out = generate(self.model, self.tokenizer, [requests[i].args[0] for i in batch],
+                out = generate(self.model, self.tokenizer, [ids[i] for i in batch],
                                sparse=self.sparse, seed=self.seed, **options)
                 texts = out.text if isinstance(out.text, list) else [out.text]
                 for i, text in zip(batch, texts, strict=True):
                     results[i] = cut_at_stop(text or "", until)
                     self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
         return [r if r is not None else "" for r in results]
+
+    def _context_ids(self, context: str) -> list[int]:
+        """``context``'s ids with the tokenizer's BOS once: lm-eval's ``--apply_chat_template``
+        hands over a context that already starts with the template's BOS text, which encoding
+        with special tokens would double (the model never saw two BOS in training)."""
+        plain = list(self.tokenizer.encode(context, add_special_tokens=False))
+        bos = getattr(self.tokenizer, "bos_id", None)
+        if bos is not None and plain[:1] == [bos]:
+            return plain
+        ids = list(self.tokenizer.encode(context))
+        if not ids:
+            raise AdllmError(f"lm-eval context {context!r} encodes to no tokens")
+        return ids
 
     @staticmethod
     def _group_key(kwargs: Any) -> tuple:
@@ -166,7 +180,7 @@ class AdllmLM(LM):
         out = []
         for req in requests:
             context, continuation = req.args
-            prefix = self.tokenizer.encode(context) if context else []
+            prefix = self._context_ids(context) if context else []
             cont = self.tokenizer.encode(continuation, add_special_tokens=False)
             value = float(estimate(self.model, prefix, cont, mc_num=self.mc_num,
                                    batch_size=self.batch_size,
