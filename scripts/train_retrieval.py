@@ -49,6 +49,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -243,7 +244,9 @@ def build_model(args: argparse.Namespace, config_json: dict, device: torch.devic
     init_weights(model)
     if args.init_from is not None:
         source = load_model(args.init_from, device="cpu", dtype=torch.float32)
-        if source.config != model.config:
+        # A longer context is the point of starting from a shorter-context model: RoPE has no
+        # trained table, so only the limit in config.json changes.
+        if replace(source.config, max_seq_len=model.config.max_seq_len) != model.config:
             raise SystemExit(f"--init-from {args.init_from}: its config {source.config} differs from "
                              f"this run's {model.config}")
         model.load_state_dict(source.state_dict())
