@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from adaptive_dllm import _io
 from adaptive_dllm.errors import AdllmError
@@ -65,9 +66,11 @@ def test_permissions_follow_the_umask_not_mkstemp(tmp_path, umask):
         _io.write_json(tmp_path / "b.json", {"a": 1})
         with _io.atomic_path(tmp_path / "c.png") as tmp:
             tmp.write_bytes(b"png")
+        with _io.atomic_path(tmp_path / "d.safetensors") as tmp:  # creates its files as 0o600
+            save_file({"w": torch.zeros(2)}, str(tmp))
     finally:
         os.umask(old)
-    for name in ("a.txt", "b.json", "c.png"):
+    for name in ("a.txt", "b.json", "c.png", "d.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
 
 

@@ -115,8 +115,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A unique temporary path next to ``path`` (same suffix) for writers that want a file name,
     such as matplotlib's ``savefig``; on success it is fsynced and renamed onto ``path``.
 
-    The writer creates the file itself, so it gets the umask's permissions. On an exception the
-    temporary file is removed and ``path`` is left as it was.
+    The file gets the umask's permissions whatever its writer does (safetensors' ``save_file``
+    creates files with mode 0o600). On an exception the temporary file is removed and ``path`` is
+    left as it was.
     """
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.",
@@ -126,6 +127,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     with _replace_on_success(tmp, target):
         yield Path(tmp)
         with open(tmp, "rb+") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
 
 
