@@ -190,3 +190,28 @@ def test_eval_only_with_deadline_counts_items(script, fake_corpus, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_attention_runs_a_fused_kernel_on_gpu(script):
     script.check_fused_attention(torch.device("cuda"))  # raises if only the math kernel could run
+
+
+def test_train_kinds_are_parsed_and_checked(script):
+    assert script.parse_args(["--steps", "1", "--train-kinds", "passkey,vt"]).train_kinds == ("passkey", "vt")
+    for bad in ("passkey,bogus", ","):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--steps", "1", "--train-kinds", bad])
+
+
+@pytest.mark.slow
+def test_init_from_a_checkpoint_of_shorter_context(script, fake_corpus, tmp_path):
+    """Extending the context is what --init-from is for: only max_seq_len may differ."""
+    args = ["--data", str(fake_corpus), "--steps", "1", "--final-lengths", "", *TINY]
+    assert script.main([*args, "--out", str(tmp_path / "short"), "--context", "1024"]) == 0
+    assert script.main([*args, "--out", str(tmp_path / "long"), "--context", "4160", "--lr", "0",
+                        "--init-from", str(tmp_path / "short" / "final"),
+                        "--train-kinds", "niah_single"]) == 0
+    short, _ = load(tmp_path / "short" / "final", device="cpu")
+    long, _ = load(tmp_path / "long" / "final", device="cpu")
+    assert (short.config.max_seq_len, long.config.max_seq_len) == (1024, 4160)
+    for (name, a), b in zip(short.state_dict().items(), long.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # learning rate 0: the weights are the ones loaded
+    with pytest.raises(SystemExit, match="differs"):
+        script.main([*args, "--out", str(tmp_path / "other"), "--d-model", "64",
+                     "--init-from", str(tmp_path / "short" / "final")])
