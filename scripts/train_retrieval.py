@@ -158,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--minutes", type=float, default=None, help="training-time budget (evals excluded)")
     t.add_argument("--min-length", type=int, default=1024)
     t.add_argument("--max-length", type=int, default=8192)
+    t.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="end the run at this (total) step; the schedule still spans --steps")
     t.add_argument("--mix-short", type=float, default=0.2)
     t.add_argument("--tokens-per-step", type=int, default=262144)
     t.add_argument("--text-frac", type=float, default=0.15, help="share of plain-text rows")
@@ -325,6 +327,8 @@ def train(args: argparse.Namespace, device: torch.device, run: dict) -> dict:
 
     while (progress := max(step / args.steps if args.steps else 0.0,
                            train_seconds() / (60 * args.minutes) if args.minutes else 0.0)) < 1.0:
+        if args.stop_after is not None and done["step"] + step >= args.stop_after:
+            break
         stage = stage_length(progress, run["lengths"])
         length = step_length(stage, args.mix_short, rng)
         rows = max(1, args.tokens_per_step // length)

@@ -215,3 +215,14 @@ def test_init_from_a_checkpoint_of_shorter_context(script, fake_corpus, tmp_path
     with pytest.raises(SystemExit, match="differs"):
         script.main([*args, "--out", str(tmp_path / "other"), "--d-model", "64",
                      "--init-from", str(tmp_path / "short" / "final")])
+
+
+@pytest.mark.slow
+def test_stop_after_ends_early_on_the_full_schedule(script, fake_corpus, tmp_path):
+    out = tmp_path / "run"
+    assert script.main(["--data", str(fake_corpus), "--out", str(out), "--steps", "40", "--stop-after", "20",
+                        "--final-lengths", "", *TINY, "--eval-every", "20"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert next(e for e in log if e["event"] == "end")["step"] == 20
+    tenth = next(e for e in log if e["event"] == "train" and e["step"] == 10)
+    assert tenth["progress"] == pytest.approx(9 / 40)  # logged before the step: 9 of 40, not of 20
