@@ -217,20 +217,22 @@ class Study:
         gen = a.gen_length or self.task(a.kinds[0], 1, a.test_seed).generation_defaults()["gen_length"]
         masses = []
         for kind in a.kinds:
-            cell = f"{self.prefix}/heads/mass/{kind}/n{a.items}/{a.head_items}"
+            cell = f"{self.prefix}/heads/mass/{kind}/n{a.head_items}"
             if cell not in self.records["heads"].done:
                 self.mass_cell(cell, kind, gen)
             masses.append(torch.tensor(self.records["heads"].done[cell]["block_mass"]))
         mean = torch.stack(masses).mean(0)  # (Ly, H) over the kinds
         for est in a.estimators:
-            cell = f"{self.prefix}/heads/rank/{est}/n{a.items}/{a.head_items}"
+            cell = f"{self.prefix}/heads/rank/{est}/n{a.head_items}"
             if cell in self.records["heads"].done:
                 continue
             self.rank_cell(cell, est, mean, dict(zip(a.kinds, masses, strict=True)))
 
     def mass_cell(self, cell: str, kind: str, gen_length: int) -> None:
         a = self.args
-        items = self.task(kind, a.items, a.test_seed).items()[: a.head_items]
+        # n = head_items (not the first items of the accuracy cells): answer depths spread
+        # over [0, 1] as in the accuracy cells, only fewer of them.
+        items = self.task(kind, a.head_items, a.test_seed).items()
         started = time.perf_counter()
         rows = [needle_mass(self.model, self.tok, it.prompt, it.target, it.meta["needle_span"],
                             gen_length=gen_length, block_size=self.block_size) for it in items]
@@ -260,10 +262,11 @@ class Study:
             "needle_mass_kv": group_sums(mass, cfg.n_kv_heads).tolist()})
 
     # ---- 4. pruning ----------------------------------------------------------------------
-    def prunings(self) -> list[tuple[str, str, int | None, torch.Tensor]]:
-        """(estimator or "random", which, seed, gates (Ly, H)) of every pruning."""
+    def prunings(self) -> list[tuple[str, str, int | None, torch.Tensor | None]]:
+        """(estimator or "random", which, seed, gates (Ly, H)) of every pruning, after the
+        unpruned baseline on the same items (gates None)."""
         a = self.args
-        out = []
+        out: list[tuple[str, str, int | None, torch.Tensor | None]] = [("none", "none", None, None)]
         for est in a.estimators:
             imp = self.importance(est)
             out += [(est, which, None, prune_gates(imp, which, fraction=a.prune_fraction))
@@ -281,11 +284,14 @@ class Study:
                 cell = f"{self.prefix}/prune/{kind}/n{a.prune_items}/{est}/{name}/{a.prune_fraction:g}"
                 if cell in self.records["prune"].done:
                     continue
-                result, _, path = self.evaluate(GatedModel(self.model, gates), kind, a.prune_items,
+                model = self.model if gates is None else GatedModel(self.model, gates)
+                result, _, path = self.evaluate(model, kind, a.prune_items,
                                                 RunSettings(modes=("dense",), seed=a.test_seed,
                                                             sampler=self.sampler()), None,
                                                 cell)
                 self.record("prune", cell, {
                     "kind": kind, "items": a.prune_items, "estimator": est, "which": which,
-                    "seed": seed, "fraction": a.prune_fraction, "n_pruned": int((gates == 0).sum()),
-                    "pruned": (gates == 0).nonzero().tolist(), **result, "results_file": path})
+                    "seed": seed, "fraction": a.prune_fraction,
+                    "n_pruned": 0 if gates is None else int((gates == 0).sum()),
+                    "pruned": [] if gates is None else (gates == 0).nonzero().tolist(), **result,
+                    "results_file": path})

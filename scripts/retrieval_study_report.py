@@ -140,23 +140,25 @@ def heads_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def prune_table(records: Sequence[dict[str, Any]], accuracy: Sequence[dict[str, Any]]) -> str:
-    """Markdown: accuracy (pooled over kinds) after pruning, per estimator and selection."""
+def prune_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown: accuracy (pooled over kinds) after pruning, per estimator and selection, under
+    the unpruned model's on the same items."""
     if not records:
         return ""
     groups: dict[tuple[int, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["length"], r["estimator"], r["which"])].append(r)
-    dense = {L: c for (L, rule, _), c in pooled(accuracy).items() if rule == "dense"}
-    out = ["| length | heads removed | selection | accuracy | dense |", "|---|---|---|---|---|"]
-    for (length, est, which), rows in sorted(groups.items()):
+    out = ["| length | heads removed | selection | items | accuracy |", "|---|---|---|---|---|"]
+    order = {"none": 0, "most": 1, "least": 2, "random": 3}
+    for (length, est, which), rows in sorted(groups.items(),
+                                             key=lambda g: (g[0][0], order[g[0][2]], g[0][1])):
         n = sum(r["n"] for r in rows)
         acc = sum(r["accuracy"] * r["n"] for r in rows) / n
-        label = f"random ({len({r['seed'] for r in rows})} seeds)" if est == "random" else f"{which} ({est})"
-        base = dense.get(length)
-        shown = "-" if base is None else f"{base['accuracy']:.3f}"
-        out.append(f"| {length} | {rows[0]['n_pruned']} ({rows[0]['fraction']:g}) | {label} | "
-                   f"{acc:.3f} | {shown} |")
+        seeds = len({r["seed"] for r in rows})
+        label = {"none": "none (dense baseline)",
+                 "random": f"random ({seeds} seeds, mean)"}.get(which, f"{which} ({est})")
+        removed = f"{rows[0]['n_pruned']} ({rows[0]['fraction']:g})" if which != "none" else "0"
+        out.append(f"| {length} | {removed} | {label} | {n} | {acc:.3f} |")
     return "\n".join(out) + "\n"
 
 
@@ -174,7 +176,7 @@ def write_report(directory: Path) -> list[Path]:
              f"Device {prov.get('device')}, torch {prov.get('torch')}, commit {prov.get('commit')}, "
              f"{prov.get('date')}. Command(s):", "", *[f"    {c}" for c in commands], "",
              accuracy_table(acc), "## Heads: importance vs attention mass on the needle", "",
-             heads_table(heads), "## Head pruning on the task", "", prune_table(prune, acc)]
+             heads_table(heads), "## Head pruning on the task", "", prune_table(prune)]
     path = directory / "fidelity_tables.md"
     write_text(path, "\n".join(parts))
     return [*written, path]

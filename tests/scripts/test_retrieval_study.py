@@ -78,8 +78,12 @@ def test_every_step_writes_parseable_records(run):
     prune = _lines(run / "prune.jsonl")
     assert sorted((r["estimator"], r["which"]) for r in prune) == [
         ("entropy", "least"), ("entropy", "most"), ("headig", "least"), ("headig", "most"),
-        ("random", "random")]
-    assert all(r["n_pruned"] == 16 and len(r["pruned"]) == 16 for r in prune)  # 25% of 8 x 8
+        ("none", "none"), ("random", "random")]
+    for r in prune:  # 25% of 8 x 8 heads, and the unpruned baseline on the same item
+        assert r["n_pruned"] == len(r["pruned"]) == (0 if r["which"] == "none" else 16)
+    most = next(r for r in prune if r["which"] == "most" and r["estimator"] == "headig")
+    scores = torch.tensor(next(r for r in calib if r["estimator"] == "headig")["scores"])
+    assert sorted(scores[i, j].item() for i, j in most["pruned"]) == sorted(scores.flatten().tolist())[-16:]
     table = (run / "fidelity_tables.md").read_text()
     assert "| headig-per_layer |" in table and "(0." in table  # cells carry keep ratios
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
