@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--vt", action="store_true", help="add variable tracking to the kinds")
     t.add_argument("--test-seed", type=int, default=0, help="seed of the test items (default 0)")
     s = p.add_argument_group("sparse cells")
-    s.add_argument("--selects", default="0.05,0.1,0.2,0.3,0.5")
+    s.add_argument("--selects", default="0.3,0.1,0.05,0.2,0.5",
+                   help="keep ratios, run in this order (a cut run has the first ones whole)")
     s.add_argument("--estimators", default=",".join(ESTIMATORS))
     s.add_argument("--scopes", default=",".join(SCOPES), help="budget scopes of adaptive cells")
     s.add_argument("--block-size", type=int, default=None, help="default: SparseConfig's")

@@ -159,11 +159,14 @@ class Study:
         return rules
 
     def accuracy(self) -> None:
+        """Dense for every kind, then select by select (in the order given) every rule and kind:
+        a run cut short has whole comparisons at the first selects."""
         a = self.args
         for kind in a.kinds:
             self.accuracy_cell(kind, "dense", None, "global", 1.0)
+        for select in a.selects:
             for rule, est, scope in self.rules():
-                for select in a.selects:
+                for kind in a.kinds:
                     self.accuracy_cell(kind, rule, est, scope, select)
 
     def accuracy_cell(self, kind: str, rule: str, est: str | None, scope: str,
