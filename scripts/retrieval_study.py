@@ -29,6 +29,13 @@ per-item results file (``cells/``, the format of ``adllm eval task --out``):
 5. ``report``: ``accuracy.png`` (accuracy vs select per rule, dense as a line) and
    ``fidelity_tables.md`` (every cell with its keep ratio; heads; pruning) for docs/fidelity.md.
 
+Cost on a CPU (measured at 2048 tokens with the 8 x 8-head, d_model 256 model, one torch thread,
+generation of 32 positions in 32 steps, skip 0.2): a dense item ~28 CPU-s (~0.8 s per step);
+a sparse item ~128 CPU-s (each of its 25 sparse steps ~4.9 s: the ``reference`` backend, eager
+fp32 attention over an element mask, ~6x the dense step); HeadIG ~20 CPU-s per example with
+the default ``--headig-*`` settings; entropy / coverage and the needle mass ~1 CPU-s per item.
+A cell costs ``items`` times its item cost; the records keep ``cpu_s`` and ``wall_s`` per cell.
+
 Example (CPU, the length the lead runs; see docs/fidelity.md for the numbers):
 
     PYTHONPATH=src nice -n 10 python scripts/retrieval_study.py --model retrieval --device cpu \\
