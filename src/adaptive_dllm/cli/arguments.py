@@ -85,8 +85,10 @@ def add_model_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None = N
     """The ``model`` group: ``--model DIR``, ``--download``, ``--device``, ``--dtype`` (or ``only``)."""
     from adaptive_dllm.models.checkpoints import DTYPES
 
-    specs = {"model": dict(metavar="DIR", help="checkpoint directory (default: the bundled model); a "
-                           "Hugging Face hub id (org/name) only with --download"),
+    specs = {"model": dict(metavar="DIR", help="checkpoint directory, or a bundled model: tiny "
+                           "(Shakespeare, the default) or retrieval (long-context retrieval); an "
+                           "existing directory of that name wins (write ./retrieval to be explicit); "
+                           "a Hugging Face hub id (org/name) only with --download"),
              "download": dict(action="store_true", help="fetch --model from the Hugging Face hub "
                               "when it is not a local directory"),
              "device": dict(type=device, help="cpu, cuda, cuda:N or mps (default: cuda when "

@@ -38,7 +38,7 @@ examples:
       --block-length 32 --batch-size 8 --out gsm8k.jsonl
   torchrun --nproc-per-node 8 -m adaptive_dllm.cli eval task gsm8k --model DIR \\
       --modes dense,uniform,adaptive --select 0.3 --importance heads.safetensors --out gsm8k.jsonl
-  adllm eval task retrieval --model DIR --length 2048 --limit 16 --json
+  adllm eval task retrieval --model retrieval --length 2048 --limit 16 --json
   adllm eval task humaneval --check-harness --json
 
 Prompts are measured before any generation: one longer than the model allows with

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -26,7 +28,14 @@ from adaptive_dllm.models.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DIR = Path(__file__).parent / "tiny"
+#: Models that ship inside the package, by the name ``--model`` and ``load`` accept: the byte-level
+#: Shakespeare model (the default) and the long-context retrieval model. A directory of the same
+#: name in the working directory takes precedence (see :func:`_resolve_directory`).
+BUNDLED_MODELS: Mapping[str, Path] = MappingProxyType({
+    "tiny": Path(__file__).parent / "tiny",
+    "retrieval": Path(__file__).parent / "retrieval",
+})
+BUNDLED_DIR = BUNDLED_MODELS["tiny"]
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -85,23 +94,37 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
 
 
 def _resolve_directory(path: str | os.PathLike[str] | None, *, download: bool = False) -> Path:
+    """The checkpoint directory ``path`` names: None is the bundled Shakespeare model; an existing
+    directory is that directory; a bare bundled name (a ``str`` such as ``"retrieval"``) is the
+    bundled model; an ``org/name`` is a hub id when ``download``. A local directory wins over a
+    bundled name so that a checkpoint that happens to be called ``retrieval`` still loads as
+    before; ``./retrieval`` is always the path."""
     if path is None:
         return BUNDLED_DIR
     directory = Path(path).expanduser()
-    if directory.is_dir():
-        return directory
     text = str(path)
+    bundled = BUNDLED_MODELS.get(text) if isinstance(path, str) else None
+    if directory.is_dir():
+        if bundled is not None:
+            log.warning("loading the local directory %r, not the bundled model %r of the same "
+                        "name (run from another directory to get the bundled one)", text, text)
+        return directory
+    if bundled is not None:
+        return bundled
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~"))
     if download and looks_like_hub_id:
         return _download_from_hub(text)
     if directory.exists():
         raise CheckpointError(f"model {text!r} is a file; pass its checkpoint directory")
+    names = ", ".join(BUNDLED_MODELS)
     if download:
-        raise CheckpointError(f"model directory {text!r} does not exist and is not a hub id "
-                              "(org/name) to download; pass a local checkpoint directory")
+        raise CheckpointError(f"model directory {text!r} does not exist and is not a bundled model "
+                              f"({names}) or a hub id (org/name) to download; pass a local "
+                              "checkpoint directory")
     raise CheckpointError(
-        f"model directory {text!r} does not exist; pass a local checkpoint directory, or fetch "
-        "a Hugging Face hub id with --download (download=True in ad.load)")
+        f"model directory {text!r} does not exist and is not a bundled model ({names}); pass a "
+        "local checkpoint directory, or fetch a Hugging Face hub id with --download "
+        "(download=True in ad.load)")
 
 
 def _download_from_hub(repo_id: str) -> Path:
@@ -247,7 +270,9 @@ def load(
     """Load a model and its tokenizer.
 
     Args:
-        path: local checkpoint directory; None loads the bundled small Shakespeare model.
+        path: local checkpoint directory, or the name of a bundled model: ``"tiny"`` (the small
+            Shakespeare model, also what None loads) or ``"retrieval"`` (the long-context
+            retrieval model). An existing local directory of the same name takes precedence.
         device: default CUDA when available, else CPU.
         dtype: default bfloat16 on GPU, float32 on CPU.
         download: when ``path`` is not a local directory but a hub id ("org/name"), fetch it
