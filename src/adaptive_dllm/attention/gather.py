@@ -139,7 +139,7 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, plan:
     # KV head of each unit: the KV head of its first query head, which all G heads share
     # (G divides H / Hkv; G = H / Hkv is the KV-head unit itself).
     kv_of_unit = torch.arange(U, device=q.device) * G // per_kv
-    kf = k.float().index_select(1, kv_of_unit)  # (B, U, L, D), no copy beyond U * L * D
+    kf = k.float().index_select(1, kv_of_unit)  # (B, U, L, D) contiguous, U * L * D
     vf = v.float().index_select(1, kv_of_unit)
     qf = F.pad(q.float(), (0, 0, 0, N * bs - L))  # (B, H, N*bs, D)
     qf = qf.view(B, U, G, N, bs, D).permute(0, 1, 3, 2, 4, 5).reshape(B, U, N, G * bs, D)
@@ -156,21 +156,29 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, plan:
 def _attend_chunk(qc: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, index: GatherIndex,
                   key_mask: torch.Tensor | None, n0: int, step: int) -> torch.Tensor:
     """Attention of query blocks ``[n0, n0 + n)``: qc (B, U, n, G*bs, D) float32, kf and vf
-    (B, U, L, D) float32 -> (B, U, n, G*bs, D) float32."""
-    B, U, n, _, D = qc.shape
+    (B, U, L, D) float32 contiguous -> (B, U, n, G*bs, D) float32."""
+    B, U, n, M, D = qc.shape
+    L = kf.shape[2]
     pos = index.positions[:, :, n0:n0 + step]  # (Bp, U, n, S)
-    allowed = index.valid[:, :, n0:n0 + step]
+    allowed = index.valid[:, :, n0:n0 + step].expand(B, U, n, -1)
     S = pos.shape[-1]
-    flat = pos.expand(B, U, n, S).reshape(B, U, n * S)
-    take = flat[..., None].expand(B, U, n * S, D)
-    k_sel = kf.gather(2, take).view(B, U, n, S, D)
-    v_sel = vf.gather(2, take).view(B, U, n, S, D)
     if key_mask is not None:
-        real = key_mask.bool().gather(1, flat.reshape(B, U * n * S)).view(B, U, n, S)
-        allowed = allowed & real
-    scores = (qc @ k_sel.transpose(-1, -2)) / math.sqrt(D)  # (B, U, n, G*bs, S)
-    scores = scores.masked_fill(~allowed[:, :, :, None, :], float("-inf"))
+        real = key_mask.bool().gather(1, pos.expand(B, U, n, S).reshape(B, U * n * S))
+        allowed = allowed & real.view(B, U, n, S)
+    # Whole rows of the (B * U * L, D) keys are copied (index_select), cheaper than an
+    # element-wise gather.
+    rows = pos + (torch.arange(B * U, device=pos.device) * L).view(B, U, 1, 1)
+    rows = rows.reshape(-1)
+    k_sel = kf.reshape(B * U * L, D).index_select(0, rows).view(B * U * n, S, D)
+    v_sel = vf.reshape(B * U * L, D).index_select(0, rows).view(B * U * n, S, D)
+    # 0 where allowed, -inf elsewhere, added by the score matmul itself (one pass).
+    bias = torch.zeros(B * U * n, 1, S, device=qc.device).masked_fill_(
+        ~allowed.reshape(B * U * n, 1, S), float("-inf"))
+    scores = torch.baddbmm(bias, qc.reshape(B * U * n, M, D), k_sel.transpose(1, 2),
+                           alpha=1.0 / math.sqrt(D))  # (B*U*n, G*bs, S)
     probs = torch.softmax(scores, dim=-1)
-    # A row with no allowed key (a padded query whose blocks are all padding) gives NaN: zero it.
-    probs = torch.nan_to_num_(probs, nan=0.0)
-    return probs @ v_sel
+    if not bool(allowed.any(-1).all()):
+        # A row with no allowed key (a padded query whose blocks are all padding) gives NaN:
+        # zero it, as the reference does.
+        probs = torch.nan_to_num_(probs, nan=0.0)
+    return (probs @ v_sel).view(B, U, n, M, D)
