@@ -48,10 +48,11 @@ class GatherOptions:
     Attributes:
         max_chunk_elements: Most float32 score elements (B * U * n * G * bs * S) computed at once;
             the query blocks are processed in chunks of n blocks below it (at least one block).
-            2**22 (16 MiB of scores) keeps a chunk's working set in a CPU's cache hierarchy.
+            2**19 (2 MiB of scores) keeps a chunk's working set in a CPU's caches: at 2080
+            tokens on one EPYC thread it was ~1.3x faster than one chunk of 2**24.
     """
 
-    max_chunk_elements: int = 2**22
+    max_chunk_elements: int = 2**19
 
     def __post_init__(self) -> None:
         n = self.max_chunk_elements
