@@ -8,8 +8,10 @@ Model code never picks a kernel. A transformer layer calls ``attend(q, k, v, ...
 (:class:`~adaptive_dllm.attention.backends.Backend` objects) are registered by name; this module
 is the only place that knows every built-in one: ``"sdpa"`` (dense, PyTorch's fused kernels) is
 the default, ``"reference"`` is the eager oracle every other backend is tested against,
-``"flex"`` runs sparse plans with FlexAttention and ``"triton"`` with the project's own Triton
-kernel. flex and triton are imported on first use: importing the package loads no kernels.
+``"flex"`` runs sparse plans with FlexAttention, ``"triton"`` with the project's own Triton
+kernel and ``"gather"`` by gathering the kept key blocks in PyTorch (exact, any device; the fast
+sparse path on the CPU). flex, triton and gather are imported on first use: importing the package
+loads no kernels.
 
 Query head h reads key/value head ``h // (H // Hkv)``: backends must not repeat K/V when they
 can avoid it.
@@ -146,6 +148,12 @@ def _make_triton() -> Backend:
     return TritonBackend()
 
 
+def _make_gather() -> Backend:
+    from adaptive_dllm.attention.gather import GatherBackend
+
+    return GatherBackend()
+
+
 def _ensure_builtin() -> None:
     # Lazy so that importing the package registers nothing and loads no kernels.
     if "sdpa" in _BACKENDS:
@@ -158,3 +166,4 @@ def _ensure_builtin() -> None:
         _BACKENDS.setdefault("reference", ReferenceBackend())
         _BACKENDS.setdefault("flex", _Lazy(_make_flex))  # type: ignore[arg-type]
         _BACKENDS.setdefault("triton", _Lazy(_make_triton))  # type: ignore[arg-type]
+        _BACKENDS.setdefault("gather", _Lazy(_make_gather))  # type: ignore[arg-type]

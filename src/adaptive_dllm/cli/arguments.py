@@ -325,7 +325,7 @@ def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
         "block_size": (("--block-size",), dict(
             type=int, choices=REFERENCE_BLOCK_SIZES, metavar="B",
             help=f"block size in tokens: {sizes} (also 8, 256, 512 with --sparse-backend "
-                 "reference)"), str(d.block_size)),
+                 "reference or gather)"), str(d.block_size)),
         "importance": (("--importance",), dict(metavar="FILE", help=(
             "head importance file (adllm importance) for adaptive sparse attention")), None),
         "min_keep_ratio": (("--min-keep-ratio",), dict(type=float, metavar="R", help=(
@@ -348,6 +348,8 @@ def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:
 
 _BACKEND_HELP = {"auto": "the triton kernel on a GPU where sparse pays off, dense otherwise",
                  "triton": "the project's Triton kernel (CUDA)", "flex": "FlexAttention",
+                 "gather": "gathers the kept key blocks, any device (the fast sparse path on "
+                           "a CPU)",
                  "reference": "eager, any device (slow; for checks)"}
 
 #: Sparse option -> SparseConfig field (the same name but for the backend).

@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="commit exactly K tokens per forward (steps = gen-length / K); must "
                         "divide --block-length; not with --threshold")
     p.add_argument("--sparse-backend", nargs="+", default=["auto"],
-                   choices=("auto", "triton", "flex", "reference"),
+                   choices=("auto", "triton", "flex", "gather", "reference"),
                    help="sparse backends of the cache protocol (default auto)")
     p.add_argument("--window", type=positive_int, default=32,
                    help="queries of a cached step (--what decode, default 32)")

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from adaptive_dllm.sparsity.session import SparseSession
 
 Region = Literal["separate", "joint"]
-BackendName = Literal["auto", "triton", "flex", "reference"]
+BackendName = Literal["auto", "triton", "flex", "gather", "reference"]
 Budget = BudgetMode
 Refresh = Literal["block", "never"]
 BuildKernel = Literal["fused", "separate"]
@@ -66,8 +66,9 @@ class SparseConfig:
             over the group); ``"query"``: per query head (ablation; K/V are still not repeated).
         backend: ``"auto"`` (cost model: the ``triton`` kernel on CUDA where sparse attention
             pays off, else dense), ``"triton"`` (the project's block-sparse Triton kernel,
-            :mod:`~adaptive_dllm.kernels.block_sparse`), ``"flex"`` (FlexAttention) or
-            ``"reference"`` (eager oracle, CPU and GPU).
+            :mod:`~adaptive_dllm.kernels.block_sparse`), ``"flex"`` (FlexAttention),
+            ``"gather"`` (gathers the kept key blocks; exact, any device, the fast sparse path
+            on the CPU) or ``"reference"`` (eager oracle, CPU and GPU).
         likelihood: Build a fresh plan from every forward's own q/k (no dense steps), for
             likelihood scoring where each forward sees a different input.
         estimator: Block scores: ``"exact"`` attention mass, or ``"pooled"`` (block-mean q and
@@ -118,10 +119,10 @@ class SparseConfig:
         if isinstance(bs, bool) or not isinstance(bs, int) or bs not in REFERENCE_BLOCK_SIZES:
             raise AdllmError(f"block_size={bs!r} is not valid; use one of "
                              f"{', '.join(map(str, BLOCK_SIZES))}")
-        if self.backend != "reference" and bs not in BLOCK_SIZES:
+        if self.backend not in ("reference", "gather") and bs not in BLOCK_SIZES:
             raise AdllmError(
                 f"block_size={bs} is not supported by the {self.backend!r} backend; use one of "
-                f"{', '.join(map(str, BLOCK_SIZES))} (other sizes only with backend='reference')"
+                f"{', '.join(map(str, BLOCK_SIZES))} (other sizes only with backend 'reference' or 'gather')"
             )
         if self.importance is not None:
             if not isinstance(self.importance, HeadImportance):
