@@ -55,7 +55,7 @@ def test_json_and_plot(capsys, tiny_dir, text_file, tmp_path):
     for key in ("model", "text", "device", "dtype", "torch", "date", "backend", "backend_note",
                 "settings", "importance", "passages", "rows", "passage_length"):
         assert key in record
-    assert record["device"] == "cpu" and record["backend"] == "reference"
+    assert record["device"] == "cpu" and record["backend"] == "gather"
     assert [(r["mode"], r["select"]) for r in record["rows"]] == [
         ("dense", 1.0), ("uniform", 0.5), ("uniform", 1.0), ("adaptive", 0.5), ("adaptive", 1.0)]
     assert record["importance"]["source"] == "estimated"
@@ -72,7 +72,7 @@ def test_table(capsys, tiny_dir, text_file):
     rc, out, _ = run(capsys, "--model", str(tiny_dir), "--text", str(text_file), *FAST,
                      "--select", "0.5", "--modes", "dense,uniform", "--prompts", "0")
     assert rc == 0
-    assert "forced to the 'reference' backend" in out
+    assert "forced to the 'gather' backend" in out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("mode "))
     assert "bpb@0.5 (delta)" in lines[header] and "keep gen" in lines[header]

@@ -81,7 +81,7 @@ def test_realised_keep_ratio_matches_target_and_sparse_really_runs(report, mode,
     assert row.keep_nll == pytest.approx(select, abs=1e-12)
     assert row.keep_gen == pytest.approx(select, abs=1e-12)
     gen = row.sparse_stats["gen"]
-    assert gen["backend"] == "reference" and gen["region"] == "separate"
+    assert gen["backend"] == "gather" and gen["region"] == "separate"
     # ceil(0.2 * 8) = 2 dense steps; one plan for the rest (refresh="never", the default).
     assert gen["refresh_steps"] == 0
     assert gen["dense_steps"] == 2 and gen["sparse_steps"] == 6
@@ -101,7 +101,7 @@ def test_report_json_structure(report):
     record = json.loads(json.dumps(report.to_dict()))
     assert set(record) == {"settings", "backend", "backend_note", "importance", "passages",
                            "elapsed_s", "rows"}
-    assert record["backend"] == "reference" and "forced" in record["backend_note"]
+    assert record["backend"] == "gather" and "forced" in record["backend_note"]
     assert record["importance"] == {"source": "estimated", "method": "entropy",
                                     "calibration_passages": [1, 5]}
     assert [(r["mode"], r["select"]) for r in record["rows"]] == [("dense", 1.0)] + [

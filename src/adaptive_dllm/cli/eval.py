@@ -194,7 +194,7 @@ model's heldout.txt, cut into passages of --length tokens):
               with dense, mean KL(dense || sparse) of the final-step logits
               (KL final) and of the logits that committed each token (KL commit);
   keep        realised keep ratio of the plans that ran (1 = dense).
-Sparse attention is forced (reference kernel on CPU, flex on CUDA): the cost
+Sparse attention is forced (gather kernel on CPU, flex on CUDA): the cost
 model behind backend=auto would run dense there. Evaluation passages and
 prompts are even-numbered passages; adaptive importance, unless --importance is
 given, is estimated with an attention statistic on odd-numbered ones.
@@ -253,8 +253,8 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                      defaults={"gen_length": d.gen_length, "block_length": d.block_length})
     add_sparse_args(p, only=("block_size", "skip", "region", "sparse_backend", "importance"),
                     defaults={"block_size": d.block_size, "skip": d.skip, "region": d.region},
-                    backends=("reference", "flex"),
-                    notes={"sparse_backend": "reference on CPU, flex on CUDA",
+                    backends=("gather", "reference", "flex"),
+                    notes={"sparse_backend": "gather on CPU, flex on CUDA",
                            "importance": "estimated, see --importance-method"})
     p.set_defaults(eval_func=run_fidelity)
 

@@ -30,7 +30,7 @@ evaluated with dense attention and with block-sparse attention
   key blocks over all blocks of every plan that ran (1.0 for dense runs, including select = 1,
   which runs the dense path exactly).
 
-Sparse attention is forced to run (``reference`` on the CPU, ``flex`` on CUDA) instead of
+Sparse attention is forced to run (``gather`` on the CPU, ``flex`` on CUDA) instead of
 ``backend="auto"``, whose cost model picks dense attention on the CPU and for short sequences: the
 numbers measure sparsity, not the kernel choice.
 
@@ -77,7 +77,7 @@ from adaptive_dllm.sparsity.config import SparseConfig
 
 Mode = Literal["dense", "uniform", "adaptive"]
 MODES: tuple[str, ...] = get_args(Mode)
-SparseBackend = Literal["reference", "flex"]
+SparseBackend = Literal["gather", "reference", "flex"]
 STATISTIC_METHODS: tuple[str, ...] = ("entropy", "effective", "topk", "coverage", "deficit")
 
 
@@ -92,7 +92,7 @@ class FidelitySettings:
         skip: Dense fraction of the denoising steps (generation only).
         region: Generation budgets: ``separate`` prompt / generation keys, or ``joint``.
         mask_ratios: Mask ratios of the likelihood part.
-        backend: Sparse kernel; None = ``reference`` on the CPU, ``flex`` on CUDA.
+        backend: Sparse kernel; None = ``gather`` on the CPU, ``flex`` on CUDA.
         passages: Evaluation passages P of the likelihood part (0 skips it).
         prompts: Prompts K of the generation part (0 skips it).
         prompt_length: Lp, tokens of each prompt (a passage prefix).
@@ -139,7 +139,8 @@ class FidelitySettings:
         if not self.mask_ratios or any(not _real(r) or not 0.0 < r <= 1.0 for r in self.mask_ratios):
             raise AdllmError(f"mask ratios {list(self.mask_ratios)} must each be in (0, 1]")
         if self.backend is not None and self.backend not in get_args(SparseBackend):
-            raise AdllmError(f"sparse backend {self.backend!r} must be 'reference' or 'flex'")
+            raise AdllmError(f"sparse backend {self.backend!r} must be one of "
+                             f"{', '.join(get_args(SparseBackend))}")
         if self.importance_method not in STATISTIC_METHODS:
             raise AdllmError(f"importance method {self.importance_method!r} must be one of "
                              f"{', '.join(STATISTIC_METHODS)} (others: adllm importance estimate)")
@@ -153,11 +154,11 @@ class FidelitySettings:
                 raise AdllmError(f"{name}={getattr(self, name)!r} must be a positive integer")
         # Validates select-independent sparse settings once, with the user's values in the message.
         SparseConfig(select=0.5, skip=self.skip, block_size=self.block_size, region=self.region,
-                     backend=self.backend or "reference")
+                     backend=self.backend or "gather")
 
     def resolved_backend(self, device: torch.device) -> str:
         """The sparse kernel that runs on ``device``."""
-        return self.backend or ("flex" if device.type == "cuda" else "reference")
+        return self.backend or ("flex" if device.type == "cuda" else "gather")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

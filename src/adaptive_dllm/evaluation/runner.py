@@ -70,7 +70,7 @@ class RunSettings:
         selects: target keep ratios in (0, 1] of the sparse modes.
         sampler: sampler options (``steps``, ``gen_length``, ...), over the task's defaults.
         sparse: other :class:`~adaptive_dllm.sparsity.config.SparseConfig` options (``skip``,
-            ``block_size``, ``backend`` ...); ``backend`` defaults to ``reference`` on the CPU
+            ``block_size``, ``backend`` ...); ``backend`` defaults to ``gather`` on the CPU
             and ``flex`` on CUDA, so that sparse attention really runs (``auto`` may pick dense).
         batch_size: items per generation batch (and per estimator batch for log-likelihoods).
         samples: completions per item (generate tasks; pass@k).
@@ -253,7 +253,7 @@ def _context(model: nn.Module, tokenizer: Any, task: Task, s: RunSettings, impor
 
         make_options(model.config.family, **sampler)  # one-line error before any work
     device = next(model.parameters()).device
-    sparse = {"backend": "flex" if device.type == "cuda" else "reference", **s.sparse}
+    sparse = {"backend": "flex" if device.type == "cuda" else "gather", **s.sparse}
     if any(m != "dense" for m in s.modes):
         from adaptive_dllm.sparsity.config import SparseConfig
 
