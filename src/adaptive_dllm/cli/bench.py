@@ -13,10 +13,10 @@ from adaptive_dllm.cli.arguments import (
     add_quiet,
     add_sampler_args,
     add_sparse_args,
-    check_plot,
     check_steps,
     positive_int,
 )
+from adaptive_dllm.cli.plots import check_plot
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.kernels.support import BLOCK_SIZES
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from adaptive_dllm._io import append_jsonl, check_jsonl_append, dumps_json
     from adaptive_dllm.bench.reports import plot, table
     from adaptive_dllm.bench.sweep import SweepSettings, run_sweep
-    from adaptive_dllm.cli.arguments import save_plot
+    from adaptive_dllm.cli.plots import save_plot
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not device.startswith("cuda") and not args.tiny:

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from adaptive_dllm.budget import Allocation, allocate, relative_weights, uniform_weights
 from adaptive_dllm.budget.weights import NORMALIZATIONS
-from adaptive_dllm.cli.arguments import add_sparse_args, check_plot, save_plot, seed
+from adaptive_dllm.cli.arguments import add_sparse_args, seed
+from adaptive_dllm.cli.plots import check_plot, save_plot
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance import HeadImportance
 

@@ -18,14 +18,13 @@ from adaptive_dllm.cli.arguments import (
     add_quiet,
     add_sampler_args,
     add_sparse_args,
-    check_plot,
     check_steps,
     floats,
     load_model,
     positive_int,
-    save_plot,
     seed,
 )
+from adaptive_dllm.cli.plots import check_plot, save_plot
 from adaptive_dllm.errors import AdllmError
 
 NLL_EPILOG = """\

@@ -77,13 +77,13 @@ def _read_prompt(prompt: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from adaptive_dllm._io import check_output_path, dumps_json
     from adaptive_dllm.cli.arguments import (
-        check_plot,
         check_steps,
         default_gen_length,
         load_model,
         sampler_options,
         sparse_config_from_args,
     )
+    from adaptive_dllm.cli.plots import check_plot
     from adaptive_dllm.generation.api import generate
     from adaptive_dllm.sparsity.stats import summary_stats
 
