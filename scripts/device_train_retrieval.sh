@@ -6,6 +6,8 @@
 #   bash scripts/device_train_retrieval.sh long   # resume, 8k..16k, eval 16k/8k/4k, 100/kind (~9 min)
 #   bash scripts/device_train_retrieval.sh more   # resume, 1k..8k again (base missed)        (~8 min)
 #   bash scripts/device_train_retrieval.sh eval   # the checkpoint only, 4k/8k/16k, 100/kind (<= 9 min)
+#   bash scripts/device_train_retrieval.sh focus  # from base's checkpoint (runs/retrieval-in/final),
+#                                                 # multi-key needles 3 rows in 5, 1k..8k (~8 min)
 #
 # Run from the repository root on the GPU machine, with the Shakespeare texts carried in
 # runs/data/shakespeare (copy ../shared/data/shakespeare there first; runs/ is git-ignored).
@@ -58,6 +60,14 @@ case $stage in
     more) timeout 575 "$python" scripts/train_retrieval.py "${common[@]}" --resume --minutes 6 \
               --min-length 1024 --max-length 8192 --lr 1e-3 --warmup 30 \
               --final-lengths 4096,8192 --final-n 50 --final-max-minutes 2 "$@" ;;
+    focus) [ -f runs/retrieval-in/final/model.safetensors ] || {
+              echo "stage focus needs base's checkpoint in runs/retrieval-in/final (carry it)"; exit 2; }
+          # base left multi-key needles at 0.12 (passkey, single needle >= 0.98): weight them 3:1:1.
+          timeout 575 "$python" scripts/train_retrieval.py "${common[@]}" --minutes 6 \
+              --init-from runs/retrieval-in/final --lr 1e-3 --warmup 30 --data-seed 2000000 \
+              --train-kinds niah_multikey,niah_multikey,niah_multikey,passkey,niah_single \
+              --min-length 1024 --max-length 8192 --final-lengths 4096,8192 --final-n 50 \
+              --final-max-minutes 2 "$@" ;;
     eval) timeout 575 "$python" scripts/train_retrieval.py "${common[@]}" --eval-only \
               --final-lengths 4096,8192,16384 --final-max-minutes 8 "$@" ;;
     *) echo "unknown stage $stage: base, long, more or eval"; exit 2 ;;

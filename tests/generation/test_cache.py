@@ -107,8 +107,10 @@ def test_decode_plans_allocate_once_per_key_block_count(bundled, monkeypatch):
 
 
 @pytest.mark.parametrize("cache", [None, "prefix", "dual"])
-def test_padded_batch_equals_one_by_one(bundled, cache):
-    model, tok = bundled
+def test_padded_batch_equals_one_by_one(cache):
+    # CPU float32: in bfloat16 on a GPU a batch of two runs other matrix kernels than a batch of
+    # one, and a near-tie between two tokens can then flip (seen with the prefix cache on an H200).
+    model, tok = ad.load(device="cpu")
     batch = ad.generate(model, tok, PROMPTS, cache=cache, **_OPTS_L)
     for i, prompt in enumerate(PROMPTS):
         alone = ad.generate(model, tok, prompt, cache=cache, **_OPTS_L)

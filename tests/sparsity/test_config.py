@@ -58,6 +58,22 @@ def test_block_size_not_supported_by_backend():
         SparseConfig(block_size=256)
 
 
+def test_evaluations_force_a_backend_that_runs_the_block_size():
+    """Evaluations force sparse attention: flex on CUDA, but gather for a block size flex does
+    not run (block 8 on a GPU made `eval fidelity` exit 2 before) and on the CPU."""
+    from adaptive_dllm.evaluation.fidelity import FidelitySettings
+    from adaptive_dllm.sparsity.config import measuring_backend
+
+    assert measuring_backend("cuda", 128) == "flex" and measuring_backend("cuda", 16) == "flex"
+    assert measuring_backend("cuda", 8) == "gather" and measuring_backend("cpu", 128) == "gather"
+    for block, want in ((8, "gather"), (64, "flex")):
+        settings = FidelitySettings(block_size=block)
+        assert settings.resolved_backend(torch.device("cuda")) == want
+        backend = settings.resolved_backend(torch.device("cpu"))
+        assert backend == "gather"
+        SparseConfig(select=0.5, block_size=block, backend=want)  # the pick is a valid config
+
+
 def test_importance_for_another_model_shape():
     imp = HeadImportance(scores=torch.rand(3, 4), head_kind="query", metadata={})
     cfg = SparseConfig(importance=imp, backend="reference")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import statistics
 import subprocess
@@ -124,6 +125,10 @@ def environment() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    """The checkout's short commit; ``ADLLM_GIT_COMMIT`` overrides it for a copy of the tree whose
+    git metadata is older than its files (a device machine may receive such a copy)."""
+    if os.environ.get("ADLLM_GIT_COMMIT"):
+        return os.environ["ADLLM_GIT_COMMIT"]
     root = Path(__file__).resolve().parents[3]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,

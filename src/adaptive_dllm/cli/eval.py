@@ -193,8 +193,8 @@ model's heldout.txt, cut into passages of --length tokens):
               with dense, mean KL(dense || sparse) of the final-step logits
               (KL final) and of the logits that committed each token (KL commit);
   keep        realised keep ratio of the plans that ran (1 = dense).
-Sparse attention is forced (gather kernel on CPU, flex on CUDA): the cost
-model behind backend=auto would run dense there. Evaluation passages and
+Sparse attention is forced (flex on CUDA, else the gather kernel: on the CPU
+or a block size flex does not run): backend=auto would run dense there. Evaluation passages and
 prompts are even-numbered passages; adaptive importance, unless --importance is
 given, is estimated with an attention statistic on odd-numbered ones.
 
@@ -253,7 +253,7 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
     add_sparse_args(p, only=("block_size", "skip", "region", "sparse_backend", "importance"),
                     defaults={"block_size": d.block_size, "skip": d.skip, "region": d.region},
                     backends=("gather", "reference", "flex"),
-                    notes={"sparse_backend": "gather on CPU, flex on CUDA",
+                    notes={"sparse_backend": "flex on CUDA, else gather",
                            "importance": "estimated, see --importance-method"})
     p.set_defaults(eval_func=run_fidelity)
 

@@ -109,7 +109,7 @@ def register_task(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--confidence-eos-eot-inf", action="store_true", default=None,
                    help="LLaDA: never commit EOS/EOT by confidence (upstream evaluation option)")
     add_sparse_args(p, only=(*SPARSE_OPTIONS, "importance"), notes={
-        "sparse_backend": "gather on CPU, flex on CUDA, so sparse really runs"})
+        "sparse_backend": "flex on CUDA, else gather (CPU or a block size flex lacks): sparse really runs"})
     p.set_defaults(eval_func=run_task)
 
 

@@ -73,7 +73,7 @@ from adaptive_dllm.evaluation.fidelity_report import (  # noqa: F401  (re-export
 )
 from adaptive_dllm.evaluation.likelihood import masked_nll
 from adaptive_dllm.importance.artifact import HeadImportance
-from adaptive_dllm.sparsity.config import SparseConfig
+from adaptive_dllm.sparsity.config import SparseConfig, measuring_backend
 
 Mode = Literal["dense", "uniform", "adaptive"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -158,7 +158,7 @@ class FidelitySettings:
 
     def resolved_backend(self, device: torch.device) -> str:
         """The sparse kernel that runs on ``device``."""
-        return self.backend or ("flex" if device.type == "cuda" else "gather")
+        return self.backend or measuring_backend(device.type, self.block_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -49,7 +49,7 @@ from adaptive_dllm.evaluation.units import (
     derive_seed,
     run_unit,
 )
-from adaptive_dllm.sparsity.config import SparseConfig
+from adaptive_dllm.sparsity.config import SparseConfig, measuring_backend
 
 __all__ = ["MODES", "LoglikelihoodEstimator", "Mode", "RunSettings", "cut_at_stop", "derive_seed",
            "evaluate_task", "has_chat_template", "task_sampler"]
@@ -70,8 +70,9 @@ class RunSettings:
         selects: target keep ratios in (0, 1] of the sparse modes.
         sampler: sampler options (``steps``, ``gen_length``, ...), over the task's defaults.
         sparse: other :class:`~adaptive_dllm.sparsity.config.SparseConfig` options (``skip``,
-            ``block_size``, ``backend`` ...); ``backend`` defaults to ``gather`` on the CPU
-            and ``flex`` on CUDA, so that sparse attention really runs (``auto`` may pick dense).
+            ``block_size``, ``backend`` ...); ``backend`` defaults to
+            :func:`~adaptive_dllm.sparsity.config.measuring_backend` (``flex`` on CUDA, ``gather``
+            elsewhere), so that sparse attention really runs (``auto`` may pick dense).
         batch_size: items per generation batch (and per estimator batch for log-likelihoods).
         samples: completions per item (generate tasks; pass@k).
         seed: base seed; each item's seed is derived from it and the item id.
@@ -253,10 +254,9 @@ def _context(model: nn.Module, tokenizer: Any, task: Task, s: RunSettings, impor
 
         make_options(model.config.family, **sampler)  # one-line error before any work
     device = next(model.parameters()).device
-    sparse = {"backend": "flex" if device.type == "cuda" else "gather", **s.sparse}
+    block_size = s.sparse.get("block_size", SparseConfig.block_size)
+    sparse = {"backend": measuring_backend(device.type, block_size), **s.sparse}
     if any(m != "dense" for m in s.modes):
-        from adaptive_dllm.sparsity.config import SparseConfig
-
         # Invalid sparse options or importance that does not fit the model: fail before any work.
         check = SparseConfig(select=s.selects[0], importance=importance, **sparse)
         if importance is not None:

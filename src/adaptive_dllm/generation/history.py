@@ -47,7 +47,7 @@ def write_history_gif(path: str | os.PathLike[str], history: torch.Tensor, *, ma
     from matplotlib.animation import PillowWriter
     from matplotlib.figure import Figure
 
-    states = history[:, row]  # (F, G)
+    states = history[:, row].cpu()  # (F, G); a GPU run's history is drawn on the host
     masked = states == mask_id
     # Step that committed each position (-1 while masked): first frame where it is unmasked.
     committed = torch.where(masked, len(states), torch.arange(len(states))[:, None]).amin(0)

@@ -17,7 +17,8 @@ combine step merges the S partials with their log-sum-exps.
 :func:`decode_reference` is the eager oracle (gather the kept blocks, masked softmax) that the
 kernel is tested against, itself tested against dense softmax attention with every block kept.
 
-Self-contained: imports nothing of the package but its errors; Triton is imported on first use.
+Imports nothing of the package but its errors and the kernels' launch options; Triton is
+imported on first use.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ import math
 import torch
 
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.support import LaunchOptions
 
 _MAX_ROWS = 128  # query rows per program; more rows get more programs along the grid's y axis
+# Two stages of bf16 K/V tiles (2 x 2 x 32 KiB at block 128, head dim 128) plus the query tile fit
+# Hopper's 227 KiB; float32 tiles get fewer stages (support.FP32_MAX_STAGES). Three stages of
+# float32 tiles asked for 320 KiB and did not launch on an H200.
+_LAUNCH = LaunchOptions(num_warps=4, num_stages=2)
 
 
 def decode_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
@@ -113,7 +119,7 @@ def decode_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: to
         *q.stride(), *k.stride(), *v.stride(),
         Hkv, W, M, Lk, D, kmax, per_split, 1.0 / math.sqrt(D),
         HAS_MASK=key_mask is not None, BLOCK_M=block_m, BLOCK_N=block_size,
-        BLOCK_D=max(16, triton.next_power_of_2(D)),
+        BLOCK_D=max(16, triton.next_power_of_2(D)), **_LAUNCH.for_dtype(block_size, k.element_size()),
     )
     return combine_splits(part, stat).view(B, H, W, D).to(q.dtype)
 
@@ -194,8 +200,9 @@ def _build_kernel():  # noqa: ANN202, C901 - one jit function
         w = rows % W
         q_ptr = q + b * sqb + (h * (M // W) + g)[:, None] * sqh + w[:, None] * sqw \
             + dims[None, :] * sqd
-        qt = tl.load(q_ptr, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        qt = qt * scale
+        # Tiles stay in the input dtype (bf16 on the GPU: tensor-core dots, half the shared
+        # memory); the dots accumulate in float32, the softmax runs in float32.
+        qt = tl.load(q_ptr, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -210,10 +217,10 @@ def _build_kernel():  # noqa: ANN202, C901 - one jit function
             if HAS_MASK:
                 key_ok = key_ok & (tl.load(mask + b * Lk + pos, mask=key_ok, other=0) != 0)
             kt = tl.load(k + b * skb + h * skh + pos[:, None] * skl + dims[None, :] * skd,
-                         mask=key_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
             vt = tl.load(v + b * svb + h * svh + pos[:, None] * svl + dims[None, :] * svd,
-                         mask=key_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            s = tl.dot(qt, tl.trans(kt))  # (BLOCK_M, BLOCK_N)
+                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+            s = tl.dot(qt, tl.trans(kt)) * scale  # (BLOCK_M, BLOCK_N), float32
             s = tl.where(key_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             # Rows that have seen no key yet keep a -inf max: shift by 0 there to avoid NaN.
@@ -221,7 +228,7 @@ def _build_kernel():  # noqa: ANN202, C901 - one jit function
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p, vt)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         base = (bh * tl.num_programs(2) + split) * M

@@ -42,7 +42,7 @@ Budget = BudgetMode
 Refresh = Literal["block", "never"]
 BuildKernel = Literal["fused", "separate"]
 
-__all__ = ["BLOCK_SIZES", "REFERENCE_BLOCK_SIZES", "SparseConfig"]
+__all__ = ["BLOCK_SIZES", "REFERENCE_BLOCK_SIZES", "SparseConfig", "measuring_backend"]
 
 
 @dataclass(frozen=True)
@@ -194,3 +194,9 @@ class SparseConfig:
                 "budget": self.budget, "weight_scale": self.weight_scale, "refresh": self.refresh,
                 "build_kernel": self.build_kernel, "importance": imp}
 
+
+def measuring_backend(device_type: str, block_size: int) -> BackendName:
+    """The sparse kernel an evaluation forces so that sparse attention really runs (``auto`` would
+    run dense where sparse is not faster): ``flex`` on CUDA for the block sizes flex runs
+    (:data:`BLOCK_SIZES`), else ``gather``, which runs any block size on any device."""
+    return "flex" if device_type == "cuda" and block_size in BLOCK_SIZES else "gather"
