@@ -24,6 +24,7 @@ def test_tiny_kernel_sweep_json_and_plot(tmp_path, capsys):
     assert modes == {"flex_all_blocks", "uniform", "adaptive"}
     for r in records:
         assert r["kind"] == "kernel" and r["env"]["torch"] == torch.__version__
+        assert r["env"]["command"].startswith("adllm bench --what kernel") and r["env"]["date"]
         assert r["dense_backend"] in r["dense_backends_ms"]
     assert len(out.read_text().splitlines()) == len(records)
     assert png.stat().st_size > 1000

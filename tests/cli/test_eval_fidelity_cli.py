@@ -48,8 +48,9 @@ def run(capsys, *argv):
 
 def test_json_and_plot(capsys, tiny_dir, text_file, tmp_path):
     plot = tmp_path / "fid.png"
+    # --device cpu: the record's device and exact zeros are checked (a GPU runs bfloat16).
     rc, out, _ = run(capsys, "--model", str(tiny_dir), "--text", str(text_file), *FAST,
-                     "--select", "0.5,1", "--json", "--plot", str(plot))
+                     "--select", "0.5,1", "--json", "--plot", str(plot), "--device", "cpu")
     assert rc == 0
     record = json.loads(out)
     for key in ("model", "text", "device", "dtype", "torch", "date", "backend", "backend_note",

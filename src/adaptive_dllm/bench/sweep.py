@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -142,7 +143,9 @@ def run_sweep(s: SweepSettings, *, what: Iterable[str] = ("kernel", "e2e"),
 def _run_sweep(s: SweepSettings, *, what: Iterable[str],
                emit: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     what = tuple(what)
-    env = environment()
+    # Every record names what made it: versions, GPU, commit, UTC date and the command line.
+    env = {**environment(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+           "command": s.command}
     records: list[dict[str, Any]] = []
 
     def add(rec: dict[str, Any]) -> None:
