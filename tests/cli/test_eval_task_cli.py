@@ -86,3 +86,23 @@ def test_model_without_tokenizer_is_one_line_exit_2(eval_task, fixtures_dir):
     code, _, err = eval_task("toy", "--model", str(fixtures_dir / "llada_tiny"), "--modes",
                        "dense", *FAST)
     assert code == 2 and "has no tokenizer" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("threshold", [None, 0.9])
+def test_cache_and_threshold_reach_the_sampler_and_the_records(tmp_path, capsys, threshold):
+    """``eval task --cache prefix [--threshold 0.9]``: the settings record both, and threshold
+    decoding takes fewer forwards than the 32 steps of a fixed schedule (issue #14 item 4)."""
+    from adaptive_dllm.cli import main
+
+    out = tmp_path / "cells.jsonl"
+    argv = ["eval", "task", "retrieval", "--model", "retrieval", "--length", "256", "--limit", "2",
+            "--modes", "dense", "--cache", "prefix", "--device", "cpu", "-q", "--json",
+            "--out", str(out)]
+    assert main(argv + (["--threshold", str(threshold)] if threshold else [])) == 0
+    capsys.readouterr()
+    header, *items = [json.loads(line) for line in out.read_text().splitlines()]
+    sampler = header["settings"]["sampler"]
+    assert sampler["cache"] == "prefix" and sampler.get("threshold") == threshold
+    assert len(items) == 2 and all(r["metrics"]["correct"] == 1.0 for r in items)
+    forwards = [r["forwards"] for r in items]
+    assert all(f < 32 for f in forwards) if threshold else forwards == [32, 32]
