@@ -15,6 +15,7 @@ from adaptive_dllm.attention.mass import block_mass
 from adaptive_dllm.attention.plan import build_plan
 from adaptive_dllm.attention.reference import reference_attention
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.kernels.support import BLOCK_SIZES
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -153,7 +154,7 @@ def _check_tolerance(q, k, v, plan, km=None, backend="flex"):
 
 
 @pytest.mark.parametrize("H,Hkv", [(8, 8), (8, 2)])
-@pytest.mark.parametrize("bs", [64, 128])
+@pytest.mark.parametrize("bs", BLOCK_SIZES)  # every block size the kernels run
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("backend", ["flex", "triton"])
 @pytest.mark.gpu
@@ -165,7 +166,7 @@ def test_gpu_flex_matches_reference(H, Hkv, bs, padded, backend):
 
 
 @pytest.mark.parametrize("name", ["llada_tiny", "dream_tiny"])
-@pytest.mark.parametrize("bs", [64, 128])
+@pytest.mark.parametrize("bs", [16, 64, 128])
 @pytest.mark.parametrize("backend", ["flex", "triton"])
 @pytest.mark.gpu
 @needs_cuda
