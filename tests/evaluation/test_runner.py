@@ -171,6 +171,21 @@ def test_stats_helper_reads_dicts_and_typed_objects():
     assert _keep(Typed()) == 0.25 and _keep({"backend": "dense"}) == 1.0 and _keep(None) == 1.0
 
 
+def test_keep_counts_the_cached_steps():
+    """With a K/V cache most steps are cached: their plans' keep ratio counts, weighted by steps
+    (a prefix-cached sparse run with one refresh, all dense, reported 1.0 before)."""
+    from adaptive_dllm.evaluation.units import _keep
+
+    one_block = {"backend": "gather", "dense_steps": 1, "sparse_steps": 0,
+                 "realized_keep_ratio": None, "cached_sparse_steps": 31, "cached_keep_ratio": 0.3}
+    assert _keep(one_block) == 0.3
+    four_blocks = {**one_block, "sparse_steps": 3, "realized_keep_ratio": 0.31,
+                   "cached_sparse_steps": 28}
+    assert _keep(four_blocks) == pytest.approx((3 * 0.31 + 28 * 0.3) / 31)
+    cached_dense = {**four_blocks, "cached_sparse_steps": 0}
+    assert _keep(cached_dense) == 0.31
+
+
 def test_per_item_loop_of_a_generation_reads_nothing_from_the_device(sync_pattern):
     """The generated ids come to the host once per generate() call, not once per item."""
     import ast

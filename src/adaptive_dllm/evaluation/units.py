@@ -113,11 +113,19 @@ def _generated_tokens(row: list[int], ctx: UnitContext) -> int:
 
 
 def _keep(stats: Any) -> float | None:
-    """Realised keep ratio of a generation: 1.0 when no plan ran (dense)."""
+    """Realised keep ratio of a generation: the mean over its sparse forwards, full ones (the
+    refresh plans' ``realized_keep_ratio``) and cached ones (``cached_keep_ratio``), weighted by
+    their step counts; 1.0 when no plan ran (dense)."""
     if stats is None or metric_value(stats, "backend") == "dense":
         return 1.0
-    value = metric_value(stats, "realized_keep_ratio")
-    return 1.0 if value is None else float(value)
+    full = metric_value(stats, "realized_keep_ratio")
+    cached, n_cached = metric_value(stats, "cached_keep_ratio"), metric_value(stats, "cached_sparse_steps")
+    if cached is None or not n_cached:  # no cache, or every cached step ran dense
+        return 1.0 if full is None else float(full)
+    n_full = metric_value(stats, "sparse_steps") or 0
+    if full is None or not n_full:
+        return float(cached)
+    return (n_full * float(full) + n_cached * float(cached)) / (n_full + n_cached)
 
 
 def _loglikelihood_item(ctx: UnitContext, item: TaskItem, cfg: Any, mode: str,
