@@ -79,6 +79,14 @@ def test_floor_case_keeps_one_block_and_says_why(caplog):
         allocate(weights, 0.05, 8, strict=True)
 
 
+def test_floor_log_level_lowers_the_line_not_the_note(caplog):
+    weights = _weights("lognormal", "llada")
+    with caplog.at_level(logging.INFO, logger="adaptive_dllm.budget.allocator"):
+        a = allocate(weights, 0.05, 8, floor_log_level=logging.INFO)
+    assert "every unit keeps 1" in a.note
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
 # -- regression: the upstream shortfall ------------------------------------------------------
 @pytest.mark.parametrize("select", [0.8, 0.9, 0.95, 1.0])
 def test_no_shortfall_at_high_select(select):

@@ -214,6 +214,7 @@ def allocate(
     min_blocks: int = 1,
     budget: BudgetMode = "global",
     strict: bool = False,
+    floor_log_level: int = logging.WARNING,
 ) -> Allocation:
     """Give each allocation unit an integer number of kept key blocks.
 
@@ -229,6 +230,9 @@ def allocate(
             ``"per_layer"``: each layer keeps ``select`` of its own blocks (the layer totals differ
             by at most one block, the extra blocks going to the lowest layers).
         strict: Raise instead of lowering the floor or missing the target.
+        floor_log_level: Level of the log line when the floor binds (the allocation's ``note``
+            says it either way); a caller whose region always hits the floor by design passes
+            ``logging.INFO``.
 
     Returns:
         The :class:`Allocation`.
@@ -255,12 +259,12 @@ def allocate(
                    if target >= n_units * hard else "raise select or use more key blocks")
             raise AdllmError(f"{what}; {fix}")
         if k_min < requested:
-            logger.warning("%s; floor lowered to %d block(s) per unit, uniform allocation",
-                           what, k_min)
+            logger.log(floor_log_level, "%s; floor lowered to %d block(s) per unit, uniform "
+                       "allocation", what, k_min)
             w = np.ones_like(w)
         if target < n_units * k_min:
-            logger.warning("%s; every unit keeps %d block(s), realised mean %.4f",
-                           what, k_min, k_min / n)
+            logger.log(floor_log_level, "%s; every unit keeps %d block(s), realised mean %.4f",
+                       what, k_min, k_min / n)
 
     if budget == "global":
         groups, totals = w.reshape(1, n_units), np.array([target])

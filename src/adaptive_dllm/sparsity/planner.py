@@ -11,6 +11,7 @@ block_mass`) unless the caller already has them (the fused build step).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +75,10 @@ class Planner:
             prompt = allocate(self.weights, st.select, prompt_blocks, **opts)
             gen = None
             if prompt_blocks < n_blocks:
-                gen = allocate(self.weights, st.select, n_blocks - prompt_blocks, **opts)
+                # The generation region is a few blocks: the one-block floor binds by design
+                # (stats carry the note), so it is not worth a warning per generation.
+                gen = allocate(self.weights, st.select, n_blocks - prompt_blocks, **opts,
+                               floor_log_level=logging.INFO)
             self._allocations[key] = (prompt, gen)
         return self._allocations[key]
 
