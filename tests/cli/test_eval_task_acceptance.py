@@ -42,7 +42,7 @@ def with_tokenizer(source: Path, target: Path, vocab_size: int) -> Path:
 
 
 def check_shape(data: dict, model: str | None, n: int) -> None:
-    assert set(data) == {"task", "model", "results"} and data["task"] == "gsm8k"
+    assert set(data) == {"task", "model", "sampler", "results"} and data["task"] == "gsm8k"
     assert data["model"] == model if model else Path(data["model"]).name == "tiny"  # bundled
     assert [(r["mode"], r["select"]) for r in data["results"]] == [("dense", 1.0), ("uniform", 0.5)]
     for r in data["results"]:

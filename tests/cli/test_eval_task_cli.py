@@ -32,7 +32,8 @@ def test_json_output_is_strict_and_complete(eval_task):
                        "--limit", "2", *FAST)
     assert code == 0
     data = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    assert set(data) == {"task", "model", "results"} and data["task"] == "toy"
+    assert set(data) == {"task", "model", "sampler", "results"} and data["task"] == "toy"
+    assert data["sampler"]["steps"] == int(FAST[FAST.index("--steps") + 1])
     assert [(r["mode"], r["select"]) for r in data["results"]] == [("dense", 1.0), ("uniform", 0.5)]
     for r in data["results"]:
         assert {"mode", "select", "n", "accuracy", "ci95", "metrics", "tokens_per_s",
@@ -99,10 +100,11 @@ def test_cache_and_threshold_reach_the_sampler_and_the_records(tmp_path, capsys,
             "--modes", "dense", "--cache", "prefix", "--device", "cpu", "-q", "--json",
             "--out", str(out)]
     assert main(argv + (["--threshold", str(threshold)] if threshold else [])) == 0
-    capsys.readouterr()
+    printed = json.loads(capsys.readouterr().out)
     header, *items = [json.loads(line) for line in out.read_text().splitlines()]
     sampler = header["settings"]["sampler"]
     assert sampler["cache"] == "prefix" and sampler.get("threshold") == threshold
+    assert printed["sampler"] == sampler  # --json names the cell too
     assert len(items) == 2 and all(r["metrics"]["correct"] == 1.0 for r in items)
     forwards = [r["forwards"] for r in items]
     assert all(f < 32 for f in forwards) if threshold else forwards == [32, 32]

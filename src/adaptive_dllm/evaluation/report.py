@@ -197,7 +197,10 @@ class TaskReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        # The sampler options that ran (the task's defaults plus the user's, cache and threshold
+        # included), so that two --json outputs say which cell each is.
         return {"task": self.task, "model": self.model,
+                "sampler": dict(self.settings.get("sampler") or {}),
                 "results": [r.to_dict() for r in self.results]}
 
 
