@@ -6,7 +6,9 @@
 #
 #   bash scripts/task_cache_fidelity.sh DIR [extra eval-task options, e.g. --device cuda]
 #
-# CPU, float32 by default (about 20 minutes on 2 cores); the table: docs/fidelity.md.
+# CPU, float32 by default: about 12 minutes on 2 cores for one block of 32, nine of them the
+# no-cache, no-threshold cell (benchmarks/results/task_cache_fidelity_2048/); the table:
+# docs/fidelity.md.
 set -euo pipefail
 out=${1:?usage: task_cache_fidelity.sh DIR [eval task options]}
 shift
