@@ -47,6 +47,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -55,6 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from adaptive_dllm.bench.timing import git_commit
 from adaptive_dllm.evaluation import data
 from adaptive_dllm.evaluation.tasks.retrieval import KINDS, TEST_SEEDS, check_train_seed, make_task
 from adaptive_dllm.generation.api import generate
@@ -279,7 +281,7 @@ def final_eval(args: argparse.Namespace, device: torch.device, log: Log, summary
     return result
 
 
-def setup(args: argparse.Namespace, device: torch.device) -> dict:
+def setup(args: argparse.Namespace, device: torch.device, *, command: str) -> dict:
     """Data, model, optimizer, log; restored from ``resume.pt`` with ``--resume``."""
     lengths = curriculum(args)
     train_works, heldout_works = data.split_works(data.read_works(args.data))
@@ -299,6 +301,7 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict:
         stream.next_seed = check_train_seed(done["next_seed"])
     log = Log(args.out / "train_log.jsonl", args.resume)
     log.write("start", args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              command=command, commit=git_commit(),
               n_params=n_params, device=device_name(device), torch=torch.__version__, lengths=lengths,
               train_works=list(train_works), heldout_works=list(heldout_works), resumed_from=done)
     print(f"model: {n_params:,} parameters ({2 * n_params / 2**20:.1f} MiB bf16); curriculum {lengths}; "
@@ -392,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         with Log(args.out / "train_log.jsonl", resume=True) as log:
             final_eval(args, device, log, {"device": device_name(device), "torch": torch.__version__})
         return 0
-    run = setup(args, device)
+    command = shlex.join(["python", "scripts/train_retrieval.py", *(sys.argv[1:] if argv is None else argv)])
+    run = setup(args, device, command=command)
     total = train(args, device, run)
     if device.type == "cuda":
         total["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

@@ -62,7 +62,10 @@ def test_cpu_run_checkpoint_resume_and_eval(script, fake_corpus, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     ends = [e for e in log if e["event"] == "end"]
     assert [e["step"] for e in ends] == [4, 6] and ends[1]["next_seed"] > ends[0]["next_seed"]
-    assert sum(e["event"] == "start" for e in log) == 2
+    starts = [e for e in log if e["event"] == "start"]
+    assert len(starts) == 2 and "--resume" in starts[1]["command"] and "--resume" not in starts[0]["command"]
+    assert starts[1]["command"].startswith("python scripts/train_retrieval.py --data ")
+    assert "commit" in starts[0]  # None outside a git checkout, else the short hash
 
 
 def test_generator_cannot_emit_test_seed_items(rd, script):

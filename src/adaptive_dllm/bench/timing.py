@@ -120,11 +120,11 @@ def environment() -> dict[str, Any]:
         info["sm_count"] = props.multi_processor_count
     else:
         info["gpu"] = None
-    info["git_commit"] = _git_commit()
+    info["git_commit"] = git_commit()
     return info
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The checkout's short commit; ``ADLLM_GIT_COMMIT`` overrides it for a copy of the tree whose
     git metadata is older than its files (a device machine may receive such a copy)."""
     if os.environ.get("ADLLM_GIT_COMMIT"):
