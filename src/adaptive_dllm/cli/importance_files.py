@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adaptive_dllm._io import atomic_write, check_output_path, dumps_json
 from adaptive_dllm.cli.arguments import out_stream
+from adaptive_dllm.cli.plots import check_plot
 from adaptive_dllm.errors import AdllmError
 
 if TYPE_CHECKING:  # numpy is imported when a plot is drawn, not at CLI start-up
@@ -60,7 +61,8 @@ examples:
 """
 
 
-PLOT_SUFFIXES = (".png",)
+#: Heatmaps are written as PNG only.
+PLOT_FORMATS = ("png",)
 
 
 def check_artifact_out(path: Path, *, flag: str = "--out",
@@ -69,15 +71,6 @@ def check_artifact_out(path: Path, *, flag: str = "--out",
     if path.suffix != ".safetensors":
         raise AdllmError(f"{flag} {path} must end in .safetensors")
     return check_output_path(path, flag=flag, inputs=inputs)
-
-
-def check_plot_out(path: Path | None, *, inputs: Iterable[str | Path | None] = ()) -> Path | None:
-    """A heatmap to write (None = no plot): a supported image suffix, a writable place."""
-    if path is None:
-        return None
-    if path.suffix.lower() not in PLOT_SUFFIXES:
-        raise AdllmError(f"--plot {path} must end in {' or '.join(PLOT_SUFFIXES)}")
-    return check_output_path(path, flag="--plot", inputs=inputs)
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, help_text: str, description: str,
@@ -129,7 +122,7 @@ def summarise(imp: Any, top: int) -> dict[str, Any]:
 def run_show(args: argparse.Namespace) -> int:
     from adaptive_dllm.importance import HeadImportance
 
-    plot = check_plot_out(args.plot, inputs=[args.file])
+    plot = check_plot(args.plot, inputs=[args.file], formats=PLOT_FORMATS)
     imp = HeadImportance.load(args.file)
     info = summarise(imp, max(0, args.top))
     info["file"] = str(args.file)
@@ -179,7 +172,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from adaptive_dllm.importance import HeadImportance
     from adaptive_dllm.importance.comparison import compare
 
-    plot = check_plot_out(args.plot, inputs=[args.a, args.b])
+    plot = check_plot(args.plot, inputs=[args.a, args.b], formats=PLOT_FORMATS)
     a, b = HeadImportance.load(args.a), HeadImportance.load(args.b)
     result = compare(a, b, top_k=args.top_k)
     if plot is not None:
