@@ -13,7 +13,7 @@ what=${1:?call1, call2 or smoke}
 out=${2:?output directory}
 mkdir -p "$out"
 adllm=(python -m adaptive_dllm.cli bench)
-common=(--family llada dream --layers 4 --gen-length 128 --block-length 32 --select 0.3
+common=(--family llada dream --n-layers 4 --gen-length 128 --block-length 32 --select 0.3
         --skip 0.2 --modes uniform --quiet)
 if [[ $what == smoke ]]; then
   # Tiny geometry on the CPU: checks the harness end to end, says nothing about speed.

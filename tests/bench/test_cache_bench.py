@@ -14,7 +14,7 @@ from adaptive_dllm.cli import main
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.kernels.support import BLOCK_SIZES
 
-TINY = ["bench", "--tiny", "--device", "cpu", "--family", "llada", "--layers", "1",
+TINY = ["bench", "--tiny", "--device", "cpu", "--family", "llada", "--n-layers", "1",
         "--gen-length", "16", "--block-length", "8", "--block-size", "16", "--repeats", "1",
         "--quiet", "--json"]
 

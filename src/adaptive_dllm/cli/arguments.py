@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from adaptive_dllm.errors import AdllmError
@@ -142,6 +142,47 @@ def floats(text: str, name: str) -> tuple[float, ...]:
     if not values:
         raise AdllmError(f"{name} is empty")
     return values
+
+
+class _FlatList(argparse.Action):
+    """``nargs="+"`` whose items may also be comma-separated: the parts, in order, as one list."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [v for part in values for v in part])
+
+
+def add_list(p: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, *,
+             convert: Callable[[str], Any] = str, choices: Iterable[str] | None = None,
+             **kwargs: Any) -> None:
+    """A list option that takes values space- or comma-separated (``--lengths 4096 16384`` or
+    ``--lengths 4096,16384``, as the evaluation commands write them); each value is checked by
+    ``convert`` and, if given, against ``choices``."""
+    allowed = tuple(choices) if choices is not None else None
+
+    def parse(text: str) -> list[Any]:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"{text!r} holds no value")
+        if allowed is not None:
+            bad = [part for part in parts if part not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice {bad[0]!r} (choose from {', '.join(allowed)})")
+        return [convert(part) for part in parts]
+
+    if allowed is not None:
+        kwargs.setdefault("metavar", "{" + ",".join(allowed) + "}")
+    p.add_argument(flag, nargs="+", type=parse, action=_FlatList, **kwargs)
+
+
+def renamed(new_flag: str, meaning: str) -> Callable[[str], Any]:
+    """``type=`` of a retired option name: always an error naming its replacement."""
+
+    def refuse(text: str) -> Any:
+        raise argparse.ArgumentTypeError(f"renamed: use {new_flag} {text} ({meaning})")
+
+    return refuse
 
 
 def layer_range(text: str | None) -> tuple[int, int] | None:

@@ -9,12 +9,14 @@ import time
 from typing import Any
 
 from adaptive_dllm.cli.arguments import (
+    add_list,
     add_model_args,
     add_quiet,
     add_sampler_args,
     add_sparse_args,
     check_steps,
     positive_int,
+    renamed,
 )
 from adaptive_dllm.cli.plots import check_plot
 from adaptive_dllm.errors import AdllmError
@@ -50,29 +52,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Time attention kernels and end-to-end generation: fastest dense SDPA vs "
                     "uniform and adaptive block-sparse attention.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--what", nargs="+", choices=("kernel", "e2e", "decode"),
-                   default=["kernel", "e2e"],
-                   help="kernel: prefill attention; e2e: generation; decode: cached-step "
-                        "attention (--lengths cached keys)")
-    p.add_argument("--family", nargs="+", choices=("llada", "dream"), default=["llada", "dream"])
-    p.add_argument("--lengths", nargs="+", type=positive_int,
-                   default=[4096, 8192, 16384, 32768, 65536], help="kernel sequence lengths")
-    p.add_argument("--e2e-lengths", nargs="+", type=positive_int, default=[4096, 16384, 65536],
-                   help="prompt lengths for end-to-end generation")
-    p.add_argument("--layers", type=positive_int, default=4,
+    add_list(p, "--what", choices=("kernel", "e2e", "decode"), default=["kernel", "e2e"],
+             help="kernel: prefill attention; e2e: generation; decode: cached-step "
+                  "attention (--lengths cached keys)")
+    add_list(p, "--family", choices=("llada", "dream"), default=["llada", "dream"])
+    add_list(p, "--lengths", convert=positive_int, default=[4096, 8192, 16384, 32768, 65536],
+             help="kernel sequence lengths")
+    add_list(p, "--e2e-lengths", convert=positive_int, default=[4096, 16384, 65536],
+             help="prompt lengths for end-to-end generation")
+    p.add_argument("--n-layers", type=positive_int, default=4,
                    help="layers of the random model (e2e)")
+    p.add_argument("--layers", type=renamed("--n-layers", "layers of the random model; --layers "
+                                            "FIRST:LAST is a layer range in prune and importance"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="timed repeats per kernel (median)")
-    p.add_argument("--modes", nargs="+", choices=("uniform", "adaptive"),
-                   default=["uniform", "adaptive"], help="sparse modes run after dense")
-    p.add_argument("--cache", nargs="+", choices=("none", "prefix", "dual"), default=[],
-                   help="e2e under these K/V cache modes (none = the dense baseline)")
+    add_list(p, "--modes", choices=("uniform", "adaptive"), default=["uniform", "adaptive"],
+             help="sparse modes run after dense")
+    add_list(p, "--cache", choices=("none", "prefix", "dual"), default=[],
+             help="e2e under these K/V cache modes (none = the dense baseline)")
     p.add_argument("--tokens-per-step", type=positive_int, default=None, metavar="K",
                    help="commit exactly K tokens per forward (steps = gen-length / K); must "
                         "divide --block-length; not with --threshold")
-    p.add_argument("--sparse-backend", nargs="+", default=["auto"],
-                   choices=("auto", "triton", "flex", "gather", "reference"),
-                   help="sparse backends of the cache protocol (default auto)")
+    add_list(p, "--sparse-backend", default=["auto"],
+             choices=("auto", "triton", "flex", "gather", "reference"),
+             help="sparse backends of the cache protocol (default auto)")
     p.add_argument("--window", type=positive_int, default=32,
                    help="queries of a cached step (--what decode, default 32)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (first) sparse run")
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     check_plot(args.plot, inputs=[args.out])
     settings = SweepSettings(
         families=tuple(args.family), lengths=tuple(args.lengths),
-        e2e_lengths=tuple(args.e2e_lengths), n_layers=args.layers, select=args.select,
+        e2e_lengths=tuple(args.e2e_lengths), n_layers=args.n_layers, select=args.select,
         skip=args.skip, block_size=args.block_size, steps=args.steps, gen_length=args.gen_length,
         repeats=args.repeats, modes=tuple(args.modes), cold=not args.no_cold, tiny=args.tiny,
         device=device, dtype="bfloat16" if device.startswith("cuda") else "float32",
