@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from adaptive_dllm._checks import check_choice
+from adaptive_dllm.budget.weights import GqaUnit
 from adaptive_dllm.kernels.support import n_blocks, triton_available
 
-#: Allocation unit: one per KV head (its query-head group shares the scores) or per query head.
-GqaUnit = Literal["kv", "query"]
 #: Block scores: the exact attention mass, or the pooled (block-mean q/k) estimate.
 Estimator = Literal["exact", "pooled"]
 

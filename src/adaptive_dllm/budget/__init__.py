@@ -2,7 +2,7 @@
 
 from adaptive_dllm.budget.allocator import Allocation, BudgetMode, allocate
 from adaptive_dllm.budget.weights import (
-    GqaMode,
+    GqaUnit,
     GroupReduce,
     Normalization,
     relative_weights,
@@ -12,7 +12,7 @@ from adaptive_dllm.budget.weights import (
 __all__ = [
     "Allocation",
     "BudgetMode",
-    "GqaMode",
+    "GqaUnit",
     "GroupReduce",
     "Normalization",
     "allocate",

@@ -32,7 +32,8 @@ from adaptive_dllm.errors import AdllmError
 logger = logging.getLogger(__name__)
 
 Normalization = Literal["global_percentile", "global", "per_layer", "rank"]
-GqaMode = Literal["kv", "query"]
+#: Allocation unit: one per KV head (its query-head group shares the scores) or per query head.
+GqaUnit = Literal["kv", "query"]
 GroupReduce = Literal["mean", "max"]
 
 NORMALIZATIONS: tuple[str, ...] = ("global_percentile", "global", "per_layer", "rank")
@@ -63,7 +64,7 @@ def relative_weights(
     scale: float = 2 / 3,
     invert: bool = False,
     group_size: int = 1,
-    gqa: GqaMode = "kv",
+    gqa: GqaUnit = "kv",
     reduce: GroupReduce = "mean",
 ) -> Tensor:
     """Turn importance scores (higher = more important) into relative weights with mean 1.
