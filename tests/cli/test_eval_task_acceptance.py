@@ -43,7 +43,7 @@ def with_tokenizer(source: Path, target: Path, vocab_size: int) -> Path:
 
 def check_shape(data: dict, model: str | None, n: int) -> None:
     assert set(data) == {"task", "model", "sampler", "results"} and data["task"] == "gsm8k"
-    assert data["model"] == model if model else Path(data["model"]).name == "tiny"  # bundled
+    assert data["model"] == (model or "bundled:tiny")
     assert [(r["mode"], r["select"]) for r in data["results"]] == [("dense", 1.0), ("uniform", 0.5)]
     for r in data["results"]:
         assert set(r) == RESULT_KEYS

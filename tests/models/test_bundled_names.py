@@ -131,3 +131,12 @@ def test_the_package_data_ships_every_bundled_file():
         for file in ("config.json", "model.safetensors", "MODEL_CARD.md"):
             relative = (directory / file).relative_to(package).as_posix()
             assert any(fnmatch.fnmatch(relative, p) for p in patterns), (name, relative)
+
+
+def test_records_name_bundled_files_the_same_on_every_installation(tmp_path):
+    assert checkpoints.record_path(BUNDLED_DIR) == "bundled:tiny"
+    assert checkpoints.record_path(RETRIEVAL / "config.json") == "bundled:retrieval/config.json"
+    assert checkpoints.record_path(str(BUNDLED_DIR / "heldout.txt")) == "bundled:tiny/heldout.txt"
+    other = tmp_path / "tiny"  # a directory of the same name elsewhere is just a path
+    assert checkpoints.record_path(other) == str(other)
+    assert checkpoints.record_path(None) is None

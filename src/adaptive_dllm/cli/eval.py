@@ -107,6 +107,7 @@ def _register_nll(sub: argparse._SubParsersAction) -> None:
 def run_nll(args: argparse.Namespace) -> int:
     from adaptive_dllm._io import dumps_json
     from adaptive_dllm.evaluation.likelihood import masked_nll
+    from adaptive_dllm.models.checkpoints import record_path
     from adaptive_dllm.models.tokenizer import ByteTokenizer
 
     ratios = _float_list("--mask-ratios", args.mask_ratios)
@@ -122,7 +123,7 @@ def run_nll(args: argparse.Namespace) -> int:
     param = next(model.parameters())
     if args.json:
         print(dumps_json(_explain_nulls({
-            "model": str(directory), "text": str(text_path), "unit": unit,
+            "model": record_path(directory), "text": record_path(text_path), "unit": unit,
             "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch."),
             "results": [r.to_dict() for r in results],
         }), indent=1))
@@ -294,6 +295,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
 
         importance = HeadImportance.load(args.importance)
     from adaptive_dllm.cli.arguments import join_ranks
+    from adaptive_dllm.models.checkpoints import record_path
 
     ranks = join_ranks(args)  # torchrun: sparse conditions dealt over ranks, rank 0 reports
     model, tok, passages, text_path, length = _model_and_passages(args)
@@ -305,7 +307,8 @@ def run_fidelity(args: argparse.Namespace) -> int:
     param = next(model.parameters())
     record = {
         "command": "adllm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
-        "model": str(directory), "text": str(text_path), "importance_file": args.importance,
+        "model": record_path(directory), "text": record_path(text_path),
+        "importance_file": args.importance,
         "passage_length": length, "n_text_passages": int(passages.shape[0]),
         "device": str(param.device), "dtype": str(param.dtype).removeprefix("torch."),
         "cpu_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),

@@ -171,6 +171,7 @@ def _nll(args: argparse.Namespace, imp) -> tuple:  # noqa: ANN001
     from adaptive_dllm._io import read_text_input
     from adaptive_dllm.evaluation.data import split_passages
     from adaptive_dllm.importance.pruning import gated_evaluator
+    from adaptive_dllm.models.checkpoints import record_path
     from adaptive_dllm.models.tokenizer import encode_text
 
     model, tok = load_model(args)
@@ -189,7 +190,7 @@ def _nll(args: argparse.Namespace, imp) -> tuple:  # noqa: ANN001
     if args.max_passages is not None:
         passages = passages[: args.max_passages]
     ratios = floats(args.mask_ratios, "--mask-ratios")
-    info = {"nll_text": str(text_path), "passages": int(passages.shape[0]), "length": length,
+    info = {"nll_text": record_path(text_path), "passages": int(passages.shape[0]), "length": length,
             "mask_ratios": list(ratios), "nll_seed": args.nll_seed}
     metric = nll_metric(passages, ratios, seed=args.nll_seed, batch_size=args.batch_size)
     return gated_evaluator(model, metric), info

@@ -49,6 +49,7 @@ from adaptive_dllm.evaluation.units import (
     derive_seed,
     run_unit,
 )
+from adaptive_dllm.models.checkpoints import record_path
 from adaptive_dllm.sparsity.config import SparseConfig, measuring_backend
 
 __all__ = ["MODES", "LoglikelihoodEstimator", "Mode", "RunSettings", "cut_at_stop", "derive_seed",
@@ -305,7 +306,8 @@ def _header(ctx: UnitContext, model: nn.Module) -> dict[str, Any]:
     if ctx.importance is not None:
         imp = hashlib.sha256(ctx.importance.scores.float().cpu().numpy().tobytes()).hexdigest()[:16]
     return {"task": ctx.task.name, "task_settings": ctx.task.settings(), "kind": ctx.task.kind,
-            "model": getattr(model, "source", None), "dtype": str(param.dtype).removeprefix("torch."),
+            "model": record_path(getattr(model, "source", None)),
+            "dtype": str(param.dtype).removeprefix("torch."),
             "modes": list(s.modes), "selects": list(s.selects), "sampler": ctx.sampler,
             "sparse": ctx.sparse if any(m != "dense" for m in s.modes) else None,
             "importance_sha256": imp, "chat": ctx.chat, "samples": s.samples, "seed": s.seed,
@@ -334,7 +336,7 @@ def _report(task: Task, model: nn.Module, items: Sequence[TaskItem],
             header: dict[str, Any]) -> TaskReport:
     ordered = [records[(it.id, m, round(s, 9))] for it in items for m, s in conds
                if (it.id, m, round(s, 9)) in records]
-    return TaskReport(task=task.name, model=getattr(model, "source", None),
+    return TaskReport(task=task.name, model=record_path(getattr(model, "source", None)),
                       results=aggregate(ordered, conds), records=tuple(ordered), settings=header)
 
 

@@ -28,6 +28,7 @@ from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance.artifact import HeadImportance
 from adaptive_dllm.importance.calibration import CalibrationSet, Example
 from adaptive_dllm.importance.gate_paths import postprocess
+from adaptive_dllm.models.checkpoints import record_path
 
 if TYPE_CHECKING:
     from adaptive_dllm.importance.headig import HeadIGSettings
@@ -134,7 +135,7 @@ def build_artifact(model: nn.Module, examples: CalibrationSet | Sequence[Example
         },
         "family": cfg.family,
         "n_kv_heads": cfg.n_kv_heads,
-        "model": getattr(model, "source", None),
+        "model": record_path(getattr(model, "source", None)),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(next(model.parameters()).device),
         "checkpointing": checkpointing,

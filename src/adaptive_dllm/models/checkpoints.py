@@ -93,6 +93,25 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
     return data
 
 
+def record_path(path: str | os.PathLike[str] | None) -> str | None:
+    """``path`` as records and reports name it: a bundled model's directory or files as
+    ``bundled:NAME[/FILE]`` (the same on every installation, so records compare across machines),
+    any other path as given. None passes through."""
+    if path is None:
+        return None
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except OSError:
+        return str(path)
+    for name, root in BUNDLED_MODELS.items():
+        try:
+            rel = resolved.relative_to(root.resolve())
+        except ValueError:
+            continue
+        return f"bundled:{name}" if rel == Path(".") else f"bundled:{name}/{rel.as_posix()}"
+    return str(path)
+
+
 def _resolve_directory(path: str | os.PathLike[str] | None, *, download: bool = False) -> Path:
     """The checkpoint directory ``path`` names: None is the bundled Shakespeare model; an existing
     directory is that directory; a bare bundled name (a ``str`` such as ``"retrieval"``) is the
