@@ -52,12 +52,23 @@ def per_ratio(directory: Path, name: str) -> str:
     return f"{name}: " + "; ".join(cells)
 
 
+#: How the stability table names the study's importance files.
+LABELS = {"headig_s0": "HeadIG, all four works, seed 0",
+          "headig_s1": "HeadIG, all four works, seed 1 (other masks and STP thresholds)",
+          "headig_A": "HeadIG, Julius Caesar + Much Ado", "headig_B": "HeadIG, Richard II + Tempest",
+          "entropy": "entropy", "coverage": "coverage"}
+
+
 def stability(directory: Path) -> list[str]:
     lines = ["| A | B | Spearman | Pearson | top-16 overlap | bottom-16 overlap |",
              "|---|---|---|---|---|---|"]
-    for path in sorted(directory.glob("compare_*.json")):
+    runs = directory / "runs.jsonl"
+    order = [json.loads(line)["name"] for line in runs.read_text().splitlines()] if runs.is_file() else []
+    paths = sorted(directory.glob("compare_*.json"),
+                   key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.name))
+    for path in paths:
         r = json.loads(path.read_text())
-        a, b = Path(r["a"]).stem, Path(r["b"]).stem
+        a, b = (LABELS.get(Path(r[k]).stem, Path(r[k]).stem) for k in ("a", "b"))
         k = r["top_k"]
         lines.append(f"| {a} | {b} | {r['spearman']:.3f} | {r['pearson']:.3f} | "
                      f"{round(r['top_overlap'] * k)}/{k} | {round(r['bottom_overlap'] * k)}/{k} |")

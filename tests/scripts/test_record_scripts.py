@@ -59,7 +59,8 @@ def test_importance_report_tables_come_from_the_records(load_script, tmp_path, c
     report.main()
     out = capsys.readouterr().out
     assert "| 16 of 64 (25%) | 3.000 | 1.200 | 2.000 ± 0.500 |" in out
-    assert "| headig_s0 | headig_s1 | 0.900 | 0.800 | 12/16 | 16/16 |" in out
+    assert ("| HeadIG, all four works, seed 0 | HeadIG, all four works, seed 1 (other masks and STP "
+            "thresholds) | 0.900 | 0.800 | 12/16 | 16/16 |") in out
     assert "| HeadIG adaptive | 0.10 |" in out and "| uniform | 0.10 |" in out
     assert "| uniform | 0.50 |" not in out  # only the selects the HeadIG rows were run at
 
