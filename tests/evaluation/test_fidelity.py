@@ -214,6 +214,12 @@ def test_importance_file_is_used(model, passages):
     assert imp.scores.shape == (2, 4) and imp.metadata["estimator"] == "entropy"
     rep = evaluate_fidelity(model, passages, small(selects=(0.5,), prompts=0), importance=imp)
     assert rep.importance["source"] == "file" and rep.passages["calibration"] == []
+    # the record names the file's estimator, not the unused statistic of the settings
+    record = rep.to_dict()
+    assert record["importance"]["method"] == "entropy"
+    assert record["settings"]["importance_method"] is None
+    estimated = evaluate_fidelity(model, passages, small(selects=(0.5,), prompts=0)).to_dict()
+    assert estimated["settings"]["importance_method"] == "entropy"
 
 
 def test_kl_divergence():

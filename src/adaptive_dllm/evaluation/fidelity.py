@@ -192,7 +192,10 @@ class FidelityReport:
     elapsed_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": self.settings.to_dict(), "backend": self.backend,
+        settings = self.settings.to_dict()
+        if self.importance is not None and self.importance.get("source") == "file":
+            settings["importance_method"] = None  # a given file, not the statistic, was used
+        return {"settings": settings, "backend": self.backend,
                 "backend_note": self.backend_note, "importance": self.importance,
                 "passages": self.passages, "elapsed_s": round(self.elapsed_s, 1),
                 "rows": [asdict(r) for r in self.rows]}
