@@ -173,6 +173,7 @@ def add_list(p: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, *,
 
     if allowed is not None:
         kwargs.setdefault("metavar", "{" + ",".join(allowed) + "}")
+    kwargs["help"] = "; ".join(filter(None, [kwargs.get("help"), "space- or comma-separated"]))
     p.add_argument(flag, nargs="+", type=parse, action=_FlatList, **kwargs)
 
 
