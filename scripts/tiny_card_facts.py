@@ -27,8 +27,8 @@ from adaptive_dllm._io import check_output_path, write_json
 from adaptive_dllm.bench.timing import environment
 from adaptive_dllm.evaluation import data
 
-# A speaker line that the normalisation misses: a speaker followed by trailing spaces.
-_MISSED = re.compile(rb"(?:[A-Z][A-Za-z'\-]*)(?: +(?:[A-Z][A-Za-z'\-]*|and|of|the|de)){0,4}\. +")
+# A speaker line that the normalisation misses: its own speaker pattern plus trailing spaces.
+_MISSED = re.compile(data._SPEAKER.pattern + rb" +")
 
 
 def corpus_facts(directory: Path) -> dict:

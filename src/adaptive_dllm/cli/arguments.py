@@ -10,15 +10,15 @@ command refuses the same bad values with the same one-line message before doing 
   options it names (``only=``) with its own defaults (``defaults=``); flags, dests, choices and
   help texts stay the group's.
 - Checks and helpers: :func:`check_steps` (see :data:`MAX_STEPS_PER_TOKEN`),
-  :func:`check_plot` / :func:`save_plot` (validated first, written atomically), :func:`floats`,
-  :func:`layer_range`, :func:`out_stream`.
+  :func:`check_plot` / :func:`save_plot` (validated first, written atomically),
+  :func:`out_stream`. List-valued options and values: :mod:`adaptive_dllm.cli.lists`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from adaptive_dllm.errors import AdllmError
@@ -131,70 +131,6 @@ def join_ranks(args: argparse.Namespace) -> Any:
     ranks = init_ranks(device)
     args.device = str(rank_device(ranks, device))
     return ranks
-
-
-def floats(text: str, name: str) -> tuple[float, ...]:
-    """Comma-separated numbers (``--select 0.1,0.3``); ``name`` is the flag in the error."""
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise AdllmError(f"{name} {text!r} is not a comma-separated list of numbers") from None
-    if not values:
-        raise AdllmError(f"{name} is empty")
-    return values
-
-
-class _FlatList(argparse.Action):
-    """``nargs="+"`` whose items may also be comma-separated: the parts, in order, as one list."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, [v for part in values for v in part])
-
-
-def add_list(p: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, *,
-             convert: Callable[[str], Any] = str, choices: Iterable[str] | None = None,
-             **kwargs: Any) -> None:
-    """A list option that takes values space- or comma-separated (``--lengths 4096 16384`` or
-    ``--lengths 4096,16384``, as the evaluation commands write them); each value is checked by
-    ``convert`` and, if given, against ``choices``."""
-    allowed = tuple(choices) if choices is not None else None
-
-    def parse(text: str) -> list[Any]:
-        parts = [part.strip() for part in text.split(",") if part.strip()]
-        if not parts:
-            raise argparse.ArgumentTypeError(f"{text!r} holds no value")
-        if allowed is not None:
-            bad = [part for part in parts if part not in allowed]
-            if bad:
-                raise argparse.ArgumentTypeError(
-                    f"invalid choice {bad[0]!r} (choose from {', '.join(allowed)})")
-        return [convert(part) for part in parts]
-
-    if allowed is not None:
-        kwargs.setdefault("metavar", "{" + ",".join(allowed) + "}")
-    kwargs["help"] = "; ".join(filter(None, [kwargs.get("help"), "space- or comma-separated"]))
-    p.add_argument(flag, nargs="+", type=parse, action=_FlatList, **kwargs)
-
-
-def renamed(new_flag: str, meaning: str) -> Callable[[str], Any]:
-    """``type=`` of a retired option name: always an error naming its replacement."""
-
-    def refuse(text: str) -> Any:
-        raise argparse.ArgumentTypeError(f"renamed: use {new_flag} {text} ({meaning})")
-
-    return refuse
-
-
-def layer_range(text: str | None) -> tuple[int, int] | None:
-    """``"A:B"`` (inclusive, negative from the end) or ``"A"`` -> (A, B); None passes through."""
-    if text is None:
-        return None
-    first, colon, last = text.partition(":")
-    try:
-        return int(first), int(last if colon else first)
-    except ValueError:
-        raise AdllmError(f"--layers {text!r} must be FIRST:LAST (inclusive), e.g. 0:-1") from None
 
 
 def out_stream(args: argparse.Namespace) -> Any:

@@ -9,15 +9,14 @@ import time
 from typing import Any
 
 from adaptive_dllm.cli.arguments import (
-    add_list,
     add_model_args,
     add_quiet,
     add_sampler_args,
     add_sparse_args,
     check_steps,
     positive_int,
-    renamed,
 )
+from adaptive_dllm.cli.lists import add_list, renamed
 from adaptive_dllm.cli.plots import check_plot
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.kernels.support import BLOCK_SIZES

@@ -19,11 +19,11 @@ from adaptive_dllm.cli.arguments import (
     add_sampler_args,
     add_sparse_args,
     check_steps,
-    floats,
     load_model,
     positive_int,
     seed,
 )
+from adaptive_dllm.cli.lists import floats
 from adaptive_dllm.cli.plots import check_plot, save_plot
 from adaptive_dllm.errors import AdllmError
 

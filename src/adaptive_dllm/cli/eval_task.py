@@ -115,7 +115,7 @@ def register_task(sub: argparse._SubParsersAction) -> None:
 
 def run_settings(args: argparse.Namespace) -> Any:
     """The :class:`RunSettings` the flags describe (validated, before any model is loaded)."""
-    from adaptive_dllm.cli.arguments import floats
+    from adaptive_dllm.cli.lists import floats
     from adaptive_dllm.evaluation.runner import RunSettings
 
     text = args.modes or ("dense,uniform,adaptive" if args.importance else "dense,uniform")

@@ -18,13 +18,12 @@ from adaptive_dllm._io import check_output_path, dumps_json
 from adaptive_dllm.cli.arguments import (
     add_model_args,
     add_quiet,
-    floats,
-    layer_range,
     load_model,
     out_stream,
     seed,
 )
 from adaptive_dllm.cli.importance_files import check_artifact_out
+from adaptive_dllm.cli.lists import floats, layer_range
 from adaptive_dllm.errors import AdllmError
 
 STAT_METHODS = ("entropy", "effective", "topk", "coverage", "deficit")

@@ -12,13 +12,12 @@ from typing import Any
 from adaptive_dllm.cli.arguments import (
     add_model_args,
     add_quiet,
-    floats,
-    layer_range,
     load_model,
     out_stream,
     positive_int,
     seed,
 )
+from adaptive_dllm.cli.lists import floats, layer_range
 from adaptive_dllm.errors import AdllmError
 
 EPILOG = """\

@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from adaptive_dllm.cli import build_parser
-from adaptive_dllm.cli.arguments import add_list, positive_int
+from adaptive_dllm.cli.arguments import positive_int
+from adaptive_dllm.cli.lists import add_list
 
 
 def _parser():
