@@ -41,7 +41,7 @@ def test_failure_mid_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_failure_of_a_path_writer_leaves_the_old_file(tmp_path):
     target = tmp_path / "plot.png"
     target.write_bytes(b"old")
-    with pytest.raises(OSError):
+    with pytest.raises(AdllmError, match="could not write .*disk full"):
         with _io.atomic_path(target) as tmp:
             assert tmp.suffix == ".png" and tmp.parent == tmp_path and not tmp.exists()
             tmp.write_bytes(b"partial")
@@ -238,3 +238,60 @@ def test_read_text_input_keeps_every_byte(tmp_path):
         _io.read_text_input(tmp_path / "missing.txt")
     with pytest.raises(AdllmError, match="is a directory"):
         _io.read_text_input(tmp_path)
+
+
+# -- special files, links and failing writes (found by an audit: each lost data before) ---------
+def test_output_path_refuses_a_fifo_instead_of_replacing_it(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(AdllmError, match="not a regular file") as err:
+        _io.check_output_path(fifo, flag="--history")
+    assert "--history" in str(err.value) and "\n" not in str(err.value)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_output_path_probes_the_directory_by_creating_a_file(tmp_path, monkeypatch):
+    """os.access says yes to root on /proc or a read-only mount; the probe does not."""
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(_io.tempfile, "mkstemp", refuse)
+    with pytest.raises(AdllmError, match="cannot create a file in .*Read-only file system"):
+        _io.check_output_path(tmp_path / "x.json")
+
+
+def test_output_path_probe_leaves_nothing_behind(tmp_path):
+    _io.check_output_path(tmp_path / "x.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("writer", ["atomic_write", "atomic_path"])
+def test_writing_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path, writer):
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    if writer == "atomic_write":
+        _io.write_text(link, "new")
+    else:
+        with _io.atomic_path(link) as tmp:
+            tmp.write_text("new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]
+
+
+def test_an_os_error_while_writing_is_one_line_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "x.json"
+    target.write_text("old")
+    with pytest.raises(AdllmError, match=r"could not write .*No space left.*not changed") as err:
+        with _io.atomic_write(target) as handle:
+            handle.write("partial")
+            raise OSError(28, "No space left on device")
+    assert "\n" not in str(err.value)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_an_unwritable_directory_at_write_time_is_one_line(tmp_path):
+    """The directory vanished between the check and the write (or /proc, as root)."""
+    with pytest.raises(AdllmError, match="could not write"):
+        _io.write_text(tmp_path / "gone" / "x.json", "data")

@@ -65,20 +65,29 @@ def check_output_path(path: str | os.PathLike[str], *, flag: str = "--out",
                       inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Path:
     """Validate an output path before any work is done; return it as a :class:`Path`.
 
+    A link is followed: the file it points to is what gets written (the link stays).
+
     Raises:
-        AdllmError: the parent directory is missing or is not a directory, the path is a
-            directory, or it names one of ``inputs`` (same file, also through links).
+        AdllmError: the parent directory is missing, not a directory or refuses a new file
+            (tried, so that root and read-only mounts are covered too), the path is a directory
+            or another non-regular file (a device, FIFO or socket, which an atomic rename
+            would replace), or it names one of ``inputs`` (same file, also through links).
     """
     out = Path(path).expanduser()
     if out.is_dir():
         raise AdllmError(f"{flag} {out} is a directory; give a file name inside it")
-    parent = out.parent if str(out.parent) else Path(".")
+    if out.exists() and not out.is_file():
+        raise AdllmError(f"{flag} {out} is not a regular file (a device, FIFO or socket); "
+                         "give the path of a file")
+    real = Path(os.path.realpath(out))
+    parent = real.parent
     if not parent.exists():
         raise AdllmError(f"{flag} {out}: directory {parent} does not exist; create it first")
     if not parent.is_dir():
         raise AdllmError(f"{flag} {out}: {parent} is not a directory; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise AdllmError(f"{flag} {out}: directory {parent} is not writable; choose another path")
+    _probe_directory(parent, flag=flag, out=out)
     for source in inputs:
         if source is None:
             continue
@@ -90,24 +99,54 @@ def check_output_path(path: str | os.PathLike[str], *, flag: str = "--out",
     return out
 
 
+def _probe_directory(parent: Path, *, flag: str, out: Path) -> None:
+    # os.access says yes to root everywhere, even on /proc or a read-only mount: only creating
+    # the temporary file the write will need tells.
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".adllm-probe.", suffix=".tmp")
+    except OSError as err:
+        raise AdllmError(f"{flag} {out}: cannot create a file in {parent} "
+                         f"({err.strerror or err}); choose another path") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _target(path: str | os.PathLike[str]) -> Path:
+    """The file a write of ``path`` replaces: a link's target, so the link survives."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+@contextlib.contextmanager
+def _write_errors(target: Path) -> Iterator[None]:
+    """An OS error while writing (disk full, a mount gone read-only) as one line that says the
+    old file is untouched."""
+    try:
+        yield
+    except OSError as err:
+        raise AdllmError(f"could not write {target} ({err.strerror or err}); the file was not "
+                         "changed: free space or choose another path") from err
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", *,
                  encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync it and rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    ``mode`` is ``"w"`` (text) or ``"wb"`` (bytes).
+    On an exception the temporary file is removed and ``path`` is left as it was; an OS error
+    (disk full, read-only mount) becomes a one-line :class:`AdllmError`. A link ``path`` keeps
+    being a link: the file it points to is replaced. ``mode`` is ``"w"`` (text) or ``"wb"``.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with _replace_on_success(tmp, target):
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+    target = _target(path)
+    with _write_errors(target):
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with _replace_on_success(tmp, target):
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager
@@ -119,16 +158,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     creates files with mode 0o600). On an exception the temporary file is removed and ``path`` is
     left as it was.
     """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.",
-                               suffix=target.suffix or ".tmp")
-    os.close(fd)
-    os.unlink(tmp)  # the writer creates it with open()'s permissions
-    with _replace_on_success(tmp, target):
-        yield Path(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            os.fsync(handle.fileno())
+    target = _target(path)
+    with _write_errors(target):
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.",
+                                   suffix=target.suffix or ".tmp")
+        os.close(fd)
+        os.unlink(tmp)  # the writer creates it with open()'s permissions
+        with _replace_on_success(tmp, target):
+            yield Path(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
+                os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager
