@@ -24,6 +24,7 @@ import csv
 import gzip
 import importlib.util
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ def read_jsonl(path: str | Path, *, what: str = "data") -> list[tuple[int, dict[
     try:
         with opener(p, "rt", encoding="utf-8") as f:
             lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise AdllmError(f"cannot read {what} file {p}: {err}") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:  # gzip: cut or corrupt
+        raise AdllmError(f"cannot read {what} file {p}: {err}; check that it is whole "
+                         "(UTF-8 JSON lines, or their gzip)") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -65,6 +67,8 @@ def read_jsonl(path: str | Path, *, what: str = "data") -> list[tuple[int, dict[
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise AdllmError(f"{p}:{n} is not valid JSON ({err.msg})") from None
+        except RecursionError:
+            raise AdllmError(f"{p}:{n} is nested too deeply to be a record") from None
         if not isinstance(row, dict):
             raise AdllmError(f"{p}:{n} must be a JSON object, got {type(row).__name__}")
         rows.append((n, row))
@@ -186,9 +190,15 @@ def _read_choice_csv(p: Path) -> list[ChoiceQuestion]:
         if len(row) < 4:
             raise AdllmError(f"{p}:{n} has {len(row)} column(s); MMLU layout is question, A, B, "
                              "[C, ...], answer")
-        question, choices = row[0], tuple(row[1:-1])
-        questions.append(ChoiceQuestion(question, choices, _answer_index(p, n, row[-1], len(choices)), n))
+        questions.append(_question(p, n, row[0], tuple(row[1:-1]), row[-1]))
     return questions
+
+
+def _question(p: Path, n: int, question: str, choices: tuple[str, ...], answer: Any) -> ChoiceQuestion:
+    if len(choices) > len(LETTERS):
+        raise AdllmError(f"{p}:{n} has {len(choices)} choices; at most {len(LETTERS)} "
+                         f"({LETTERS[0]} to {LETTERS[-1]}) can be lettered")
+    return ChoiceQuestion(question, choices, _answer_index(p, n, answer, len(choices)), n)
 
 
 def read_choice(path: str | Path) -> list[ChoiceQuestion]:
@@ -208,8 +218,7 @@ def read_choice(path: str | Path) -> list[ChoiceQuestion]:
                     or len(choices) < 2 or not all(isinstance(c, str) for c in choices)):
                 raise AdllmError(f"{p}:{n} needs a string 'question' and a list of at least two "
                                  "string 'choices'")
-            questions.append(ChoiceQuestion(row["question"], tuple(choices),
-                                            _answer_index(p, n, row.get("answer"), len(choices)), n))
+            questions.append(_question(p, n, row["question"], tuple(choices), row.get("answer")))
     if not questions:
         raise AdllmError(f"multiple-choice file {p} holds no questions")
     return questions

@@ -104,3 +104,16 @@ def test_malformed_files_are_refused(bundled, uninterrupted, tmp_path):
     bad.write_text("\n".join([text[0], "not json", *text[1:]]) + "\n")
     with pytest.raises(AdllmError, match="line 2 is not a valid record"):
         evaluate_task(*bundled, ToyGenerate(n=5), SETTINGS, out=bad)
+
+
+@pytest.mark.parametrize("content", [
+    b"{\x80\x81 garbage\n",                               # binary: not UTF-8
+    b'{"adllm_task_results": 1, "settings": 5}\n',          # a header whose settings are no dict
+], ids=["binary", "settings-not-a-dict"])
+def test_foreign_files_are_refused_in_one_line_and_kept(bundled, tmp_path, content):
+    """Found by an audit: both raised a traceback (UnicodeDecodeError, TypeError)."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    with pytest.raises(AdllmError, match="not an adllm task results file"):
+        evaluate_task(*bundled, ToyGenerate(n=5), SETTINGS, out=bad)
+    assert bad.read_bytes() == content

@@ -127,9 +127,10 @@ def _read_results(path: Path, header: dict[str, Any]) -> tuple[dict[Key, dict[st
                          "choose another --out or delete it")
     try:
         first = json.loads(complete[0])
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or not UTF-8 (a binary file)
         first = None
-    if not isinstance(first, dict) or HEADER_KEY not in first:
+    if (not isinstance(first, dict) or HEADER_KEY not in first
+            or not isinstance(first.get("settings"), dict)):
         raise AdllmError(f"--out {path} is not an adllm task results file; "
                          "choose another --out or delete it")
     if first != header:
