@@ -125,6 +125,26 @@ def test_sharded_checkpoint_loads_identically(broken, fixtures_dir):
     assert torch.equal(a(ids), b(ids))
 
 
+@pytest.mark.parametrize("weight_map", [{"x": 5}, {"x": None}, {"x": ""}, ["x"]])
+def test_malformed_weight_map(broken, weight_map):
+    """Found by an audit: a file name that is no string was a TypeError traceback."""
+    d = broken()
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (d / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="index file is malformed"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("model_type", [["llada"], 5, None])
+def test_model_type_that_is_no_string(broken, model_type):
+    d = broken()
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = model_type
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown model_type"):
+        load_model(d)
+
+
 def test_missing_shard(broken):
     d = broken()
     (d / "model.safetensors.index.json").write_text(
@@ -184,12 +204,15 @@ def test_bf16_load(fixtures_dir):
 
 
 @pytest.mark.parametrize("device, match", [("tpu", "unknown device|not supported"),
-                                           ("cuda:7", "CUDA|does not exist")])
+                                           ("cuda:7", "CUDA|does not exist"),
+                                           ("mps", "no usable MPS")])
 def test_bad_device_is_a_one_line_error(fixtures_dir, device, match):
     from adaptive_dllm.errors import AdllmError
 
     if device.startswith("cuda") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
     with pytest.raises(AdllmError, match=match) as info:
         load_model(fixtures_dir / "llada_tiny", device=device)
     assert "\n" not in str(info.value)

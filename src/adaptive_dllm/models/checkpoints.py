@@ -48,7 +48,7 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     """The device to load onto: ``device``, or CUDA when available, else CPU.
 
     Raises:
-        AdllmError: an unknown device string, or CUDA asked for on a machine without it.
+        AdllmError: an unknown device string, or CUDA or MPS asked for on a machine without it.
     """
     if device is None:
         return default_device()
@@ -62,7 +62,11 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise AdllmError(f"device {device!r} does not exist: this machine has "
                              f"{torch.cuda.device_count()} GPU(s)")
-    elif dev.type != "cpu" and dev.type != "mps":
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise AdllmError(f"device {device!r} asked for but this machine has no usable MPS "
+                             "(Apple GPU); use --device cpu")
+    elif dev.type != "cpu":
         raise AdllmError(f"device {device!r} is not supported; use cpu or cuda")
     return dev
 
@@ -186,8 +190,10 @@ def _shard_files(directory: Path) -> list[Path]:
         return [single]
     if index.is_file():
         weight_map = _read_json(index, required=True).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index} has no 'weight_map'; the index file is malformed")
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(name, str) and name for name in weight_map.values()):
+            raise CheckpointError(f"{index} has no 'weight_map' of tensor names to file names; "
+                                  "the index file is malformed")
         files = [directory / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:

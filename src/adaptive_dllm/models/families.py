@@ -183,7 +183,7 @@ def get_family(name: str) -> FamilySpec:
 
 def family_for_model_type(model_type: str | None) -> FamilySpec:
     """Family for a config.json ``model_type`` (case-insensitive)."""
-    wanted = (model_type or "").lower()
+    wanted = model_type.lower() if isinstance(model_type, str) else ""
     for family in FAMILIES.values():
         if wanted in family.model_types:
             return family
