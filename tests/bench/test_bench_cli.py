@@ -66,3 +66,25 @@ def test_invalid_sparse_settings_fail_before_the_sweep(capsys, flag, value):
     assert code == 2
     assert captured.out == ""  # nothing ran
     assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_passed_deadline_skips_with_a_reason(capsys):
+    """Found by an audit: the skip record's reason formatted a None estimate and the sweep
+    recorded a TypeError instead of the skip."""
+    import time
+
+    from adaptive_dllm.bench.sweep import SweepSettings, run_sweep
+
+    s = SweepSettings(families=("llada",), e2e_lengths=(40,), n_layers=1, steps=4, gen_length=8,
+                      modes=("uniform",), tiny=True, device="cpu", dtype="float32",
+                      deadline=time.monotonic() - 1)
+    records = run_sweep(s, what=("e2e",))
+    assert [r["kind"] for r in records if r["kind"] != "compile"] == ["skipped"]
+    assert records[-1]["reason"] == "deadline" and "error" not in records[-1]
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_deadline_must_be_a_finite_positive_time(capsys, value):
+    code = main(["bench", "--tiny", "--device", "cpu", "--deadline", value, "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and "--deadline" in captured.err

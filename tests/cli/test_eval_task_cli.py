@@ -108,3 +108,19 @@ def test_cache_and_threshold_reach_the_sampler_and_the_records(tmp_path, capsys,
     assert len(items) == 2 and all(r["metrics"]["correct"] == 1.0 for r in items)
     forwards = [r["forwards"] for r in items]
     assert all(f < 32 for f in forwards) if threshold else forwards == [32, 32]
+
+
+def test_fast_records_the_options_it_turned_on(tmp_path, capsys):
+    """``eval task --fast``: the results file names the preset's cache and threshold, so a
+    record never depends on what ``--fast`` meant when it ran."""
+    from adaptive_dllm.cli import main
+    from adaptive_dllm.generation.cache import FAST_OPTIONS
+
+    out = tmp_path / "fast.jsonl"
+    assert main(["eval", "task", "retrieval", "--model", "retrieval", "--length", "256",
+                 "--limit", "1", "--modes", "dense", "--device", "cpu", "-q", "--json",
+                 "--fast", "--out", str(out)]) == 0
+    sampler = json.loads(capsys.readouterr().out)["sampler"]
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["settings"]["sampler"] == sampler
+    assert {k: sampler[k] for k in FAST_OPTIONS} == dict(FAST_OPTIONS)

@@ -186,3 +186,50 @@ def test_cache_with_sparse_reference_backend_on_cpu(capsys):
     assert stats["cache"] == "dual" and sparse["backend"] == "reference"
     assert sparse["schedule_over"] == "refresh forwards"
     assert sparse["sparse_steps"] == 1 and sparse["cached_sparse_steps"] == 62
+
+
+def test_fast_turns_on_the_preset_and_gives_the_same_text_as_its_options(capsys):
+    """``--fast`` is exactly ``FAST_OPTIONS`` spelled out (same ids, same stats' settings)."""
+    from adaptive_dllm.generation.cache import FAST_OPTIONS
+
+    base = ["generate", "ROMEO:", "--gen-length", "32", "--block-length", "16", "--json"]
+    assert main([*base, "--fast"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    spelled = [f"--{k}={v}" for k, v in FAST_OPTIONS.items()]
+    assert main([*base, *spelled]) == 0
+    explicit = json.loads(capsys.readouterr().out)
+    assert fast["ids"] == explicit["ids"]
+    for key, value in FAST_OPTIONS.items():
+        assert fast["stats"][key] == explicit["stats"][key] == value
+    assert fast["stats"]["forwards"] <= 32
+
+
+def test_fast_yields_to_explicit_cache_and_threshold(capsys):
+    assert main(["generate", "ROMEO:", "--gen-length", "32", "--block-length", "16", "--json",
+                 "--fast", "--cache", "dual", "--threshold", "0.7"]) == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert stats["cache"] == "dual" and stats["threshold"] == 0.7
+
+
+def test_history_must_not_overwrite_the_importance_file(tmp_path, capsys):
+    """Found by an audit: --history was the one output with no "is also an input" check."""
+    from adaptive_dllm.importance.artifact import HeadImportance
+
+    imp = tmp_path / "heads.safetensors"
+    HeadImportance(scores=torch.rand(8, 8), head_kind="query", metadata={}).save(imp)
+    before = imp.read_bytes()
+    code = main(["generate", "ROMEO:", "--gen-length", "16", "--steps", "8", "--sparse",
+                 "adaptive", "--importance", str(imp), "--block-size", "16", "--history",
+                 str(imp)])
+    err = capsys.readouterr().err
+    assert code == 2 and "also an input" in err and err.count("\n") == 1
+    assert imp.read_bytes() == before
+
+
+def test_history_and_history_gif_must_differ(tmp_path, capsys):
+    same = tmp_path / "steps.gif"
+    code = main(["generate", "ROMEO:", "--gen-length", "8", "--steps", "8",
+                 "--history", str(same), "--history-gif", str(same)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--history-gif" in err and "also an input" in err
+    assert not same.exists()

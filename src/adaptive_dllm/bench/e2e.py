@@ -83,7 +83,8 @@ def e2e_records(model: Any, length: int, s: SweepSettings, *, dense_backend: str
     if s.largest_modes is not None and length == max(s.e2e_lengths):
         modes = s.largest_modes
     if not _fits_deadline(s, 2 * (estimate_s or 0.0)):
-        return [{**base, "kind": "skipped", "reason": f"deadline (~{estimate_s:.0f} s a run)"}]
+        guess = "" if estimate_s is None else f" (~{estimate_s:.0f} s a run)"
+        return [{**base, "kind": "skipped", "reason": f"deadline{guess}"}]
     with sdpa_backend(dense_backend):
         cold = None
         if s.cold and modes:

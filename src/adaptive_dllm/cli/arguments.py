@@ -65,6 +65,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """``type=`` for time limits: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} seconds must be a finite number above 0")
+    return value
+
+
 def device(text: str) -> str:
     """``type=`` for ``--device``: cpu, cuda, cuda:N or mps, and present on this machine."""
     from adaptive_dllm.models.checkpoints import resolve_device
@@ -184,7 +195,16 @@ def _sampler_specs() -> dict[str, _Spec]:
                                      "refreshed once per block (docs/cache.md)"), "none"),
         "threshold": (("--threshold",), dict(type=float, metavar="TAU", help="parallel decoding: "
                                              "commit every token more confident than TAU"), "off"),
+        "fast": (("--fast",), dict(action="store_true", help=(
+            f"the measured speed preset: {_fast_text()} (an explicit --cache or --threshold "
+            "wins; docs/fidelity.md)")), "off"),
     }
+
+
+def _fast_text() -> str:
+    from adaptive_dllm.generation.cache import FAST_OPTIONS
+
+    return " ".join(f"--{name} {value}" for name, value in FAST_OPTIONS.items())
 
 
 def default_gen_length() -> int:
@@ -235,16 +255,22 @@ def add_sampler_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None =
     """The ``sampler`` group (all of it, or the options named in ``only``): ``--steps``,
     ``--gen-length``, ``--block-length``, ``--temperature``, LLaDA's ``--remasking`` and
     ``--cfg-scale``, Dream's ``--alg``, ``--alg-temp``, ``--eps``, ``--top-p``, ``--top-k``,
-    and ``--cache``, ``--threshold``. Unset options are None (the sampler's own default) unless
+    and ``--cache``, ``--threshold``, ``--fast``. Unset options are None (the sampler's own default) unless
     ``defaults`` gives the command's."""
     return _add_group(p, "sampler", "An option the model's sampler does not have is an error.",
                       _sampler_specs(), only, defaults)
 
 
 def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampler options the user set (not None), as ``generate()`` keywords."""
-    return {name: getattr(args, name) for name in _sampler_specs()
-            if getattr(args, name, None) is not None}
+    """The sampler options the user set (not None), as ``generate()`` keywords; ``--fast``
+    fills in those of :data:`~adaptive_dllm.generation.cache.FAST_OPTIONS` not given."""
+    from adaptive_dllm.generation.cache import FAST_OPTIONS
+
+    options = {name: getattr(args, name) for name in _sampler_specs()
+               if name != "fast" and getattr(args, name, None) is not None}
+    if getattr(args, "fast", False):
+        options = {**FAST_OPTIONS, **options}
+    return options
 
 
 def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:

@@ -15,6 +15,7 @@ from adaptive_dllm.cli.arguments import (
     add_sparse_args,
     check_steps,
     positive_int,
+    positive_seconds,
 )
 from adaptive_dllm.cli.lists import add_list, renamed
 from adaptive_dllm.cli.plots import check_plot
@@ -79,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=positive_int, default=32,
                    help="queries of a cached step (--what decode, default 32)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (first) sparse run")
-    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--deadline", type=positive_seconds, default=None, metavar="SECONDS",
                    help="start no generation that would end later than this after launch")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (harness smoke test)")
     p.add_argument("--json", action="store_true", help="print one JSON record per line")

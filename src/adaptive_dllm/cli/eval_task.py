@@ -50,7 +50,7 @@ exemplars or the most that fit (a note on stderr). Progress lines go to stderr
 # The shared sampler group's options this command takes (over the task's defaults), plus two
 # LLaDA evaluation switches of its own; only options the user gave are passed.
 SAMPLER_ONLY = ("steps", "gen_length", "block_length", "temperature", "cfg_scale", "remasking",
-                "alg", "alg_temp", "eps", "top_p", "top_k", "cache", "threshold")
+                "alg", "alg_temp", "eps", "top_p", "top_k", "cache", "threshold", "fast")
 EOS_OPTIONS = ("logits_eos_inf", "confidence_eos_eot_inf")
 # CLI dest -> SparseConfig field.
 SPARSE_OPTIONS = {"skip": "skip", "block_size": "block_size", "sparse_backend": "backend",

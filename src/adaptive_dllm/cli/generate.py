@@ -74,6 +74,16 @@ def _read_prompt(prompt: str) -> str:
     return stream.read().decode("utf-8", errors="surrogateescape")
 
 
+def _input_files(args: argparse.Namespace) -> list[Any]:
+    """What this run reads and an output must not overwrite: the importance file and the files
+    of a model directory."""
+    from pathlib import Path
+
+    model = Path(args.model).expanduser() if args.model else None
+    files = sorted(model.iterdir()) if model is not None and model.is_dir() else []
+    return [args.importance, *files]
+
+
 def run(args: argparse.Namespace) -> int:
     from adaptive_dllm._io import check_output_path, dumps_json
     from adaptive_dllm.cli.arguments import (
@@ -92,10 +102,12 @@ def run(args: argparse.Namespace) -> int:
     prompt: Any = _parse_ids(prompt_text) if args.ids else prompt_text
     options = sampler_options(args)
     sparse = sparse_config_from_args(args)
+    inputs = _input_files(args)
     if args.history is not None:  # before the model loads, not after the generation
-        check_output_path(args.history, flag="--history")
+        check_output_path(args.history, flag="--history", inputs=inputs)
     if args.history_gif is not None:
-        check_plot(args.history_gif, flag="--history-gif", formats=("gif",))
+        check_plot(args.history_gif, flag="--history-gif", formats=("gif",),
+                   inputs=[*inputs, args.history])
     try:
         model, tokenizer = load_model(args)
     except CheckpointError as err:

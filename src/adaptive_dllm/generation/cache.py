@@ -28,7 +28,9 @@ Sparse attention with a cache: see :class:`CachedSparse`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -37,6 +39,11 @@ from adaptive_dllm.errors import AdllmError
 
 CacheMode = Literal["prefix", "dual"]
 CACHE_MODES: tuple[str, ...] = ("prefix", "dual")
+
+#: The sampler options of ``adllm ... --fast`` (``generate(..., **FAST_OPTIONS)`` in Python, from
+#: ``adaptive_dllm.generation``): the cache and threshold measured against dense attention
+#: without a cache on the retrieval task (docs/fidelity.md, "The --fast preset").
+FAST_OPTIONS: Mapping[str, Any] = MappingProxyType({"cache": "prefix", "threshold": 0.9})
 
 
 class BlockCache:
