@@ -13,6 +13,18 @@ from collections.abc import Iterable
 
 from adaptive_dllm.errors import AdllmError
 
+#: Seeds are unsigned 64-bit integers: torch.manual_seed takes 0 .. 2**64 - 1 (it also takes
+#: negative values, but they alias large unsigned ones, so they are refused to keep one meaning).
+SEED_MAX = 2**64 - 1
+
+
+def check_seed(value: object) -> int:
+    """``value`` as a seed: an integer in [0, :data:`SEED_MAX`]."""
+    seed = check_int("seed", value, minimum=0)
+    if seed > SEED_MAX:
+        raise AdllmError(f"seed={value!r} is outside the unsigned 64-bit range [0, 2**64 - 1]")
+    return seed
+
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:
     """``value`` as an int (an ``int`` or anything with ``__index__``, not a bool) >=

@@ -122,6 +122,24 @@ def test_malformed_prompts(scripted, prompt, kwargs, pattern):
         generate(scripted(4, 4), None, prompt, gen_length=4, **kwargs)
 
 
+@pytest.mark.parametrize("model, kwargs, pattern", [
+    (None, {}, "model must be a loaded model, got NoneType"),
+    ("tiny", {}, r"load one with ad.load\('tiny'\)"),
+    ("scripted", {"sparse": "uniform"}, "sparse='uniform' is not a SparseConfig"),
+    ("scripted", {"seed": -1}, "seed=-1 must be an integer >= 0"),
+    ("scripted", {"seed": 1.5}, "seed=1.5 must be"),
+    ("scripted", {"seed": "a"}, "seed='a' must be"),
+    ("scripted", {"seed": 2**70}, "outside the unsigned 64-bit range"),
+])
+def test_bad_model_sparse_and_seed_are_one_line_errors(scripted, model, kwargs, pattern):
+    """Found by an audit: these were AttributeError, ValueError or OverflowError deep inside,
+    or (seed -1, 1.5) silently accepted where the CLI refuses them."""
+    model = scripted(4, 4) if model == "scripted" else model
+    with pytest.raises(AdllmError, match=pattern) as err:
+        generate(model, None, [1, 2], gen_length=4, **kwargs)
+    assert "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Seeds, sessions, progress and stats with the real fixture models
 

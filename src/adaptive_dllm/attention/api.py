@@ -111,8 +111,8 @@ def attend(
     Computes ``softmax(q k^T / sqrt(D) + mask) v`` (Vaswani et al. 2017, Eq. 1) with no causal mask.
 
     Args:
-        q: (B, H, L, D) queries.
-        k: (B, Hkv, L, D) keys.
+        q: (B, H, Lq, D) queries; Lq = L except in a cached step (a window of the sequence).
+        k: (B, Hkv, L, D) keys; H a multiple of Hkv (GQA).
         v: (B, Hkv, L, D) values.
         key_mask: (B, L) bool, True where the key is a real token; padded keys get no weight.
         plan: the layer's :class:`~adaptive_dllm.attention.plan.SparsePlan`, or None for dense.
@@ -122,10 +122,36 @@ def attend(
             backend prepares the plan for this call).
 
     Returns:
-        (B, H, L, D) attention output in q's dtype.
+        (B, H, Lq, D) attention output in q's dtype.
+
+    Raises:
+        AdllmError: shapes or dtypes that do not fit together (checked here, once for every
+            backend: a mismatch would otherwise be a kernel's error, or silently broadcast).
     """
+    check_shapes(q, k, v, key_mask)
     impl = get_backend(backend) if isinstance(backend, str) else backend
     return impl.run(q, k, v, key_mask=key_mask, plan=plan, prepared=prepared)
+
+
+def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 key_mask: torch.Tensor | None) -> None:
+    """Raise a one-line :class:`AdllmError` unless q (B, H, Lq, D), k and v (B, Hkv, L, D) and
+    key_mask (B, L) fit together. Shape comparisons only: no device sync."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise AdllmError(f"attend needs 4-d q, k, v (B, heads, length, head dim); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape:
+        raise AdllmError(f"attend: k {tuple(k.shape)} and v {tuple(v.shape)} must have one shape")
+    (b, h, _, d), (bk, hkv, length, dk) = q.shape, k.shape
+    if b != bk or d != dk or hkv == 0 or h % hkv:
+        raise AdllmError(f"attend: q {tuple(q.shape)} does not fit k {tuple(k.shape)}: need the "
+                         "same batch and head dim, and query heads a multiple of key heads")
+    if not q.dtype == k.dtype == v.dtype:
+        raise AdllmError(f"attend: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); "
+                         "cast them to one")
+    if key_mask is not None and tuple(key_mask.shape) != (b, length):
+        raise AdllmError(f"attend: key_mask {tuple(key_mask.shape)} must be (batch, key length) "
+                         f"= {(b, length)}")
 
 
 class _Lazy:

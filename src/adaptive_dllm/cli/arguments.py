@@ -21,14 +21,12 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from adaptive_dllm._checks import SEED_MAX
 from adaptive_dllm.errors import AdllmError
 
 if TYPE_CHECKING:
     from adaptive_dllm.sparsity.config import SparseConfig
 
-#: Seeds are unsigned 64-bit integers: torch.manual_seed takes 0 .. 2**64 - 1 (it also takes
-#: negative values, but they alias large unsigned ones, so they are refused to keep one meaning).
-SEED_MAX = 2**64 - 1
 #: --steps is at most this many times the generated tokens. Beyond one token per step the extra
 #: steps commit nothing new (LLaDA) or re-decide the same few masks (Dream); 16x leaves room for
 #: experiments while a typo such as 100000000 fails at once instead of running for days.

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from adaptive_dllm._checks import check_seed
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.cache import LoopCounts
 from adaptive_dllm.generation.dream import DreamOptions, sample_dream
@@ -158,7 +159,13 @@ def generate(
         AdllmError: unknown or invalid option, empty or malformed prompt, text without a
             tokenizer, prompt plus generation longer than the model's maximum length.
     """
-    config: ModelConfig = model.config
+    config = _model_config(model)
+    if sparse is not None and not hasattr(sparse, "new_session"):
+        raise AdllmError(f"sparse={sparse!r} is not a SparseConfig; pass for example "
+                         "SparseConfig(select=0.3) (uniform) or SparseConfig(select=0.3, "
+                         "importance=...) (adaptive)")
+    if seed is not None:
+        seed = check_seed(seed)
     family = get_family(config.family)
     opts = make_options(config.family, **options)
     sample = _SAMPLERS[family.sampler][1]
@@ -192,6 +199,15 @@ def generate(
         text = texts[0] if single else texts
     steps = None if history is None else torch.stack(history)[:, :, P:]
     return GenerationOutput(ids=ids, sequences=sequences, text=text, stats=stats, history=steps)
+
+
+def _model_config(model: Any) -> ModelConfig:
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        hint = f"ad.load({model!r})" if isinstance(model, str) else "ad.load(...)"
+        raise AdllmError(f"model must be a loaded model, got {type(model).__name__}; "
+                         f"load one with {hint}")
+    return config
 
 
 def _check_fits(prompt_length: int, gen_length: int, max_seq_len: int) -> None:
