@@ -251,3 +251,24 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
         HeadImportance(torch.zeros(2, 3), "query", {"estimator": "new"}).save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["imp.safetensors"]
+
+
+def test_unreadable_torch_files_say_so_in_one_sentence(tmp_path):
+    """Found by an audit: torch's paragraph of advice was cut mid-sentence and an empty file
+    said only "EOFError"; the message now says what the file may be and the CLI's spelling."""
+    empty, garbage = tmp_path / "empty.pt", tmp_path / "garbage.pt"
+    empty.write_bytes(b"")
+    torch.save({"importance_scores": {0: torch.zeros(4)}}, garbage)
+    garbage.write_bytes(garbage.read_bytes()[:40])
+    for path in (empty, garbage):
+        with pytest.raises(AdllmError, match="truncated, corrupt or not a torch file") as err:
+            HeadImportance.from_upstream(path, negate=True)
+        message = str(err.value)
+        assert "--trusted" in message and "In PyTorch" not in message and "\n" not in message
+
+
+def test_loading_an_upstream_file_names_the_cli_import_command(tmp_path):
+    path = tmp_path / "heads.pt"
+    torch.save({"importance_scores": {0: torch.zeros(4)}}, path)
+    with pytest.raises(AdllmError, match=r"adllm importance import .*heads.pt --negate"):
+        HeadImportance.load(path)

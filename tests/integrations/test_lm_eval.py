@@ -163,6 +163,17 @@ def test_cli_passes_arguments_through(task_dir, capsys, monkeypatch):
     assert data["config"]["model"] == "adllm" and "adllm_toy_gen" in data["results"]
 
 
+def test_an_unknown_task_is_a_one_line_error(task_dir, capsys):
+    """Found by an audit: lm-eval's ValueError came out as a traceback."""
+    from adaptive_dllm.cli import main
+
+    code = main(["eval", "lm-eval", "--tasks", "no_such_task_xyz", "--include-path",
+                 str(task_dir), "--device", "cpu", "--limit", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Tasks not found: no_such_task_xyz" in err and "ls tasks" in err
+    assert err.strip().count("\n") == 0
+
+
 class _BosBytes:
     """The bundled byte tokenizer with a BOS (byte 2) that ``encode`` adds, as HF tokenizers do."""
 

@@ -29,7 +29,7 @@ EPILOG = """\
 examples:
   adllm bench                                   # kernels 4k-64k + end-to-end 4k/16k/64k, both families
   adllm bench --what kernel --lengths 16384 65536 --family llada --json
-  adllm bench --what e2e --layers 2 --e2e-lengths 16384 --plot speedup.png --out runs/bench.jsonl
+  adllm bench --what e2e --n-layers 2 --e2e-lengths 16384 --plot speedup.png --out runs/bench.jsonl
   adllm bench --tiny --device cpu --lengths 256 --e2e-lengths 128 --steps 8 --gen-length 16
   adllm bench --what e2e --cache none prefix --tokens-per-step 4 --modes uniform --e2e-lengths 4096
   adllm bench --what decode --lengths 65536 --select 0.3      # cached-step kernel vs dense SDPA

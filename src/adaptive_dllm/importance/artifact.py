@@ -239,8 +239,9 @@ class HeadImportance:
         if path.is_dir():
             path = path / DEFAULT_FILENAME
         if path.suffix in (".pt", ".pth", ".bin"):
-            raise AdllmError(f"{path} looks like an upstream torch file; import it with "
-                             "HeadImportance.from_upstream(path, negate=...)")
+            raise AdllmError(f"{path} looks like an upstream torch file; import it with `adllm "
+                             f"importance import {path} --negate|--no-negate --out "
+                             "NEW.safetensors` (Python: HeadImportance.from_upstream)")
         if not path.is_file():
             raise AdllmError(f"importance file {path} not found")
         try:
@@ -298,9 +299,10 @@ class HeadImportance:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=not trusted)
         except Exception as err:  # pickle and zip errors of many kinds
-            hint = "" if trusted else " (if you trust the file, pass trusted=True)"
-            raise AdllmError(f"cannot read upstream importance file {path}: "
-                             f"{_one_line(err)}{hint}") from None
+            hint = ("" if trusted else "; if it holds more than tensors and you trust it, "
+                    "pass --trusted (Python: trusted=True)")
+            raise AdllmError(f"cannot read upstream importance file {path}: truncated, corrupt "
+                             f"or not a torch file ({_one_line(err)}){hint}") from None
         if not isinstance(raw, Mapping) or "importance_scores" not in raw:
             raise AdllmError(f"{path} has no 'importance_scores' entry; expected the upstream "
                              "dict {'importance_scores': {layer: tensor}, 'metadata': {...}}")
@@ -386,5 +388,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] or type(err).__name__
+    # torch's messages run to paragraphs of advice for Python callers: keep the first sentence.
+    text = " ".join(str(err).split()).split(". ")[0].rstrip(".")
+    return text[:200] or type(err).__name__

@@ -249,6 +249,12 @@ def run_cli(argv: Sequence[str]) -> int:
     sys.argv = ["lm-eval", *args]
     try:
         cli.execute(cli.parse_args())
+    except ValueError as err:
+        # lm-eval's own word for a task name it does not know; anything else is a real fault.
+        if not str(err).startswith("Tasks not found"):
+            raise
+        raise AdllmError(f"lm-eval: {err}; list the known ones with `adllm eval lm-eval ls "
+                         "tasks`, or add your task's folder with --include-path DIR") from None
     finally:
         sys.argv = saved
     return 0
