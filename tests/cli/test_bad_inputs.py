@@ -145,6 +145,18 @@ CASES = [
     ("bench-length-zero", ["bench", "--tiny", "--device", "cpu", "--lengths", "0"],
      "at least 1"),
     ("bench-plot-txt", [*TINY_BENCH, "--plot", "{w}/s.txt"], "'txt' file format"),
+    # found by an audit: zero read as "not set", or accepted and printing nothing
+    ("estimate-text-length-zero", ["importance", "estimate", "--method", "entropy", "--data",
+                                   "{w}/held.txt", "--text-length", "0", "--out",
+                                   "{w}/e.safetensors"], "at least 1"),
+    ("fidelity-calibration-zero", ["eval", "fidelity", "--calibration", "0"], "at least 1"),
+    ("show-top-zero", ["importance", "show", "{w}/v.safetensors", "--top", "0"], "at least 1"),
+    ("show-top-negative", ["importance", "show", "{w}/v.safetensors", "--top", "-3"],
+     "at least 1"),
+    ("bench-deadline-negative", [*TINY_BENCH, "--deadline", "-1"], "above 0"),
+    ("generate-history-is-importance", ["generate", "hi", "--sparse", "adaptive", "--importance",
+                                        "{w}/v.safetensors", "--history", "{w}/v.safetensors"],
+     "also an input"),
 ]
 if NO_CUDA:
     CASES += [

@@ -16,13 +16,17 @@ from torch import Tensor
 
 from adaptive_dllm.budget import Allocation, allocate, relative_weights, uniform_weights
 from adaptive_dllm.budget.weights import NORMALIZATIONS
-from adaptive_dllm.cli.arguments import add_sparse_args, seed
+from adaptive_dllm.cli.arguments import add_sparse_args, positive_int, seed
 from adaptive_dllm.cli.plots import check_plot, save_plot
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.importance import HeadImportance
 
 #: Named shapes: the real geometries of ``ModelConfig.preset`` (layers, query heads, KV heads).
 SHAPES = ("llada-8b", "dream-7b")
+#: Bounds that keep a typo from allocating terabytes: 1M heads (real models have ~1k) and 1M key
+#: blocks per row (64M tokens in blocks of 64).
+MAX_HEADS = 1_000_000
+MAX_BLOCKS = 1_000_000
 DEFAULT_SELECT = "0.2,0.3,0.5,0.8,1.0"
 
 EPILOG = """\
@@ -72,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="log-normal spread for --synthetic lognormal (default 0.6)")
     src.add_argument("--negate", action=argparse.BooleanOptionalAction, default=None,
                      help="negate an upstream .pt file's scores on import")
-    src.add_argument("--kv-heads", type=int, metavar="K",
+    src.add_argument("--kv-heads", type=positive_int, metavar="K",
                      help="KV heads per layer, when neither --shape nor the file says")
     blk = p.add_argument_group("blocks")
     blk.add_argument("--select", default=DEFAULT_SELECT, metavar="LIST",
@@ -139,8 +143,8 @@ def _n_blocks(args: argparse.Namespace) -> int:
     if args.blocks is not None:
         if args.seq_len is not None or args.block_size is not None:
             raise AdllmError("give either --blocks N or --seq-len L --block-size BS, not both")
-        if args.blocks < 1:
-            raise AdllmError(f"--blocks {args.blocks} must be at least 1")
+        if not 1 <= args.blocks <= MAX_BLOCKS:
+            raise AdllmError(f"--blocks {args.blocks} must be in [1, {MAX_BLOCKS:,}]")
         return args.blocks
     if args.seq_len is None or args.block_size is None:
         raise AdllmError("give the number of key blocks: --blocks N, or --seq-len L with "
@@ -148,7 +152,11 @@ def _n_blocks(args: argparse.Namespace) -> int:
     if args.seq_len < 1 or args.block_size < 1:
         raise AdllmError(f"--seq-len {args.seq_len} and --block-size {args.block_size} must be "
                          "at least 1")
-    return math.ceil(args.seq_len / args.block_size)
+    blocks = math.ceil(args.seq_len / args.block_size)
+    if blocks > MAX_BLOCKS:
+        raise AdllmError(f"--seq-len {args.seq_len} / --block-size {args.block_size} = {blocks:,} "
+                         f"key blocks; at most {MAX_BLOCKS:,}")
+    return blocks
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
@@ -166,6 +174,9 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     if min(layers, heads, kv) < 1 or heads % kv:
         raise AdllmError(f"--shape {text!r}: sizes must be positive and HEADS a multiple of "
                          "KV_HEADS")
+    if layers * heads > MAX_HEADS:
+        raise AdllmError(f"--shape {text!r} has {layers * heads:,} heads; at most "
+                         f"{MAX_HEADS:,} (a budget table of a real model is far smaller)")
     return layers, heads, kv
 
 
@@ -178,6 +189,10 @@ def _weights(args: argparse.Namespace) -> tuple[Tensor, _Source]:
         return _file_weights(args, shape)
     if shape is None:
         raise AdllmError("give --importance FILE or --shape llada-8b|dream-7b|LAYERSxHEADS")
+    if args.kv_heads is not None:  # the shape says how many (or LAYERSxHEADSxKV_HEADS does)
+        raise AdllmError(f"--kv-heads {args.kv_heads} goes with --importance FILE only; write "
+                         f"the KV heads into the shape instead, e.g. --shape "
+                         f"{shape[0]}x{shape[1]}x{args.kv_heads}")
     return _synthetic_weights(args, shape)
 
 
@@ -226,8 +241,8 @@ def _synthetic_weights(args: argparse.Namespace, shape: tuple[int, int, int]
     if kind == "uniform":
         weights = uniform_weights(layers, kv if args.gqa == "kv" else heads)
         return weights, _Source(f"{args.shape}, uniform importance", _unit(args), info)
-    if not args.sigma > 0:
-        raise AdllmError(f"--sigma {args.sigma:g} must be positive")
+    if not 0 < args.sigma < math.inf:
+        raise AdllmError(f"--sigma {args.sigma:g} must be a positive finite spread")
     gen = torch.Generator().manual_seed(args.seed)
     scores = torch.randn(layers, heads, generator=gen, dtype=torch.float64).mul(args.sigma).exp()
     weights = relative_weights(scores, group_size=heads // kv, **_weight_options(args))

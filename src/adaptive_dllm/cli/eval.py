@@ -231,11 +231,11 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--importance-method", default=d.importance_method, choices=STATISTIC_METHODS,
                    help="attention statistic estimated on calibration passages when no "
                         "--importance is given (default: %(default)s)")
-    p.add_argument("--calibration", type=int, default=d.calibration, metavar="N",
+    p.add_argument("--calibration", type=positive_int, default=d.calibration, metavar="N",
                    help="calibration passages for the estimated importance (default: %(default)s)")
     p.add_argument("--mask-ratios", default=",".join(f"{r:g}" for r in d.mask_ratios),
                    metavar="R[,R...]", help="likelihood mask ratios (default: %(default)s)")
-    p.add_argument("--passages", type=int, default=d.passages, metavar="N",
+    p.add_argument("--passages", type=positive_int, default=d.passages, metavar="N",
                    help="likelihood passages (default: %(default)s; 0 skips the likelihood part)")
     p.add_argument("--prompts", type=int, default=d.prompts, metavar="N",
                    help="generation prompts (default: %(default)s; 0 skips generation)")

@@ -20,6 +20,7 @@ from adaptive_dllm.cli.arguments import (
     add_quiet,
     load_model,
     out_stream,
+    positive_int,
     seed,
 )
 from adaptive_dllm.cli.importance_files import check_artifact_out
@@ -102,11 +103,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--prompt-key", default="prompt")
     d.add_argument("--completion-key", default="completion")
     d.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
-    d.add_argument("--max-length", type=int, default=None, help="truncate JSONL examples (tokens)")
-    d.add_argument("--text-length", type=int, default=None,
+    d.add_argument("--max-length", type=positive_int, default=None, help="truncate JSONL examples (tokens)")
+    d.add_argument("--text-length", type=positive_int, default=None,
                    help="text passage length in tokens (default: min(1024, model maximum))")
     d.add_argument("--text-offset", type=int, default=0, help="first token of each text file used")
-    d.add_argument("--text-limit", type=int, default=None, help="tokens of each text file used")
+    d.add_argument("--text-limit", type=positive_int, default=None, help="tokens of each text file used")
     d.add_argument("--span", default="all", choices=("all", "second_half"),
                    help="text completion span: the whole passage or its second half (default all)")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adaptive_dllm._io import atomic_write, check_output_path, dumps_json
-from adaptive_dllm.cli.arguments import out_stream
+from adaptive_dllm.cli.arguments import out_stream, positive_int
 from adaptive_dllm.cli.plots import check_plot
 from adaptive_dllm.errors import AdllmError
 
@@ -87,7 +87,7 @@ def register_show(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "show", "summarise an importance file (top/bottom heads, heatmap)",
                 "Summary, per-layer means, top and bottom heads, optional heatmap.", SHOW_EPILOG)
     p.add_argument("file", type=Path)
-    p.add_argument("--top", type=int, default=5, help="heads listed at each end (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="heads listed at each end (default 5)")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="write a heatmap")
     p.add_argument("--json", action="store_true")
     p.set_defaults(importance_func=run_show)
@@ -157,7 +157,7 @@ def register_compare(sub: argparse._SubParsersAction) -> None:
                 "Spearman / Pearson correlation and top-k overlap of two files.", COMPARE_EPILOG)
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
-    p.add_argument("--top-k", type=int, default=None, help="top/bottom set size (default: n/4)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="top/bottom set size (default: n/4)")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                    help="write A, B and their difference as heatmaps side by side")
     p.add_argument("--json", action="store_true")
@@ -231,7 +231,7 @@ def register_import(sub: argparse._SubParsersAction) -> None:
                    help="negate the scores (required choice: upstream HeadIG needs --negate)")
     p.add_argument("--family", default="unknown", help="llada or dream")
     p.add_argument("--head-kind", default="query", choices=("query", "kv"))
-    p.add_argument("--kv-heads", type=int, default=None, help="KV heads per layer, if known")
+    p.add_argument("--kv-heads", type=positive_int, default=None, help="KV heads per layer, if known")
     p.add_argument("--trusted", action="store_true",
                    help="allow arbitrary pickled objects (only for files you trust)")
     p.set_defaults(importance_func=run_import)
