@@ -295,3 +295,20 @@ def test_an_unwritable_directory_at_write_time_is_one_line(tmp_path):
     """The directory vanished between the check and the write (or /proc, as root)."""
     with pytest.raises(AdllmError, match="could not write"):
         _io.write_text(tmp_path / "gone" / "x.json", "data")
+
+
+def test_a_cut_last_line_is_accepted_and_dropped_before_appending(tmp_path):
+    """Found by an audit: a killed bench run's partial last line made the file "foreign"."""
+    def own(r):
+        return isinstance(r, dict) and r.get("kind") == "kernel"
+
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b'{"kind": "kernel", "a": 1}\n{"kind": "ker')
+    _io.check_jsonl_append(path, is_own=own)
+    with _io.open_jsonl_append(path) as handle:
+        _io.append_jsonl(handle, {"kind": "kernel", "a": 2})
+    assert [json.loads(line)["a"] for line in path.read_text().splitlines()] == [1, 2]
+    only = tmp_path / "one.jsonl"  # a single unterminated line is no run's residue
+    only.write_bytes(b"not json")
+    with pytest.raises(AdllmError, match="line 1 is not JSON"):
+        _io.check_jsonl_append(only, is_own=own)

@@ -28,8 +28,8 @@ from typing import IO, Any
 from adaptive_dllm.errors import AdllmError
 
 __all__ = ["append_jsonl", "atomic_path", "atomic_write", "check_jsonl_append",
-           "check_output_path", "dumps_json", "finite_or_none", "read_text_input", "to_jsonable",
-           "write_json", "write_text"]
+           "check_output_path", "dumps_json", "finite_or_none", "open_jsonl_append",
+           "read_text_input", "to_jsonable", "write_json", "write_text"]
 
 
 def _umask() -> int:
@@ -192,7 +192,9 @@ def check_jsonl_append(path: str | os.PathLike[str], *, flag: str = "--out",
 
     The path passes :func:`check_output_path`; an existing file must be empty or hold only
     JSON lines for which ``is_own(record)`` is true, so that appending never corrupts a file of
-    another kind (a ``.safetensors``, a report, someone's notes).
+    another kind (a ``.safetensors``, a report, someone's notes). An unterminated last line is
+    what a killed writer leaves (:func:`append_jsonl`); it is accepted, and
+    :func:`open_jsonl_append` drops it.
 
     Raises:
         AdllmError: as :func:`check_output_path`, or the file holds a line that is not one of
@@ -211,12 +213,27 @@ def check_jsonl_append(path: str | os.PathLike[str], *, flag: str = "--out",
                 try:
                     record = json.loads(raw)
                 except (UnicodeDecodeError, ValueError):
+                    if not raw.endswith(b"\n") and number > 1:
+                        continue  # the cut last line of a killed run
                     raise AdllmError(f"{foreign}line {number} is not JSON; {fix}") from None
                 if not is_own(record):
                     raise AdllmError(f"{foreign}line {number} is another kind of record; {fix}")
     except OSError as err:
         raise AdllmError(f"{flag} {out} cannot be read ({err.strerror or err})") from None
     return out
+
+
+def open_jsonl_append(path: str | os.PathLike[str]) -> IO[str]:
+    """``path`` opened to append JSON lines, after cutting an unterminated last line (a killed
+    run's partial record) so the next record starts on a line of its own. Check the file with
+    :func:`check_jsonl_append` first."""
+    target = Path(path)
+    if target.is_file():
+        data = target.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(target, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+    return open(target, "a", encoding="utf-8")
 
 
 def append_jsonl(handle: IO[str], record: Any) -> None:

@@ -123,7 +123,12 @@ def _is_record(value: Any) -> bool:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from adaptive_dllm._io import append_jsonl, check_jsonl_append, dumps_json
+    from adaptive_dllm._io import (
+        append_jsonl,
+        check_jsonl_append,
+        dumps_json,
+        open_jsonl_append,
+    )
     from adaptive_dllm.bench.reports import plot, table
     from adaptive_dllm.bench.sweep import SweepSettings, run_sweep
     from adaptive_dllm.cli.plots import save_plot
@@ -154,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         caches=tuple(args.cache), tokens_per_step=args.tokens_per_step, threshold=args.threshold,
         llada_block_length=args.block_length, cache_backends=tuple(args.sparse_backend),
         window=args.window, command=_command(args))
-    out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115 - closed below
+    out = open_jsonl_append(args.out) if args.out else None  # closed below
 
     def emit(rec: dict) -> None:
         if out is not None:
