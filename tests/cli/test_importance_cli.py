@@ -95,6 +95,9 @@ def test_show_summary_plot_and_json(tmp_path, capsys):
     assert code == 0
     assert "top 2: L1H3 4, L1H2 3" in out and "bottom 2: L0H0 -3, L0H1 -2" in out
     assert "(4 positive, 3 negative, 0 NaN)" in out
+    inf = HeadImportance(scores.masked_fill(scores == 4, float("inf")), "query", {})
+    code, out, _ = _run(capsys, "show", str(inf.save(tmp_path / "inf.safetensors")))
+    assert "0 NaN, 1 Inf)" in out  # found by an audit: Inf was counted as NaN
     assert (tmp_path / "h.png").stat().st_size > 1000
     code, out, _ = _run(capsys, "show", str(path), "--json")
     info = json.loads(out)

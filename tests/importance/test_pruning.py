@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 
 import pytest
@@ -153,3 +154,9 @@ def test_command_evaluator(tmp_path):
     with pytest.raises(AdllmError, match="not a number"):
         command_evaluator(f"{sys.executable} -c \"print('done')\"")(None)
     assert math.isfinite(number(torch.ones(1, 1))["task"])
+    # found by an audit: JSON's NaN and an overflowing 1e999 were accepted as metrics
+    echo = tmp_path / "echo.py"
+    echo.write_text("import sys\nprint(sys.argv[1])\n")
+    for printed in ("NaN", "1e999", '{"a": NaN}', '{"a": -Infinity}'):
+        with pytest.raises(AdllmError, match="non-finite"):
+            command_evaluator(f"{sys.executable} {echo} {shlex.quote(printed)}")(None)

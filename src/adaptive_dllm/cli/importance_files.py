@@ -110,7 +110,7 @@ def summarise(imp: Any, top: int) -> dict[str, Any]:
     return {
         "file": None, "estimator": m.get("estimator"), "family": m.get("family"),
         "head_kind": imp.head_kind, "shape": [imp.n_layers, imp.n_heads], "seed": m.get("seed"),
-        "created": m.get("created"), "nan": int((~finite).sum()),
+        "created": m.get("created"), "nan": int(s.isnan().sum()), "inf": int(s.isinf().sum()),
         "mean": float(vals.mean()), "std": float(vals.std()) if vals.numel() > 1 else 0.0,
         "min": float(vals.min()), "max": float(vals.max()),
         "positive": int((vals > 0).sum()), "negative": int((vals < 0).sum()),
@@ -124,7 +124,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     plot = check_plot(args.plot, inputs=[args.file], formats=PLOT_FORMATS)
     imp = HeadImportance.load(args.file)
-    info = summarise(imp, max(0, args.top))
+    info = summarise(imp, args.top)
     info["file"] = str(args.file)
     if plot is not None:
         info["plot"] = str(write_heatmap(imp, plot))
@@ -135,7 +135,7 @@ def run_show(args: argparse.Namespace) -> int:
           f"{imp.n_heads} {imp.head_kind} heads, seed {info['seed']}, created {info['created']}")
     print(f"scores: mean {info['mean']:.4g}  std {info['std']:.4g}  min {info['min']:.4g}  "
           f"max {info['max']:.4g}  ({info['positive']} positive, {info['negative']} negative, "
-          f"{info['nan']} NaN)")
+          f"{info['nan']} NaN" + (f", {info['inf']} Inf)" if info["inf"] else ")"))
     print("layer means: " + " ".join("nan" if v is None else f"{v:.3g}" for v in info["layer_means"]))
     for label in ("top", "bottom"):
         heads = ", ".join(f"L{layer}H{head} {v:.4g}" for layer, head, v in info[label])
@@ -229,7 +229,8 @@ def register_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
     p.add_argument("--negate", action=argparse.BooleanOptionalAction, required=True,
                    help="negate the scores (required choice: upstream HeadIG needs --negate)")
-    p.add_argument("--family", default="unknown", help="llada or dream")
+    p.add_argument("--family", default="unknown", choices=("llada", "dream", "unknown"),
+                   help="the model family the scores are of (default unknown)")
     p.add_argument("--head-kind", default="query", choices=("query", "kv"))
     p.add_argument("--kv-heads", type=positive_int, default=None, help="KV heads per layer, if known")
     p.add_argument("--trusted", action="store_true",

@@ -244,9 +244,14 @@ def command_evaluator(command: str, *, timeout: float | None = None) -> Evaluato
             raise AdllmError(f"task command's last output line {last!r} is not a number or JSON object") \
                 from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return {"task": float(value)}
-        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
-            return {str(key): float(v) for key, v in value.items()}
+            value = {"task": value}
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           for v in value.values()):
+            metrics = {str(key): float(v) for key, v in value.items()}
+            if not all(math.isfinite(v) for v in metrics.values()):  # NaN, Infinity, 1e999
+                raise AdllmError(f"task command's last output line {last!r} holds a non-finite "
+                                 "number; print finite metrics")
+            return metrics
         raise AdllmError(f"task command's last output line {last!r} is not a number or JSON object")
 
     return evaluate
