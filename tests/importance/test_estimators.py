@@ -107,6 +107,9 @@ def test_attention_statistics_rejects_bad_options():
             attention_statistics(tiny(), ex, **bad)
     with pytest.raises(AdllmError, match="at least one"):
         attention_statistics(tiny(), [])
+    model = tiny()  # found by an audit: a huge block size allocated hundreds of GB
+    with pytest.raises(AdllmError, match=f"exceeds the model's maximum length {model.config.max_seq_len}"):
+        attention_statistics(model, ex, block_size=100_000)
 
 
 def test_uniform_and_random():

@@ -223,6 +223,9 @@ def attention_statistics(
     if not exs:
         raise AdllmError("attention statistics need at least one calibration example")
     cfg = model.config
+    if block_size > cfg.max_seq_len:  # a typo here allocated (H, Nq*bs, Nk*bs) scratch
+        raise AdllmError(f"block size {block_size} exceeds the model's maximum length "
+                         f"{cfg.max_seq_len}; use the sparse plan's block size (e.g. 64)")
     family = get_family(cfg.family)
     device = next(model.parameters()).device
     totals = {name: torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64) for name in STATISTICS}
