@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     if args.block_size not in BLOCK_SIZES:  # the option also lists the reference backend's
         raise AdllmError(f"--block-size {args.block_size}: the benchmarks time the kernels, which "
                          f"take {', '.join(map(str, BLOCK_SIZES))}")
+    if "decode" in args.what and args.window > min(args.lengths):
+        raise AdllmError(f"--window {args.window}: a cached step's queries are a window of the "
+                         f"keys, so it must be at most the shortest --lengths ({min(args.lengths)})")
     from adaptive_dllm.sparsity.config import SparseConfig
 
     SparseConfig(select=args.select, skip=args.skip, block_size=args.block_size)  # validates
