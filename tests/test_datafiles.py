@@ -66,8 +66,9 @@ def test_a_damaged_gzip_file_is_one_line(tmp_path, damage):
 def test_a_deeply_nested_line_is_one_line(tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_text('{"a": 1}\n' + "[" * 200_000 + "\n")
-    with pytest.raises(AdllmError, match="x.jsonl:2 is nested too deeply"):
+    with pytest.raises(AdllmError, match="x.jsonl:2 is nested too deeply") as err:
         read_jsonl(f)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
@@ -80,5 +81,6 @@ def test_more_choices_than_letters_is_one_line(tmp_path, suffix):
         f.write_text(",".join(["q", *choices, "A"]) + "\n")
     else:
         f.write_text(json.dumps({"question": "q", "choices": choices, "answer": 0}) + "\n")
-    with pytest.raises(AdllmError, match=r"q\.\w+:1 has 30 choices; at most 26 \(A to Z\)"):
+    with pytest.raises(AdllmError, match=r"q\.\w+:1 has 30 choices; at most 26 \(A to Z\)") as err:
         read_choice(f)
+    assert "\n" not in str(err.value)

@@ -22,7 +22,8 @@ def check_seed(value: object) -> int:
     """``value`` as a seed: an integer in [0, :data:`SEED_MAX`]."""
     seed = check_int("seed", value, minimum=0)
     if seed > SEED_MAX:
-        raise AdllmError(f"seed={value!r} is outside the unsigned 64-bit range [0, 2**64 - 1]")
+        raise AdllmError(f"seed={value!r} is outside the unsigned 64-bit range [0, 2**64 - 1]; "
+                         "pick a smaller one")
     return seed
 
 

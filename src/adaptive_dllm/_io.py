@@ -17,6 +17,8 @@ Every command that writes follows one rule (DESIGN §4, issue "trustworthy by de
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import math
 import os
@@ -117,14 +119,17 @@ def _target(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def _write_errors(target: Path) -> Iterator[None]:
-    """An OS error while writing (disk full, a mount gone read-only) as one line that says the
-    old file is untouched."""
+def _write_errors(path: str | os.PathLike[str], target: Path) -> Iterator[None]:
+    """An OS error while writing (disk full, a mount gone read-only) as one line that names the
+    path given (and a link's target) and says the old file is untouched."""
     try:
         yield
     except OSError as err:
-        raise AdllmError(f"could not write {target} ({err.strerror or err}); the file was not "
-                         "changed: free space or choose another path") from err
+        fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "choose another path"
+        name = str(path) if Path(path).expanduser() == target else f"{path} (-> {target})"
+        raise AdllmError(f"could not write {name} ({err.strerror or err}); the file was not "
+                         f"changed: {fix}") from err
 
 
 @contextlib.contextmanager
@@ -139,7 +144,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *,
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     target = _target(path)
-    with _write_errors(target):
+    with _write_errors(path, target):
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         with _replace_on_success(tmp, target):
             os.fchmod(fd, 0o666 & ~_umask())
@@ -159,7 +164,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     left as it was.
     """
     target = _target(path)
-    with _write_errors(target):
+    with _write_errors(path, target):
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.",
                                    suffix=target.suffix or ".tmp")
         os.close(fd)
@@ -207,15 +212,17 @@ def check_jsonl_append(path: str | os.PathLike[str], *, flag: str = "--out",
     fix = "give a new file name (records are only appended to a file of their own kind)"
     try:
         with open(out, "rb") as handle:
+            records = 0
             for number, raw in enumerate(handle, 1):
                 if not raw.strip():
                     continue
                 try:
                     record = json.loads(raw)
                 except (UnicodeDecodeError, ValueError):
-                    if not raw.endswith(b"\n") and number > 1:
-                        continue  # the cut last line of a killed run
+                    if not raw.endswith(b"\n") and records:
+                        continue  # the cut last line of a killed run, after records of ours
                     raise AdllmError(f"{foreign}line {number} is not JSON; {fix}") from None
+                records += 1
                 if not is_own(record):
                     raise AdllmError(f"{foreign}line {number} is another kind of record; {fix}")
     except OSError as err:
@@ -224,16 +231,31 @@ def check_jsonl_append(path: str | os.PathLike[str], *, flag: str = "--out",
 
 
 def open_jsonl_append(path: str | os.PathLike[str]) -> IO[str]:
-    """``path`` opened to append JSON lines, after cutting an unterminated last line (a killed
-    run's partial record) so the next record starts on a line of its own. Check the file with
-    :func:`check_jsonl_append` first."""
-    target = Path(path)
-    if target.is_file():
-        data = target.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(target, "r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-    return open(target, "a", encoding="utf-8")
+    """``path`` opened to append JSON lines (check it with :func:`check_jsonl_append` first).
+
+    An unterminated last line that is not JSON is a killed run's partial record: it is cut off.
+    One that is JSON (a file saved without a final newline) is kept and ended with a newline.
+    Either way the next record starts on a line of its own.
+    """
+    target = Path(path).expanduser()
+    handle = open(target, "a+b")  # noqa: SIM115 - returned, wrapped below
+    try:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(max(0, size - (1 << 20)))  # records are short: the last MiB holds the tail
+            chunk = handle.read()
+            if not chunk.endswith(b"\n"):
+                tail = chunk[chunk.rfind(b"\n") + 1:]
+                try:
+                    json.loads(tail)
+                    handle.write(b"\n")
+                except ValueError:  # UnicodeDecodeError included
+                    handle.truncate(size - len(tail))
+                handle.flush()
+    except BaseException:
+        handle.close()
+        raise
+    return io.TextIOWrapper(handle, encoding="utf-8")
 
 
 def append_jsonl(handle: IO[str], record: Any) -> None:

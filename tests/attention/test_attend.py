@@ -21,10 +21,15 @@ def tensors(b=1, h=4, hkv=2, lq=32, lk=32, d=16, dtype=torch.float32):
     return q, k, v
 
 
-def test_valid_gqa_and_a_query_window_run():
+def test_valid_gqa_and_a_query_window_pass_the_checks_and_match_the_formula():
     q, k, v = tensors(lq=8)
-    out = attend(q, k, v, key_mask=torch.ones(1, 32, dtype=torch.bool))
-    assert out.shape == q.shape
+    mask = torch.ones(1, 32, dtype=torch.bool)
+    mask[0, :3] = False  # left padding
+    out = attend(q, k, v, key_mask=mask)
+    kk, vv = (t.repeat_interleave(2, dim=1) for t in (k, v))  # GQA: 2 query heads per KV head
+    scores = (q @ kk.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    want = scores.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1) @ vv
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("change, words", [

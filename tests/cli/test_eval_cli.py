@@ -107,3 +107,14 @@ def test_missing_model_and_bad_text(capsys, tmp_path):
 def test_eval_without_subcommand_shows_help(capsys):
     assert main(["eval"]) == 2
     assert "nll" in capsys.readouterr().err
+
+
+def test_fidelity_passages_zero_skips_the_likelihood_part(capsys):
+    """--passages 0 is documented as "no likelihood part"; a review caught it being refused."""
+    from adaptive_dllm.cli.arguments import non_negative_int
+
+    assert non_negative_int("0") == 0
+    from adaptive_dllm.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "fidelity", "--passages", "0"])
+    assert args.passages == 0

@@ -233,3 +233,13 @@ def test_history_and_history_gif_must_differ(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--history-gif" in err and "also an input" in err
     assert not same.exists()
+
+
+@pytest.mark.parametrize("extra, flag", [(["--steps", "16"], "--steps"),
+                                         (["--remasking", "random"], "--remasking random")])
+def test_fast_names_itself_when_an_option_clashes_with_its_threshold(capsys, extra, flag):
+    """A clash with the preset's threshold blames --fast, not an option the user never typed."""
+    code = main(["generate", "ROMEO:", "--gen-length", "16", "--fast", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--fast sets --threshold 0.9" in err and f"drop --fast or {flag}" in err

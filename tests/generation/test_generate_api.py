@@ -123,9 +123,10 @@ def test_malformed_prompts(scripted, prompt, kwargs, pattern):
 
 
 @pytest.mark.parametrize("model, kwargs, pattern", [
-    (None, {}, "model must be a loaded model, got NoneType"),
+    (None, {}, r"model must be a loaded model \(with a ModelConfig .config\), got NoneType"),
     ("tiny", {}, r"load one with ad.load\('tiny'\)"),
-    ("scripted", {"sparse": "uniform"}, "sparse='uniform' is not a SparseConfig"),
+    ("scripted", {"sparse": "uniform"}, "sparse='uniform' is neither a SparseConfig"),
+    ("duck", {}, "with a ModelConfig .config"),
     ("scripted", {"seed": -1}, "seed=-1 must be an integer >= 0"),
     ("scripted", {"seed": 1.5}, "seed=1.5 must be"),
     ("scripted", {"seed": "a"}, "seed='a' must be"),
@@ -134,6 +135,10 @@ def test_malformed_prompts(scripted, prompt, kwargs, pattern):
 def test_bad_model_sparse_and_seed_are_one_line_errors(scripted, model, kwargs, pattern):
     """Found by an audit: these were AttributeError, ValueError or OverflowError deep inside,
     or (seed -1, 1.5) silently accepted where the CLI refuses them."""
+    if model == "duck":  # a config that only looks like one
+        import types
+
+        model = types.SimpleNamespace(config=types.SimpleNamespace(family="llada"))
     model = scripted(4, 4) if model == "scripted" else model
     with pytest.raises(AdllmError, match=pattern) as err:
         generate(model, None, [1, 2], gen_length=4, **kwargs)

@@ -264,7 +264,17 @@ def test_unreadable_torch_files_say_so_in_one_sentence(tmp_path):
         with pytest.raises(AdllmError, match="truncated, corrupt or not a torch file") as err:
             HeadImportance.from_upstream(path, negate=True)
         message = str(err.value)
-        assert "--trusted" in message and "In PyTorch" not in message and "\n" not in message
+        assert "--trusted" not in message and "In PyTorch" not in message and "\n" not in message
+    objects = tmp_path / "objects.pt"  # whole, but more than tensors: only --trusted reads it
+    torch.save({"importance_scores": {0: torch.zeros(4)}, "extra": _Opaque()}, objects)
+    with pytest.raises(AdllmError, match="holds objects beyond tensors.*pass --trusted") as err:
+        HeadImportance.from_upstream(objects, negate=True)
+    assert "In PyTorch" not in str(err.value) and "\n" not in str(err.value)
+    assert HeadImportance.from_upstream(objects, negate=True, trusted=True).n_layers == 1
+
+
+class _Opaque:
+    """A pickled object that torch.load(weights_only=True) refuses."""
 
 
 def test_loading_an_upstream_file_names_the_cli_import_command(tmp_path):

@@ -63,6 +63,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """``type=`` for counts where 0 means "none": an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """``type=`` for time limits: a finite number of seconds above 0."""
     try:
@@ -194,8 +205,8 @@ def _sampler_specs() -> dict[str, _Spec]:
         "threshold": (("--threshold",), dict(type=float, metavar="TAU", help="parallel decoding: "
                                              "commit every token more confident than TAU"), "off"),
         "fast": (("--fast",), dict(action="store_true", help=(
-            f"the measured speed preset: {_fast_text()} (an explicit --cache or --threshold "
-            "wins; docs/fidelity.md)")), "off"),
+            f"speed preset: {_fast_text()} (an explicit --cache or --threshold wins; "
+            "measured in docs/fidelity.md)")), "off"),
     }
 
 
@@ -266,9 +277,19 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
 
     options = {name: getattr(args, name) for name in _sampler_specs()
                if name != "fast" and getattr(args, name, None) is not None}
-    if getattr(args, "fast", False):
-        options = {**FAST_OPTIONS, **options}
-    return options
+    if not getattr(args, "fast", False):
+        return options
+    if "threshold" not in options:  # the preset's threshold: name --fast in any clash with it
+        clash = [flag for flag, given in (
+            ("--steps", "steps" in options),
+            ("--remasking random", options.get("remasking") == "random"),
+            ("--alg origin", options.get("alg") == "origin"),
+            ("--alg-temp", bool(options.get("alg_temp")))) if given]
+        if clash:
+            raise AdllmError(f"--fast sets --threshold {FAST_OPTIONS['threshold']}, which runs "
+                             f"each block until it is unmasked, most confident first; "
+                             f"{', '.join(clash)} cannot go with it: drop --fast or {clash[0]}")
+    return {**FAST_OPTIONS, **options}
 
 
 def _sparse_specs(backends: Iterable[str] | None) -> dict[str, _Spec]:

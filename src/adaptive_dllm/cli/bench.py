@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     SparseConfig(select=args.select, skip=args.skip, block_size=args.block_size)  # validates
     if args.out:
-        check_jsonl_append(args.out, is_own=_is_record)
+        args.out = check_jsonl_append(args.out, is_own=_is_record)
     check_plot(args.plot, inputs=[args.out])
     settings = SweepSettings(
         families=tuple(args.family), lengths=tuple(args.lengths),

@@ -20,6 +20,7 @@ from adaptive_dllm.cli.arguments import (
     add_sparse_args,
     check_steps,
     load_model,
+    non_negative_int,
     positive_int,
     seed,
 )
@@ -235,7 +236,7 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                    help="calibration passages for the estimated importance (default: %(default)s)")
     p.add_argument("--mask-ratios", default=",".join(f"{r:g}" for r in d.mask_ratios),
                    metavar="R[,R...]", help="likelihood mask ratios (default: %(default)s)")
-    p.add_argument("--passages", type=positive_int, default=d.passages, metavar="N",
+    p.add_argument("--passages", type=non_negative_int, default=d.passages, metavar="N",
                    help="likelihood passages (default: %(default)s; 0 skips the likelihood part)")
     p.add_argument("--prompts", type=int, default=d.prompts, metavar="N",
                    help="generation prompts (default: %(default)s; 0 skips generation)")

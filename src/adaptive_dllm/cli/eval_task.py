@@ -191,6 +191,9 @@ def run_task(args: argparse.Namespace) -> int:
         raise AdllmError(f"model {args.model or 'bundled'!r} has no tokenizer; task {args.task!r} "
                          "needs text prompts: use a checkpoint with a tokenizer.json")
     task = _build_task(args, options, model, tok, settings, quiet=not ranks.is_main)
+    if task.kind == "loglikelihood" and (args.fast or args.cache or args.threshold is not None):
+        raise AdllmError(f"--fast, --cache and --threshold speed up generation; task {args.task!r} "
+                         "scores log-likelihoods and generates nothing: drop them")
     report = evaluate_task(model, tok, task, settings, importance=importance, out=args.out,
                            ranks=ranks, progress=ranks.is_main and not args.quiet)
     if not ranks.is_main:

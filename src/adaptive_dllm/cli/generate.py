@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from adaptive_dllm.errors import AdllmError, CheckpointError
@@ -74,11 +75,9 @@ def _read_prompt(prompt: str) -> str:
     return stream.read().decode("utf-8", errors="surrogateescape")
 
 
-def _input_files(args: argparse.Namespace) -> list[Any]:
+def _input_files(args: argparse.Namespace) -> list[str | Path | None]:
     """What this run reads and an output must not overwrite: the importance file and the files
     of a model directory."""
-    from pathlib import Path
-
     model = Path(args.model).expanduser() if args.model else None
     files = sorted(model.iterdir()) if model is not None and model.is_dir() else []
     return [args.importance, *files]

@@ -132,7 +132,7 @@ def generate(
 
     Args:
         model: a :class:`~adaptive_dllm.models.transformer.Transformer` (or anything with its
-            call signature and a ``config``).
+            call signature and a :class:`~adaptive_dllm.models.config.ModelConfig` ``config``).
         tokenizer: the model's tokenizer, or None (then prompts must be token ids).
         prompt: a string, a list of strings (tokenised and left-padded with the pad id), a list
             of token ids, a list of such lists (left-padded), or an int64 tensor (B, P) / (P,).
@@ -157,13 +157,15 @@ def generate(
 
     Raises:
         AdllmError: unknown or invalid option, empty or malformed prompt, text without a
-            tokenizer, prompt plus generation longer than the model's maximum length.
+            tokenizer, prompt plus generation longer than the model's maximum length, a model
+            without a ModelConfig, a ``sparse`` without ``new_session``, a seed outside
+            [0, 2**64).
     """
     config = _model_config(model)
     if sparse is not None and not hasattr(sparse, "new_session"):
-        raise AdllmError(f"sparse={sparse!r} is not a SparseConfig; pass for example "
-                         "SparseConfig(select=0.3) (uniform) or SparseConfig(select=0.3, "
-                         "importance=...) (adaptive)")
+        raise AdllmError(f"sparse={sparse!r} is neither a SparseConfig nor an object with "
+                         "new_session(config, steps); pass for example SparseConfig(select=0.3) "
+                         "(uniform) or SparseConfig(select=0.3, importance=...) (adaptive)")
     if seed is not None:
         seed = check_seed(seed)
     family = get_family(config.family)
@@ -205,8 +207,8 @@ def _model_config(model: Any) -> ModelConfig:
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
         hint = f"ad.load({model!r})" if isinstance(model, str) else "ad.load(...)"
-        raise AdllmError(f"model must be a loaded model, got {type(model).__name__}; "
-                         f"load one with {hint}")
+        raise AdllmError(f"model must be a loaded model (with a ModelConfig .config), got "
+                         f"{type(model).__name__}; load one with {hint}")
     return config
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -220,11 +221,12 @@ class HeadImportance:
         data = safetensors_save({"scores": self.scores}, metadata=header)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Unique temporary name, fsync, rename; the umask's permissions (not mkstemp's 0600).
-            with atomic_write(path, "wb") as f:
-                f.write(data)
         except OSError as err:
-            raise AdllmError(f"cannot write importance file {path}: {err.strerror}") from None
+            raise AdllmError(f"cannot write importance file {path}: directory {path.parent} "
+                             f"cannot be made ({err.strerror or err}); choose another path") from None
+        # Unique temporary name, fsync, rename; the umask's permissions (not mkstemp's 0600).
+        with atomic_write(path, "wb") as f:
+            f.write(data)
         return path
 
     @classmethod
@@ -299,10 +301,13 @@ class HeadImportance:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=not trusted)
         except Exception as err:  # pickle and zip errors of many kinds
-            hint = ("" if trusted else "; if it holds more than tensors and you trust it, "
-                    "pass --trusted (Python: trusted=True)")
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            if unsafe and not trusted:  # a whole file that only a full unpickler reads
+                raise AdllmError(f"upstream importance file {path} holds objects beyond tensors "
+                                 f"({unsafe[1]}); if you trust it, pass --trusted (Python: "
+                                 "trusted=True)") from None
             raise AdllmError(f"cannot read upstream importance file {path}: truncated, corrupt "
-                             f"or not a torch file ({_one_line(err)}){hint}") from None
+                             f"or not a torch file ({_first_sentence(err)})") from None
         if not isinstance(raw, Mapping) or "importance_scores" not in raw:
             raise AdllmError(f"{path} has no 'importance_scores' entry; expected the upstream "
                              "dict {'importance_scores': {layer: tensor}, 'metadata': {...}}")
@@ -388,6 +393,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _one_line(err: BaseException) -> str:
-    # torch's messages run to paragraphs of advice for Python callers: keep the first sentence.
-    text = " ".join(str(err).split()).split(". ")[0].rstrip(".")
-    return text[:200] or type(err).__name__
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__
+
+
+def _first_sentence(err: BaseException) -> str:
+    # torch.load's messages run to paragraphs of advice for Python callers.
+    return _one_line(err).split(". ")[0].rstrip(".")[:200]
