@@ -68,6 +68,7 @@ def test_table_and_resume_through_the_cli(eval_task, tmp_path):
     (["toy", "--task-option", "oops"], "KEY=VALUE"),
     (["toy", "--check-harness"], "no harness check"),
     (["toy", "--out", "x.json"], "must end in .jsonl"),
+    (["toychoice", "--cache", "prefix"], "scores log-likelihoods and generates nothing"),
 ])
 def test_bad_input_is_one_line_exit_2(eval_task, argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -124,3 +125,10 @@ def test_fast_records_the_options_it_turned_on(tmp_path, capsys):
     header = json.loads(out.read_text().splitlines()[0])
     assert header["settings"]["sampler"] == sampler
     assert {k: sampler[k] for k in FAST_OPTIONS} == dict(FAST_OPTIONS)
+
+
+def test_fast_on_a_loglikelihood_task_is_refused(eval_task):
+    """It would be ignored (nothing is generated) yet recorded in the results header."""
+    code, _, err = eval_task("toychoice", "--fast", "--modes", "dense", "--block-size", "32")
+    assert code == 2 and "scores log-likelihoods and generates nothing" in err
+    assert len(err.strip().splitlines()) == 1
