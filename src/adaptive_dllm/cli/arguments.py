@@ -52,26 +52,24 @@ def seed(text: str) -> int:
     return value
 
 
-def positive_int(text: str) -> int:
-    """``type=`` for lengths and counts: an integer of at least 1."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """``type=`` for lengths and counts: an integer of at least 1."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """``type=`` for counts where 0 means "none": an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
-    return value
+    return _int_at_least(text, 0)
 
 
 def positive_seconds(text: str) -> float:
