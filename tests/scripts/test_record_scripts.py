@@ -73,3 +73,43 @@ def test_record_scripts_refuse_to_run_without_their_required_arguments(load_scri
     with pytest.raises(SystemExit) as exit_:
         load_script(name).main()
     assert exit_.value.code == 2
+
+
+# -- scripts/fast_preset_report.py ---------------------------------------------------------------
+def test_binomial_upper_bound_matches_the_closed_form_and_known_values(load_script):
+    report = load_script("fast_preset_report")
+    assert report.binomial_upper(0, 300) == pytest.approx(1 - 0.05 ** (1 / 300), rel=1e-9)
+    assert report.binomial_upper(3, 400) == pytest.approx(0.01927, abs=2e-5)  # Clopper-Pearson
+    assert report.binomial_upper(5, 5) == 1.0
+    with pytest.raises(ValueError):
+        report.binomial_upper(4, 3)
+
+
+def _cell(directory, name, seed, correct, forwards):
+    header = {"adllm_task_results": 1, "settings": {"task_settings": {"seed": seed}}}
+    rows = [{"id": f"retrieval/{kind}/{i}", "mode": "dense", "metrics": {"correct": ok},
+             "forwards": forwards, "outputs": [str(ok)]}
+            for i, (kind, ok) in enumerate(correct)]
+    (directory / f"{name}.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in [header, *rows]) + "\n")
+
+
+def test_the_report_pairs_items_over_seeds_and_counts_losses_and_gains(load_script, tmp_path):
+    report = load_script("fast_preset_report")
+    for seed in (0, 1):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        ref = [("passkey", 1.0), ("passkey", 1.0), ("vt", 0.0), ("vt", 1.0)]
+        fast = [("passkey", 1.0), ("passkey", 0.0), ("vt", 1.0), ("vt", 1.0)]
+        _cell(d, report.REFERENCE, seed, ref, 32)
+        _cell(d, "cache-prefix_threshold-0.9", seed, fast, 2)
+    assert report.main([str(tmp_path / "seed0"), str(tmp_path / "seed1")]) == 0
+    cells = json.loads((tmp_path / "seed0" / "fast_preset.json").read_text())["cells"]
+    fast = cells["cache-prefix_threshold-0.9"]
+    assert (fast["n"], fast["losses"], fast["gains"]) == (8, 2, 2)  # items of both seeds
+    assert fast["accuracy_change"] == 0.0 and fast["forwards_per_item"] == 2
+    assert fast["accuracy_per_kind"] == {"passkey": 0.5, "vt": 1.0}
+    lo, hi = fast["change_ci95"]
+    assert lo == pytest.approx(-hi) and hi == pytest.approx(1.959964 * 2 / 8)
+    assert cells[report.REFERENCE]["losses"] == 0
+    assert "| prefix | 0.9 |" in (tmp_path / "seed0" / "fast_preset_tables.md").read_text()
