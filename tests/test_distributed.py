@@ -105,3 +105,50 @@ def test_two_gloo_ranks_reduce_and_gather_in_rank_order(no_torchrun):
         assert backend == "gloo"
         assert total == [3.0, 10.0]
         assert objects == [{"rank": 0, "items": [0, 2, 4]}, {"rank": 1, "items": [1, 3]}]
+
+
+def _leaving_worker(rank: int, world: int, port: int, results) -> None:
+    import os
+
+    from adaptive_dllm._distributed import leave_ranks
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init_ranks("cpu")
+    leave_ranks()
+    results.put((rank, dist.is_initialized()))
+    leave_ranks()  # a second call, or one without a job, does nothing
+
+
+@pytest.mark.slow
+def test_leave_ranks_destroys_the_group_on_every_rank(no_torchrun):
+    """Found by CI: a torchrun rank that exited with its gloo group alive aborted now and then
+    (exit -6) after finishing its work; the CLI now leaves the group before returning."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_leaving_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got == {0: False, 1: False}
+
+
+def test_main_leaves_no_process_group_behind(no_torchrun, monkeypatch, tmp_path):
+    """``adllm`` returns with the group of a (one-rank) job destroyed."""
+    from adaptive_dllm.cli import main
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    dist.init_process_group("gloo")
+    try:
+        assert main(["budget", "--shape", "2x2", "--blocks", "4", "--json"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 from adaptive_dllm.errors import AdllmError
 
-__all__ = ["Ranks", "all_reduce_sum", "barrier", "gather_objects", "init_ranks", "shard"]
+__all__ = ["Ranks", "all_reduce_sum", "barrier", "gather_objects", "init_ranks", "leave_ranks",
+           "shard"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +85,16 @@ def init_ranks(device: str | torch.device | None = None) -> Ranks:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     logger.info("rank %d of %d joined (%s)", ranks.rank, ranks.world, dist.get_backend())
     return ranks
+
+
+def leave_ranks() -> None:
+    """Leave the torchrun job, if this process joined one: wait for every rank, then destroy the
+    process group. A process that exits with the group alive leaves gloo's threads to the C++
+    runtime's teardown, which now and then aborts ("terminate called without an active
+    exception", exit -6) after the work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank_device(ranks: Ranks, device: str | torch.device) -> torch.device:

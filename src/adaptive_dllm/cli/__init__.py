@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        _leave_ranks()
+        return code
     except AdllmError as err:
         if os.environ.get("ADLLM_DEBUG"):
             raise
@@ -77,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _leave_ranks() -> None:
+    # Only a command that joined a torchrun job has torch.distributed loaded; others skip the
+    # import. After a failure the ranks exit without this (a barrier could wait forever).
+    if "torch.distributed" in sys.modules:
+        from adaptive_dllm._distributed import leave_ranks
+
+        leave_ranks()
 
 
 if __name__ == "__main__":  # pragma: no cover
