@@ -88,18 +88,25 @@ def _worker(rank: int, world: int, port: int, results) -> None:
             dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_two_gloo_ranks_reduce_and_gather_in_rank_order(no_torchrun):
+def _run_two_ranks(worker) -> dict[int, list]:
+    """Spawn ``worker(rank, 2, port, queue)`` on two gloo ranks; rank -> what it put, after both
+    exited with status 0."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    got = dict((r, rest) for r, *rest in (queue.get(timeout=120) for _ in procs))
+    got = {r: rest for r, *rest in (queue.get(timeout=120) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return got
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_reduce_and_gather_in_rank_order(no_torchrun):
+    got = _run_two_ranks(_worker)
     for rank in (0, 1):
         backend, total, objects = got[rank]
         assert backend == "gloo"
@@ -124,17 +131,7 @@ def _leaving_worker(rank: int, world: int, port: int, results) -> None:
 def test_leave_ranks_destroys_the_group_on_every_rank(no_torchrun):
     """Found by CI: a torchrun rank that exited with its gloo group alive aborted now and then
     (exit -6) after finishing its work; the CLI now leaves the group before returning."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_leaving_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert got == {0: False, 1: False}
+    assert _run_two_ranks(_leaving_worker) == {0: [False], 1: [False]}
 
 
 def test_main_leaves_no_process_group_behind(no_torchrun, monkeypatch, tmp_path):
