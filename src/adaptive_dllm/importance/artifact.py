@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,6 +38,7 @@ from torch import Tensor
 from adaptive_dllm._io import atomic_write
 from adaptive_dllm.budget.weights import relative_weights
 from adaptive_dllm.errors import AdllmError
+from adaptive_dllm.importance.upstream import read_upstream, upstream_settings
 from adaptive_dllm.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -296,25 +295,9 @@ class HeadImportance:
             AdllmError: unreadable file or unexpected content.
         """
         path = Path(path)
-        if not path.is_file():
-            raise AdllmError(f"upstream importance file {path} not found")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=not trusted)
-        except Exception as err:  # pickle and zip errors of many kinds
-            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-            if unsafe and not trusted:  # a whole file that only a full unpickler reads
-                raise AdllmError(f"upstream importance file {path} holds objects beyond tensors "
-                                 f"({unsafe[1]}); if you trust it, pass --trusted (Python: "
-                                 "trusted=True)") from None
-            raise AdllmError(f"cannot read upstream importance file {path}: truncated, corrupt "
-                             f"or not a torch file ({_first_sentence(err)})") from None
-        if not isinstance(raw, Mapping) or "importance_scores" not in raw:
-            raise AdllmError(f"{path} has no 'importance_scores' entry; expected the upstream "
-                             "dict {'importance_scores': {layer: tensor}, 'metadata': {...}}")
-        scores = _stack_layers(raw["importance_scores"], path)
+        scores, upstream_meta = read_upstream(path, trusted=trusted)
         if negate:
             scores = -scores
-        upstream_meta = raw.get("metadata") or {}
         estimator = "upstream"
         if isinstance(upstream_meta, Mapping):
             estimator = str(upstream_meta.get("method") or upstream_meta.get("estimator")
@@ -323,8 +306,7 @@ class HeadImportance:
             "family": family,
             "n_kv_heads": n_kv_heads if head_kind == "query" else scores.shape[1],
             "estimator": estimator,
-            "settings": {"imported_from": str(path), "negated_on_import": bool(negate),
-                         "upstream_metadata": _jsonable(upstream_meta)},
+            "settings": upstream_settings(path, negate=negate, metadata=upstream_meta),
         }
         return cls(scores=scores, head_kind=head_kind, metadata=meta)
 
@@ -353,50 +335,7 @@ def _check_scores(scores: Tensor) -> Tensor:
     return scores
 
 
-def _stack_layers(per_layer: Any, path: Path) -> Tensor:
-    """Upstream ``{layer: tensor[H]}`` (int or digit-string keys) -> (Ly, H) float32."""
-    if isinstance(per_layer, Tensor):
-        if per_layer.dim() != 2:
-            raise AdllmError(f"{path}: importance_scores tensor has shape "
-                             f"{tuple(per_layer.shape)}, expected (layers, heads)")
-        return per_layer.float()
-    if not isinstance(per_layer, Mapping) or not per_layer:
-        raise AdllmError(f"{path}: importance_scores must be a non-empty dict {{layer: tensor}}")
-    try:
-        layers = {int(k): torch.as_tensor(v, dtype=torch.float32).flatten()
-                  for k, v in per_layer.items()}
-    except (TypeError, ValueError) as err:
-        raise AdllmError(f"{path}: cannot read importance_scores: {_one_line(err)}") from None
-    missing = sorted(set(range(len(layers))) - set(layers))
-    if missing:
-        raise AdllmError(f"{path}: layers must be numbered 0..{len(layers) - 1}; "
-                         f"missing {missing[:5]}")
-    widths = {v.numel() for v in layers.values()}
-    if len(widths) != 1:
-        raise AdllmError(f"{path}: layers have different head counts {sorted(widths)}")
-    return torch.stack([layers[i] for i in range(len(layers))])
-
-
-def _jsonable(value: Any) -> Any:
-    """Best-effort conversion of upstream metadata to JSON values (tensors become lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Tensor):
-        return _jsonable(value.tolist()) if value.numel() <= 4096 else f"<tensor {list(value.shape)}>"
-    if isinstance(value, float) and not math.isfinite(value):  # NaN and Inf are not JSON
-        return str(value)
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text[:300] or type(err).__name__
 
-
-def _first_sentence(err: BaseException) -> str:
-    # torch.load's messages run to paragraphs of advice for Python callers.
-    return _one_line(err).split(". ")[0].rstrip(".")[:200]
