@@ -324,3 +324,12 @@ def test_a_whole_last_record_without_newline_is_kept(tmp_path):
     with _io.open_jsonl_append(path) as handle:
         _io.append_jsonl(handle, {"kind": "kernel", "a": 3})
     assert [json.loads(line)["a"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_write_error_names_the_path_given_and_a_links_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AdllmError, match=r"could not write gone/x\.json \(No such"):
+        _io.write_text("gone/x.json", "data")  # relative, no link: named as given
+    (tmp_path / "link.json").symlink_to(tmp_path / "gone" / "x.json")
+    with pytest.raises(AdllmError, match=r"could not write link\.json \(-> .*gone/x\.json\)"):
+        _io.write_text("link.json", "data")

@@ -19,12 +19,13 @@ SEED_MAX = 2**64 - 1
 
 
 def check_seed(value: object) -> int:
-    """``value`` as a seed: an integer in [0, :data:`SEED_MAX`]."""
-    seed = check_int("seed", value, minimum=0)
-    if seed > SEED_MAX:
+    """``value`` as a seed: an integer (not a bool) in [0, :data:`SEED_MAX`]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise AdllmError(f"seed={value!r} must be an integer in [0, 2**64 - 1]")
+    if not 0 <= value <= SEED_MAX:
         raise AdllmError(f"seed={value!r} is outside the unsigned 64-bit range [0, 2**64 - 1]; "
-                         "pick a smaller one")
-    return seed
+                         "pick one inside it")
+    return int(value)
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:

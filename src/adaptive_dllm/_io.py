@@ -127,7 +127,7 @@ def _write_errors(path: str | os.PathLike[str], target: Path) -> Iterator[None]:
     except OSError as err:
         fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else \
             "choose another path"
-        name = str(path) if Path(path).expanduser() == target else f"{path} (-> {target})"
+        name = f"{path} (-> {target})" if Path(path).expanduser().is_symlink() else str(path)
         raise AdllmError(f"could not write {name} ({err.strerror or err}); the file was not "
                          f"changed: {fix}") from err
 
@@ -240,18 +240,16 @@ def open_jsonl_append(path: str | os.PathLike[str]) -> IO[str]:
     target = Path(path).expanduser()
     handle = open(target, "a+b")  # noqa: SIM115 - returned, wrapped below
     try:
-        size = handle.seek(0, os.SEEK_END)
-        if size:
-            handle.seek(max(0, size - (1 << 20)))  # records are short: the last MiB holds the tail
-            chunk = handle.read()
-            if not chunk.endswith(b"\n"):
-                tail = chunk[chunk.rfind(b"\n") + 1:]
-                try:
-                    json.loads(tail)
-                    handle.write(b"\n")
-                except ValueError:  # UnicodeDecodeError included
-                    handle.truncate(size - len(tail))
-                handle.flush()
+        handle.seek(0)
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            tail = data[data.rfind(b"\n") + 1:]
+            try:
+                json.loads(tail)
+                handle.write(b"\n")
+            except ValueError:  # UnicodeDecodeError included
+                handle.truncate(len(data) - len(tail))
+            handle.flush()
     except BaseException:
         handle.close()
         raise

@@ -127,7 +127,7 @@ def test_malformed_prompts(scripted, prompt, kwargs, pattern):
     ("tiny", {}, r"load one with ad.load\('tiny'\)"),
     ("scripted", {"sparse": "uniform"}, "sparse='uniform' is neither a SparseConfig"),
     ("duck", {}, "with a ModelConfig .config"),
-    ("scripted", {"seed": -1}, "seed=-1 must be an integer >= 0"),
+    ("scripted", {"seed": -1}, "seed=-1 is outside the unsigned 64-bit range"),
     ("scripted", {"seed": 1.5}, "seed=1.5 must be"),
     ("scripted", {"seed": "a"}, "seed='a' must be"),
     ("scripted", {"seed": 2**70}, "outside the unsigned 64-bit range"),

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from adaptive_dllm._checks import SEED_MAX
+from adaptive_dllm._checks import check_seed
 from adaptive_dllm.errors import AdllmError
 
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ def seed(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(
-            f"seed {text} is outside the unsigned 64-bit range [0, 2**64 - 1]; pick a smaller one")
-    return value
+    try:
+        return check_seed(value)  # the library's rule, so the CLI and generate() agree
+    except AdllmError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _int_at_least(text: str, minimum: int) -> int:
