@@ -19,7 +19,8 @@ def test_tiny_kernel_sweep_json_and_plot(tmp_path, capsys):
                "--lengths", "64", "--repeats", "1", "--json", "--plot", str(png),
                "--out", str(out)])
     assert rc == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # --json is one strict JSON document (found by an audit: it printed one record per line)
+    records = json.loads(capsys.readouterr().out)["records"]
     modes = {r["mode"] for r in records}
     assert modes == {"flex_all_blocks", "uniform", "adaptive"}
     for r in records:

@@ -32,7 +32,7 @@ def cache_records():
                    "--cache", "none", "prefix", "--tokens-per-step", "2", "--modes", "uniform",
                    "--sparse-backend", "reference", "auto"])
     assert rc == 0
-    return [json.loads(line) for line in buf.getvalue().splitlines()]
+    return json.loads(buf.getvalue())["records"]
 
 
 def test_cache_records_say_what_ran(cache_records):

@@ -83,7 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--deadline", type=positive_seconds, default=None, metavar="SECONDS",
                    help="start no generation that would end later than this after launch")
     p.add_argument("--tiny", action="store_true", help="tiny geometry (harness smoke test)")
-    p.add_argument("--json", action="store_true", help="print one JSON record per line")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON document, {"records": [...]}, when the sweep ends '
+                        "(--out streams the same records as JSON Lines while it runs)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="append JSON records to FILE (a new file or one of bench records)")
     p.add_argument("--plot", default=None, metavar="FILE.png",
@@ -167,8 +169,6 @@ def run(args: argparse.Namespace) -> int:
     def emit(rec: dict) -> None:
         if out is not None:
             append_jsonl(out, rec)
-        if args.json:
-            print(dumps_json(rec), flush=True)
         if not args.quiet:
             print(f"  done: {rec.get('kind')} {rec.get('family')} {rec.get('seq_len')} "
                   f"{rec.get('mode', '')} {rec.get('run', '')}", file=sys.stderr, flush=True)
@@ -178,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if out is not None:
             out.close()
-    if not args.json:
+    if args.json:  # one strict JSON document, as every --json of the CLI prints
+        print(dumps_json({"records": records}), flush=True)
+    else:
         print(table(records))
     if args.plot:
         save_plot(lambda tmp: plot(records, str(tmp)), args.plot)
