@@ -132,3 +132,23 @@ def test_fast_on_a_loglikelihood_task_is_refused(eval_task):
     code, _, err = eval_task("toychoice", "--fast", "--modes", "dense", "--block-size", "32")
     assert code == 2 and "scores log-likelihoods and generates nothing" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_mc_num_on_a_generate_task_is_refused(eval_task):
+    """Found by an audit: --mc-num was silently ignored on generate tasks."""
+    code, _, err = eval_task("toy", "--mc-num", "4", "--modes", "dense", *FAST)
+    assert code == 2 and "--mc-num 4" in err and "drop --mc-num" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_mc_num_reaches_a_loglikelihood_task(eval_task, monkeypatch):
+    from adaptive_dllm.evaluation import runner
+
+    seen = []
+    real = runner.evaluate_task
+    monkeypatch.setattr(runner, "evaluate_task",
+                        lambda *a, **k: seen.append(a[3].mc_num) or real(*a, **k))
+    code, _, _ = eval_task("toychoice", "--mc-num", "3", "--modes", "dense", "--limit", "1",
+                           "--block-size", "32")
+    code2, _, _ = eval_task("toychoice", "--modes", "dense", "--limit", "1", "--block-size", "32")
+    assert (code, code2) == (0, 0) and seen == [3, 128]

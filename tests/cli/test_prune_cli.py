@@ -100,3 +100,12 @@ def test_nll_metric_scores_every_ratio_and_their_mean():
     assert set(scores) == {"nll@0.5", "nll@0.9", "nll_mean"}
     assert scores["nll@0.9"] == masked_nll(model, ids, [0.9], seed=1)[0].bits_per_token
     assert scores["nll_mean"] == pytest.approx((scores["nll@0.5"] + scores["nll@0.9"]) / 2)
+
+
+@pytest.mark.parametrize("argv", [["--text", "x.txt"], ["--mask-ratios", "0.5"],
+                                  ["--nll-seed", "3"], ["--batch-size", "2"]])
+def test_nll_options_with_a_task_command_are_refused(importance, capsys, argv):
+    """Found by an audit: the NLL metric's options were silently ignored under --task-cmd."""
+    code = main(["prune", "--importance", str(importance), "--task-cmd", "true {gates}", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and argv[0] in err[0] and "--task-cmd" in err[0]

@@ -90,7 +90,7 @@ def register_task(sub: argparse._SubParsersAction) -> None:
                    help="items per batch")
     r.add_argument("--samples", type=positive_int, default=1, metavar="N",
                    help="completions per item")
-    r.add_argument("--mc-num", type=positive_int, default=128, metavar="N",
+    r.add_argument("--mc-num", type=positive_int, default=None, metavar="N",
                    help="Monte-Carlo samples per log-likelihood (choice tasks; default 128)")
     r.add_argument("--seed", type=seed, default=0,
                    help="base seed (per-item seeds derive from it)")
@@ -127,7 +127,8 @@ def run_settings(args: argparse.Namespace) -> Any:
               if getattr(args, dest) is not None}
     return RunSettings(modes=modes, selects=selects, sampler=sampler, sparse=sparse,
                        batch_size=args.batch_size, samples=args.samples, seed=args.seed,
-                       chat=args.chat, limit=args.limit, mc_num=args.mc_num)
+                       chat=args.chat, limit=args.limit,
+                       **({} if args.mc_num is None else {"mc_num": args.mc_num}))
 
 
 def task_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,6 +195,9 @@ def run_task(args: argparse.Namespace) -> int:
     if task.kind == "loglikelihood" and (args.fast or args.cache or args.threshold is not None):
         raise AdllmError(f"--fast, --cache and --threshold speed up generation; task {args.task!r} "
                          "scores log-likelihoods and generates nothing: drop them")
+    if task.kind == "generate" and args.mc_num is not None:
+        raise AdllmError(f"--mc-num {args.mc_num}: task {args.task!r} generates answers and "
+                         "scores no log-likelihoods; drop --mc-num")
     report = evaluate_task(model, tok, task, settings, importance=importance, out=args.out,
                            ranks=ranks, progress=ranks.is_main and not args.quiet)
     if not ranks.is_main:

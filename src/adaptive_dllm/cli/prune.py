@@ -40,6 +40,12 @@ examples:
 """
 
 
+#: The NLL metric's options and their defaults (None: resolved from the model); each is refused
+#: with --task-cmd, which replaces the metric, rather than silently ignored.
+NLL_OPTIONS: dict[str, Any] = {"text": None, "length": None, "max_passages": None,
+                               "mask_ratios": "0.15,0.5,0.9", "nll_seed": 0, "batch_size": 8}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prune",
@@ -70,9 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="passage length (default min(1024, the model's maximum))")
     m.add_argument("--max-passages", type=positive_int, default=None,
                    help="score only the first N passages")
-    m.add_argument("--mask-ratios", default="0.15,0.5,0.9", help="NLL mask ratios (default 0.15,0.5,0.9)")
-    m.add_argument("--nll-seed", type=seed, default=0, help="NLL mask seed (default 0)")
-    m.add_argument("--batch-size", type=positive_int, default=8,
+    m.add_argument("--mask-ratios", default=None, help="NLL mask ratios (default 0.15,0.5,0.9)")
+    m.add_argument("--nll-seed", type=seed, default=None, help="NLL mask seed (default 0)")
+    m.add_argument("--batch-size", type=positive_int, default=None,
                    help="passages per forward (default 8)")
     p.add_argument("--out", type=Path, default=None, help="also write the full report as JSON here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -97,6 +103,14 @@ def run(args: argparse.Namespace) -> int:
         raise AdllmError(f"--which {args.which!r}: choose from {', '.join(WHICH)}")
     if args.out is not None:  # before any work: never overwrite an input, never fail at the end
         check_output_path(args.out, inputs=[args.importance, args.text])
+    nll_only = [f"--{name.replace('_', '-')}" for name in NLL_OPTIONS
+                if getattr(args, name) is not None]
+    if args.task_cmd is not None and nll_only:
+        raise AdllmError(f"{', '.join(nll_only)} set the NLL metric, which --task-cmd replaces; "
+                         "drop them or drop --task-cmd")
+    for name, default in NLL_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.text is not None and args.task_cmd is None:
         read_text_input(args.text)  # fail on a bad path before loading a large model
     floats(args.mask_ratios, "--mask-ratios")
