@@ -130,11 +130,13 @@ class Study:
                 continue
             argv = ["importance", "estimate", "--method", est, "--model", str(a.model),
                     "--data", str(data), "--data-kind", "jsonl", "--prompt-key", "prompt",
-                    "--completion-key", "completion", "--block-size", str(self.block_size),
+                    "--completion-key", "completion",
                     "--out", str(self.importance_path(est)), "--quiet"]
             argv += ["--device", str(a.device)] if a.device else []
             argv += ["--dtype", str(a.dtype)] if a.dtype else []
-            if est == "headig":
+            if est != "headig":  # attention statistics score blocks; HeadIG has no block size
+                argv += ["--block-size", str(self.block_size)]
+            else:
                 argv += ["--n", str(a.headig_n), "--steps", str(a.headig_steps), "--path-samples",
                          str(a.headig_path_samples), "--mask-samples", str(a.headig_mask_samples),
                          "--mask-ratios", a.headig_mask_ratios, "--no-resume"]

@@ -78,13 +78,28 @@ def test_estimate_headig_prints_cost_and_writes_the_artifact(ckpt, text_file, tm
 @pytest.mark.parametrize("method", ["entropy", "coverage", "uniform", "random"])
 def test_estimate_cheap_methods(ckpt, text_file, tmp_path, capsys, method):
     out_file = tmp_path / f"{method}.safetensors"
-    code, out, err = _run(capsys, "estimate", "--method", method, "--model", str(ckpt),
-                          "--data", str(text_file), "--text-length", "64", "--block-size", "16",
+    data = ([] if method in ("uniform", "random") else
+            ["--data", str(text_file), "--text-length", "64", "--block-size", "16"])
+    code, out, err = _run(capsys, "estimate", "--method", method, "--model", str(ckpt), *data,
                           "--device", "cpu", "--out", str(out_file), "--json")
     assert code == 0, err
     record = json.loads(out)
     assert record["metadata"]["estimator"] == method and record["path"] == str(out_file)
     assert HeadImportance.load(out_file).scores.shape == (2, 4)
+
+
+@pytest.mark.parametrize("method, argv, named", [
+    ("headig", ["--block-size", "16", "--coverage", "0.8"], "--block-size, --coverage"),
+    ("entropy", ["--steps", "4"], "--steps"),
+    ("uniform", ["--data", "x.txt"], "--data"),
+    ("entropy", ["--distribution", "normal"], "--distribution"),
+])
+def test_options_a_method_ignores_are_refused(ckpt, tmp_path, capsys, method, argv, named):
+    """Found by an audit: e.g. --block-size under --method headig was silently ignored."""
+    err = _error(capsys, "estimate", "--method", method, "--model", str(ckpt), *argv,
+                 "--out", str(tmp_path / "x.safetensors"))
+    assert err.startswith(f"adllm importance: error: {named}: not used by --method {method}")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_show_summary_plot_and_json(tmp_path, capsys):

@@ -71,12 +71,12 @@ def register_estimate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
     p.add_argument("--seed", type=seed, default=0,
                    help="estimator seed: masks, STP thresholds, random (default 0)")
-    p.add_argument("--distribution", default="uniform", choices=DISTRIBUTIONS,
-                   help="random: score distribution (default uniform)")
+    distribution = p.add_argument("--distribution", default="uniform", choices=DISTRIBUTIONS,
+                                  help="random: score distribution (default uniform)")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
     add_quiet(p)
     add_model_args(p)
-    _add_data_args(p)
+    data = _add_data_args(p)
     s = p.add_argument_group("attention statistics")
     s.add_argument("--block-size", type=int, default=64, help="key/query block size (default 64)")
     s.add_argument("--mask-ratio", type=float, default=0.8,
@@ -85,11 +85,31 @@ def register_estimate(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--top-frac", type=float, default=0.1, help="topk: fraction of blocks (default 0.1)")
     s.add_argument("--coverage", type=float, default=0.9, help="coverage: mass target (default 0.9)")
     s.add_argument("--select", type=float, default=0.3, help="deficit: uniform keep ratio (default 0.3)")
-    _add_headig_args(p)
-    p.set_defaults(importance_func=run_estimate)
+    h = _add_headig_args(p)
+    p.set_defaults(importance_func=run_estimate, method_options=_method_options(
+        [(data._group_actions, ("headig", *STAT_METHODS)), (s._group_actions, STAT_METHODS),
+         (h._group_actions, ("headig",)), ([distribution], ("random",))]))
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _method_options(groups: list[tuple[list[argparse.Action], tuple[str, ...]]]
+                    ) -> dict[str, tuple[Any, tuple[str, ...]]]:
+    """dest -> (default, the methods that read it), for refusing options a method ignores."""
+    return {a.dest: (a.default, methods) for actions, methods in groups for a in actions}
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    """An option the chosen method never reads is an error, not silently dropped (a value equal
+    to the default cannot be told apart from an absent option, and changes nothing)."""
+    unused = [f"--{dest.replace('_', '-')}" for dest, (default, methods)
+              in args.method_options.items()
+              if args.method not in methods and getattr(args, dest) != default]
+    if unused:
+        raise AdllmError(f"{', '.join(unused)}: not used by --method {args.method}; drop "
+                         f"{'it' if len(unused) == 1 else 'them'} or choose a method that uses "
+                         f"{'it' if len(unused) == 1 else 'them'}")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> Any:
     d = p.add_argument_group("calibration data")
     d.add_argument("--data", nargs="+", metavar="PATH",
                    help="GSM8K or prompt/completion JSONL, or text files / folders of *.txt")
@@ -110,9 +130,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--text-limit", type=positive_int, default=None, help="tokens of each text file used")
     d.add_argument("--span", default="all", choices=("all", "second_half"),
                    help="text completion span: the whole passage or its second half (default all)")
+    return d
 
 
-def _add_headig_args(p: argparse.ArgumentParser) -> None:
+def _add_headig_args(p: argparse.ArgumentParser) -> Any:
     h = p.add_argument_group("HeadIG")
     h.add_argument("--path", default="stp", choices=("stp", "dp"), help="integration path (default stp)")
     h.add_argument("--steps", type=int, default=8, help="integration steps K (default 8)")
@@ -135,6 +156,7 @@ def _add_headig_args(p: argparse.ArgumentParser) -> None:
                    help="partial-results file, written after every example and resumed from if "
                         "present (default: OUT.resume.pt next to --out)")
     h.add_argument("--no-resume", action="store_true", help="keep no partial-results file")
+    return h
 
 
 def _calibration(args: argparse.Namespace, model: Any, tok: Any) -> Any:
@@ -166,6 +188,7 @@ def _check_paths(args: argparse.Namespace) -> Path | None:
 def run_estimate(args: argparse.Namespace) -> int:
     from adaptive_dllm.importance import estimators
 
+    _check_method_options(args)
     resume = _check_paths(args)
     say = out_stream(args)
     progress = not args.quiet
