@@ -141,6 +141,15 @@ def test_import_upstream(tmp_path, capsys):
     imp = HeadImportance.load(out_file)
     assert imp.scores.tolist() == [[-1.0, 2.0], [-0.5, -3.0]]
     assert imp.metadata["estimator"] == "loss_gateIG"
+    # KV-head scores: --kv-heads must agree with their columns (it was silently ignored)
+    kv_file = tmp_path / "kv.safetensors"
+    code, _, _ = _run(capsys, "import", str(src), "--no-negate", "--head-kind", "kv",
+                      "--kv-heads", "2", "--out", str(kv_file))
+    assert code == 0 and HeadImportance.load(kv_file).metadata["n_kv_heads"] == 2
+    err = _error(capsys, "import", str(src), "--no-negate", "--head-kind", "kv", "--kv-heads", "4",
+                 "--out", str(tmp_path / "kv4.safetensors"))
+    assert "n_kv_heads=4 contradicts" in err and "2 columns" in err
+    assert not (tmp_path / "kv4.safetensors").exists()
 
 
 def test_errors_are_one_line(ckpt, text_file, tmp_path, capsys):

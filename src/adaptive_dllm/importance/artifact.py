@@ -296,6 +296,9 @@ class HeadImportance:
         """
         path = Path(path)
         scores, upstream_meta = read_upstream(path, trusted=trusted)
+        if head_kind == "kv" and n_kv_heads is not None and n_kv_heads != scores.shape[1]:
+            raise AdllmError(f"n_kv_heads={n_kv_heads} contradicts {str(path)!r}: its scores of "
+                             f"KV heads have {scores.shape[1]} columns; drop --kv-heads or fix it")
         if negate:
             scores = -scores
         estimator = "upstream"
