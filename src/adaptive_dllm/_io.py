@@ -25,7 +25,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from adaptive_dllm.errors import AdllmError
 
@@ -266,15 +266,17 @@ def append_jsonl(handle: IO[str], record: Any) -> None:
     os.fsync(handle.fileno())
 
 
-def read_text_input(path: str | os.PathLike[str], *, flag: str = "--text") -> str:
+def read_text_input(path: str | os.PathLike[str], *, flag: str = "--text",
+                    errors: Literal["surrogateescape", "replace"] = "surrogateescape") -> str:
     """A text input file as ``str``: UTF-8, with any other byte kept as a lone surrogate.
 
     ``surrogateescape`` (as Python does for ``argv``) keeps every byte: the byte-level
     tokenizer turns them back into the exact bytes, other tokenizers report the position of
-    the first one (:func:`adaptive_dllm.models.tokenizer.check_text`).
+    the first one (:func:`adaptive_dllm.models.tokenizer.check_text`). ``errors="replace"``
+    turns such bytes into U+FFFD instead (calibration text and haystacks, read as before).
 
     Raises:
-        AdllmError: the path is missing, a directory or unreadable.
+        AdllmError: the path is missing, a directory, unreadable or binary (holds a NUL byte).
     """
     file = Path(path).expanduser()
     if not file.is_file():
@@ -284,7 +286,11 @@ def read_text_input(path: str | os.PathLike[str], *, flag: str = "--text") -> st
         data = file.read_bytes()
     except OSError as err:
         raise AdllmError(f"{flag} {str(file)!r} cannot be read ({err.strerror or err})") from None
-    return data.decode("utf-8", errors="surrogateescape")
+    nul = data.find(b"\0")
+    if nul >= 0:  # no text encoding this library reads puts NUL bytes in text
+        raise AdllmError(f"{flag} {str(file)!r} looks binary (a NUL byte at offset {nul}); "
+                         "give a text file")
+    return data.decode("utf-8", errors=errors)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

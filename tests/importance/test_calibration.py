@@ -97,6 +97,9 @@ def test_text_passages_offsets_and_spans(tmp_path):
     exs = text_passages([tmp_path], tok, length=8, offset=2, limit=16)
     assert [e.name for e in exs] == ["a.txt@2", "a.txt@10", "b.txt@2", "b.txt@10"]
     assert tok.decode(exs[0].ids.tolist()) == "23456789" and exs[0].start == 0
+    (tmp_path / "c.bin").write_bytes(b"PK\x03\x04\0\0")  # found by an audit: read as text before
+    with pytest.raises(AdllmError, match="calibration text .*c.bin.* looks binary"):
+        text_passages([tmp_path / "c.bin"], tok, length=8)
     half = text_passages([tmp_path / "a.txt"], tok, length=8, span="second_half")
     assert all(e.start == 4 for e in half) and len(half) == 3
     data = load_calibration([tmp_path / "a.txt", tmp_path / "b.txt"], tok, text_length=8, n=3)

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import torch
 
+from adaptive_dllm._io import read_text_input
 from adaptive_dllm.datafiles import (
     LETTERS,
     choice_prompt,
@@ -272,7 +273,8 @@ def text_passages(
         raise AdllmError(f"no .txt files found in {', '.join(map(str, paths))}")
     examples = []
     for f in files:
-        ids = tokenizer.encode(f.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False)
+        text = read_text_input(f, flag="calibration text", errors="replace")
+        ids = tokenizer.encode(text, add_special_tokens=False)
         end = len(ids) if limit is None else min(len(ids), offset + limit)
         start = 0 if span == "all" else length // 2
         for begin in range(offset, end - length + 1, length):

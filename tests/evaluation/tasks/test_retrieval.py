@@ -141,6 +141,9 @@ def test_bad_input(tmp_path):
         make_task(tokenizer=ByteTokenizer(), kinds=("passkey", "haystack"))
     with pytest.raises(AdllmError, match="does not exist"):
         make_task(tokenizer=ByteTokenizer(), data=tmp_path / "none.txt")
+    (tmp_path / "w.bin").write_bytes(b"\0" * 400)  # found by an audit: read as text before
+    with pytest.raises(AdllmError, match="haystack file .* looks binary"):
+        make_task(tokenizer=ByteTokenizer(), data=tmp_path / "w.bin")
     with pytest.raises(AdllmError, match="too short"):
         make_task(tokenizer=ByteTokenizer(), length=100, kinds=("vt",)).items()
     with pytest.raises(AdllmError, match="zero-shot"):

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from adaptive_dllm._io import read_text_input
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.evaluation.tasks._common import check_count, check_limit, file_digest, item_rng
 from adaptive_dllm.evaluation.tasks.base import TaskItem
@@ -225,7 +226,7 @@ class Retrieval:
                              f"[{TEST_SEEDS.start}, {TEST_SEEDS.stop})")
         if not self.haystack.is_file():
             raise AdllmError(f"haystack file {str(self.haystack)!r} does not exist; check --data")
-        text = self.haystack.read_text(encoding="utf-8", errors="replace")
+        text = read_text_input(self.haystack, flag="haystack file", errors="replace")
         if len(text.strip()) < 100:
             raise AdllmError(f"haystack file {self.haystack} holds too little text ({len(text)} chars)")
         object.__setattr__(self, "_text", text)
