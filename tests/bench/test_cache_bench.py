@@ -120,6 +120,7 @@ def test_settings_validate_the_cache_sweep():
         SweepSettings(tokens_per_step=2, threshold=0.9)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton cached-step kernel needs CUDA")
 def test_decode_records_time_the_triton_kernel_on_a_gpu():
     from adaptive_dllm.bench.cache import copy_rate_gbs, decode_records

@@ -115,6 +115,7 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
     assert out.split() == ["ok"]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_kernel_bf16_on_gpu_matches_reference():
     pytest.importorskip("triton")
