@@ -336,12 +336,15 @@ def test_a_write_error_names_the_path_given_and_a_links_target(tmp_path, monkeyp
 
 
 def test_read_text_input_refuses_binary_files(tmp_path):
-    """Found by an audit: a weights file passed as --text or a haystack was read as text."""
+    """Found by an audit: a weights file passed as calibration text or a haystack was read as
+    text, its bytes replaced by U+FFFD."""
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"\x08\x00\x00\x00{}" + bytes(range(256)))
     with pytest.raises(AdllmError, match=r"looks binary \(a NUL byte at offset 1\)") as err:
-        _io.read_text_input(path, flag="--text")
-    assert "--text" in str(err.value) and "\n" not in str(err.value)
+        _io.read_text_input(path, flag="--data", errors="replace")
+    assert "--data" in str(err.value) and "\n" not in str(err.value)
+    # kept byte for byte (the byte-level model scores any file: tests/cli/test_eval_cli.py)
+    assert _io.read_text_input(path).encode("utf-8", "surrogateescape") == path.read_bytes()
     text = tmp_path / "t.txt"
     text.write_bytes(b"ok \xff")
     assert _io.read_text_input(text, errors="replace") == "ok \ufffd"

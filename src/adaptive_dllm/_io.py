@@ -272,11 +272,14 @@ def read_text_input(path: str | os.PathLike[str], *, flag: str = "--text",
 
     ``surrogateescape`` (as Python does for ``argv``) keeps every byte: the byte-level
     tokenizer turns them back into the exact bytes, other tokenizers report the position of
-    the first one (:func:`adaptive_dllm.models.tokenizer.check_text`). ``errors="replace"``
-    turns such bytes into U+FFFD instead (calibration text and haystacks, read as before).
+    the first one (:func:`adaptive_dllm.models.tokenizer.check_text`); so a byte-level model
+    scores any file, binary or not. ``errors="replace"`` reads text (calibration text and
+    haystacks): other bytes become U+FFFD, and a file holding a NUL byte is refused as binary
+    (replacing would silently turn it into noise).
 
     Raises:
-        AdllmError: the path is missing, a directory, unreadable or binary (holds a NUL byte).
+        AdllmError: the path is missing, a directory or unreadable; with ``errors="replace"``,
+            also a binary file (one holding a NUL byte).
     """
     file = Path(path).expanduser()
     if not file.is_file():
@@ -286,8 +289,8 @@ def read_text_input(path: str | os.PathLike[str], *, flag: str = "--text",
         data = file.read_bytes()
     except OSError as err:
         raise AdllmError(f"{flag} {str(file)!r} cannot be read ({err.strerror or err})") from None
-    nul = data.find(b"\0")
-    if nul >= 0:  # no text encoding this library reads puts NUL bytes in text
+    nul = data.find(b"\0") if errors == "replace" else -1
+    if nul >= 0:  # read as text, where no encoding this library reads puts NUL bytes
         raise AdllmError(f"{flag} {str(file)!r} looks binary (a NUL byte at offset {nul}); "
                          "give a text file")
     return data.decode("utf-8", errors=errors)
