@@ -93,6 +93,8 @@ def test_estimate_cheap_methods(ckpt, text_file, tmp_path, capsys, method):
     ("entropy", ["--steps", "4"], "--steps"),
     ("uniform", ["--data", "x.txt"], "--data"),
     ("entropy", ["--distribution", "normal"], "--distribution"),
+    ("entropy", ["--coverage", "0.5", "--top-frac", "0.2"], "--top-frac, --coverage"),
+    ("coverage", ["--select", "0.5"], "--select"),
 ])
 def test_options_a_method_ignores_are_refused(ckpt, tmp_path, capsys, method, argv, named):
     """Found by an audit: e.g. --block-size under --method headig was silently ignored."""

@@ -82,18 +82,24 @@ def register_estimate(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--mask-ratio", type=float, default=0.8,
                    help="completion fraction masked, the switch-step state (default 0.8)")
     s.add_argument("--queries", default="all", choices=("all", "completion"))
-    s.add_argument("--top-frac", type=float, default=0.1, help="topk: fraction of blocks (default 0.1)")
-    s.add_argument("--coverage", type=float, default=0.9, help="coverage: mass target (default 0.9)")
-    s.add_argument("--select", type=float, default=0.3, help="deficit: uniform keep ratio (default 0.3)")
+    one_statistic = [
+        (s.add_argument("--top-frac", type=float, default=0.1,
+                        help="topk: fraction of blocks (default 0.1)"), "topk"),
+        (s.add_argument("--coverage", type=float, default=0.9,
+                        help="coverage: mass target (default 0.9)"), "coverage"),
+        (s.add_argument("--select", type=float, default=0.3,
+                        help="deficit: uniform keep ratio (default 0.3)"), "deficit")]
     h = _add_headig_args(p)
     p.set_defaults(importance_func=run_estimate, method_options=_method_options(
         [(data._group_actions, ("headig", *STAT_METHODS)), (s._group_actions, STAT_METHODS),
+         *(([action], (method,)) for action, method in one_statistic),
          (h._group_actions, ("headig",)), ([distribution], ("random",))]))
 
 
 def _method_options(groups: list[tuple[list[argparse.Action], tuple[str, ...]]]
                     ) -> dict[str, tuple[Any, tuple[str, ...]]]:
-    """dest -> (default, the methods that read it), for refusing options a method ignores."""
+    """dest -> (default, the methods that read it), for refusing options a method ignores; a
+    later group overrides an earlier one (a statistic's own option within its group)."""
     return {a.dest: (a.default, methods) for actions, methods in groups for a in actions}
 
 
