@@ -106,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
     nll_only = [f"--{name.replace('_', '-')}" for name in NLL_OPTIONS
                 if getattr(args, name) is not None]
     if args.task_cmd is not None and nll_only:
-        raise AdllmError(f"{', '.join(nll_only)} set the NLL metric, which --task-cmd replaces; "
-                         "drop them or drop --task-cmd")
+        one = len(nll_only) == 1
+        raise AdllmError(f"{', '.join(nll_only)} {'sets' if one else 'set'} the NLL metric, which "
+                         f"--task-cmd replaces; drop {'it' if one else 'them'} or drop --task-cmd")
     for name, default in NLL_OPTIONS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
