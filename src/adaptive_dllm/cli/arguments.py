@@ -129,6 +129,18 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
                    help="no progress lines on stderr (they are printed every ~10%% or 30 s)")
 
 
+def refuse_unused(args: argparse.Namespace, defaults: dict[str, Any], *, why: str,
+                  instead: str) -> None:
+    """Refuse the options among ``defaults`` (dest -> parser default) that were set away from
+    their default: this run will not read them, and dropping them silently would mislead. A value
+    equal to the default cannot be told from an absent option, and changes nothing."""
+    given = [f"--{dest.replace('_', '-')}" for dest, default in defaults.items()
+             if getattr(args, dest) != default]
+    if given:
+        raise AdllmError(f"{', '.join(given)}: {why}; drop {'it' if len(given) == 1 else 'them'} "
+                         f"or {instead}")
+
+
 def check_steps(steps: int | None, gen_length: int, *, flag: str = "--steps") -> None:
     """Refuse ``steps`` outside [1, MAX_STEPS_PER_TOKEN * gen_length] (None = the default)."""
     if steps is None:

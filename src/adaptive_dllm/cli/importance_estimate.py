@@ -21,6 +21,7 @@ from adaptive_dllm.cli.arguments import (
     load_model,
     out_stream,
     positive_int,
+    refuse_unused,
     seed,
 )
 from adaptive_dllm.cli.importance_files import check_artifact_out
@@ -104,15 +105,10 @@ def _method_options(groups: list[tuple[list[argparse.Action], tuple[str, ...]]]
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
-    """An option the chosen method never reads is an error, not silently dropped (a value equal
-    to the default cannot be told apart from an absent option, and changes nothing)."""
-    unused = [f"--{dest.replace('_', '-')}" for dest, (default, methods)
-              in args.method_options.items()
-              if args.method not in methods and getattr(args, dest) != default]
-    if unused:
-        raise AdllmError(f"{', '.join(unused)}: not used by --method {args.method}; drop "
-                         f"{'it' if len(unused) == 1 else 'them'} or choose a method that uses "
-                         f"{'it' if len(unused) == 1 else 'them'}")
+    """An option the chosen method never reads is an error, not silently dropped."""
+    refuse_unused(args, {dest: default for dest, (default, methods) in args.method_options.items()
+                         if args.method not in methods},
+                  why=f"not used by --method {args.method}", instead="choose another --method")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> Any:

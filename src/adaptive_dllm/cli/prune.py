@@ -15,6 +15,7 @@ from adaptive_dllm.cli.arguments import (
     load_model,
     out_stream,
     positive_int,
+    refuse_unused,
     seed,
 )
 from adaptive_dllm.cli.lists import floats, layer_range
@@ -76,10 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="passage length (default min(1024, the model's maximum))")
     m.add_argument("--max-passages", type=positive_int, default=None,
                    help="score only the first N passages")
-    m.add_argument("--mask-ratios", default=None, help="NLL mask ratios (default 0.15,0.5,0.9)")
-    m.add_argument("--nll-seed", type=seed, default=None, help="NLL mask seed (default 0)")
+    m.add_argument("--mask-ratios", default=None,
+                   help=f"NLL mask ratios (default {NLL_OPTIONS['mask_ratios']})")
+    m.add_argument("--nll-seed", type=seed, default=None,
+                   help=f"NLL mask seed (default {NLL_OPTIONS['nll_seed']})")
     m.add_argument("--batch-size", type=positive_int, default=None,
-                   help="passages per forward (default 8)")
+                   help=f"passages per forward (default {NLL_OPTIONS['batch_size']})")
     p.add_argument("--out", type=Path, default=None, help="also write the full report as JSON here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_quiet(p)
@@ -103,12 +106,10 @@ def run(args: argparse.Namespace) -> int:
         raise AdllmError(f"--which {args.which!r}: choose from {', '.join(WHICH)}")
     if args.out is not None:  # before any work: never overwrite an input, never fail at the end
         check_output_path(args.out, inputs=[args.importance, args.text])
-    nll_only = [f"--{name.replace('_', '-')}" for name in NLL_OPTIONS
-                if getattr(args, name) is not None]
-    if args.task_cmd is not None and nll_only:
-        one = len(nll_only) == 1
-        raise AdllmError(f"{', '.join(nll_only)} {'sets' if one else 'set'} the NLL metric, which "
-                         f"--task-cmd replaces; drop {'it' if one else 'them'} or drop --task-cmd")
+    if args.task_cmd is not None:  # the options' parser defaults are None: any value is given
+        refuse_unused(args, dict.fromkeys(NLL_OPTIONS),
+                      why="for the NLL metric, which --task-cmd replaces",
+                      instead="drop --task-cmd")
     for name, default in NLL_OPTIONS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
