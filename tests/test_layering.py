@@ -153,3 +153,31 @@ def test_the_import_reader(code, expected):
     found = {n for n in names if n in modules}
     found -= {t for t in found if any(o.startswith(t + ".") for o in found)}
     assert found == expected
+
+
+def test_every_import_of_the_package_resolves():
+    """Each ``from adaptive_dllm.X import name`` in the package, ``scripts/`` and ``benchmarks/``
+    names something X has, lazy imports inside functions included: those run only on the path
+    that needs them (a CUDA-only branch, say), so a name moved between modules would otherwise
+    fail first on a GPU. (A stale import of ``triton_available`` from ``attention.api`` broke
+    cached sparse steps on CUDA this way.)"""
+    import importlib
+
+    root = SRC.parent
+    files = {**_modules(), **{str(p.relative_to(root)): p for folder in ("scripts", "benchmarks")
+                              for p in sorted((root / folder).rglob("*.py"))}}
+    missing = []
+    for module, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.split(".")[0] == PACKAGE):
+                continue
+            target = importlib.import_module(node.module)
+            for alias in node.names:
+                if alias.name == "*" or hasattr(target, alias.name):
+                    continue
+                try:  # a submodule not yet imported as an attribute
+                    importlib.import_module(f"{node.module}.{alias.name}")
+                except ModuleNotFoundError:
+                    missing.append(f"{module}:{node.lineno}: {node.module}.{alias.name}")
+    assert not missing, "imports of names that do not exist:\n" + "\n".join(missing)

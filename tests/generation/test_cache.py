@@ -220,3 +220,21 @@ def test_auto_decides_cached_steps_with_the_cost_model(bundled, monkeypatch, dec
     else:
         assert "7 per block" in s["cached_reason"]  # 8 steps per block of 8: 7 cached
         assert (s["cached_dense_steps"], s["cached_sparse_steps"]) == (0, 28)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_sparse_steps_run_the_triton_kernel_on_a_gpu(cache):
+    """On CUDA the cached steps of a triton session run decode_sparse (this path once failed
+    on an import that only CUDA reaches) and give the reference backend's tokens (float32)."""
+    pytest.importorskip("triton")
+    model, tok = ad.load(device="cuda", dtype=torch.float32)
+    outs = {}
+    for backend in ("triton", "reference"):
+        cfg = SparseConfig(select=0.5, skip=0.2, block_size=16, backend=backend)
+        outs[backend] = ad.generate(model, tok, "ROMEO: " * 12, cache=cache, sparse=cfg, **_OPTS_L)
+    s = outs["triton"].stats["sparse"]
+    assert s["cached_backend"] == "triton"
+    assert (s["cached_dense_steps"], s["cached_sparse_steps"]) == (0, 28)
+    assert torch.equal(outs["triton"].sequences, outs["reference"].sequences)

@@ -88,7 +88,7 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
 
         torch.manual_seed(0)
         for H, Hkv, W, Lk, D, bs in ((4, 4, 8, 100, 16, 32), (7, 1, 5, 257, 24, 64),
-                                     (8, 2, 40, 96, 32, 16)):
+                                     (8, 2, 40, 96, 32, 16), (2, 1, 3, 700, 16, 16)):
             B = 2
             n = -(-Lk // bs)
             q = torch.randn(B, W, H, D).transpose(1, 2)  # (B, H, W, D), model-made strides
@@ -103,13 +103,40 @@ def test_kernel_matches_reference_in_the_interpreter(triton_interpreter):
                     c = int(cnt[b, h])
                     idx[b, h, :c] = torch.randperm(n)[:c].sort().values.int()
             want = decode_reference(q, k, v, idx, cnt, block_size=bs, key_mask=km)
-            for splits in (1, 3):
+            for splits in (1, 3, 20):
                 got = decode_sparse(q, k, v, idx, cnt, block_size=bs, key_mask=km,
                                     splits=splits)
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             got = decode_sparse(q, k, v, idx, cnt, block_size=bs)
             torch.testing.assert_close(
                 got, decode_reference(q, k, v, idx, cnt, block_size=bs), rtol=1e-5, atol=1e-5)
+        print("ok")
+    """)
+    assert out.split() == ["ok"]
+
+
+def test_combine_kernel_matches_combine_splits_in_the_interpreter(triton_interpreter):
+    """The Triton combine merges its partials 16 at a time: 1, 16, 17 and 40 splits, splits that
+    saw no key, a row that no split saw, a head dim that is not a power of two."""
+    out = triton_interpreter("""
+        import torch
+        from adaptive_dllm.kernels.decode_sparse import _kernels, combine_splits
+
+        torch.manual_seed(0)
+        _, combine = _kernels()
+        B, Hkv, M, D = 2, 3, 5, 24
+        for S in (1, 16, 17, 40):
+            part = torch.randn(B, Hkv, S, M, D)
+            stat = torch.stack([torch.randn(B, Hkv, S, M) * 4,
+                                torch.rand(B, Hkv, S, M) + 0.5], dim=-1)
+            empty = torch.rand(B, Hkv, S, M) < 0.3
+            stat[..., 0][empty], stat[..., 1][empty] = float("-inf"), 0.0
+            stat[0, 1, :, 2, 0], stat[0, 1, :, 2, 1] = float("-inf"), 0.0  # no split saw it
+            got = torch.empty(B * Hkv * M, D)
+            combine[(B * Hkv * M,)](part, stat, got, S, M, D, BLOCK_S=16, BLOCK_D=32)
+            want = combine_splits(part, stat)
+            torch.testing.assert_close(got.view(B, Hkv, M, D), want, rtol=1e-5, atol=1e-5)
+            assert bool((got.view(B, Hkv, M, D)[0, 1, 2] == 0).all())
         print("ok")
     """)
     assert out.split() == ["ok"]

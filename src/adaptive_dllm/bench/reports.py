@@ -76,14 +76,15 @@ def _decode_table(rows: list[dict[str, Any]]) -> list[str]:
     """Cached-step attention: sparse kernel vs the fastest dense SDPA, bandwidth."""
     if not rows:
         return []
-    lines = ["", "cached step          keys  queries keep  kernel     ms   dense(ms,backend)  "
-                 "speedup  ideal  GB/s  dense GB/s  copy GB/s"]
+    lines = ["", "cached step (GPU time)  keys  queries keep  kernel     ms   dense(ms,backend)  "
+                 "speedup  ideal  GB/s  dense GB/s  copy GB/s | one call: ms  dense  speedup"]
     for r in rows:
         lines.append(
             f"{r['family']:<20} {r['keys']:>6} {r['queries']:>5} {r['keep_ratio']:>6.3f} "
             f"{r['kernel']:<9} {r['ms']:>7.3f} {r['dense_ms']:>8.3f} {r['dense_backend']:<9} "
             f"{r['speedup']:>6.2f}x {r['ideal_speedup']:>5.2f} {r['gbs']:>6.1f} "
-            f"{r['dense_gbs']:>10.1f} {r['copy_rate_gbs']:>10.1f}")
+            f"{r['dense_gbs']:>10.1f} {r['copy_rate_gbs']:>10.1f} | {_f(r.get('call_ms'), 3):>7} "
+            f"{_f(r.get('dense_call_ms'), 3):>6} {_f(r.get('call_speedup'))}x")
     return lines
 
 

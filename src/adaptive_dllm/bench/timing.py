@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -23,8 +24,16 @@ import torch
 import torch.nn.functional as F
 
 
-def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5) -> dict[str, Any]:
+def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5,
+            gpu_time: bool = False) -> dict[str, Any]:
     """Median wall time of ``fn()`` on the current device, warm-up excluded.
+
+    Args:
+        gpu_time: on CUDA, measure the GPU's time alone: before each repeat the L2 cache is
+            flushed and the GPU kept busy for about a millisecond, so the host enqueues ``fn``'s
+            launches meanwhile and the events see only its kernels (as ``triton.testing.do_bench``
+            does). Without it a call of a few dozen microseconds of GPU work times its host-side
+            launch path instead. Ignored on the CPU.
 
     Returns:
         ``{"median_ms", "min_ms", "samples_ms"}``.
@@ -32,10 +41,14 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5) -> dict
     for _ in range(warmup):
         fn()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    flush = _l2_flush_buffer(torch.cuda.current_device()) if cuda and gpu_time else None
     samples = []
     for _ in range(repeats):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if flush is not None:
+                flush.zero_()
+                torch.cuda._sleep(_BUSY_CYCLES)
             start.record()
             fn()
             end.record()
@@ -47,6 +60,16 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5) -> dict
             samples.append((time.perf_counter() - t0) * 1000.0)
     return {"median_ms": statistics.median(samples), "min_ms": min(samples),
             "samples_ms": samples}
+
+
+_BUSY_CYCLES = 2_000_000  # about 1 ms at Hopper's ~2 GHz: longer than any launch path timed here
+
+
+@functools.cache
+def _l2_flush_buffer(device: int) -> torch.Tensor:
+    # 256 MiB: several times the L2 of current GPUs (50-60 MiB on Hopper), so nothing an earlier
+    # repeat read is still cached.
+    return torch.empty(256 * 2**20, dtype=torch.uint8, device=torch.device("cuda", device))
 
 
 def sdpa_backends() -> dict[str, Any]:
@@ -71,8 +94,9 @@ def sdpa_backend(name: str | None) -> Iterator[None]:
 
 
 def fastest_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, warmup: int = 2,
-                  repeats: int = 5) -> dict[str, Any]:
-    """Time dense SDPA with each backend; the fastest is the baseline.
+                  repeats: int = 5, gpu_time: bool = False) -> dict[str, Any]:
+    """Time dense SDPA with each backend; the fastest is the baseline (``gpu_time``: see
+    :func:`time_fn`).
 
     Returns:
         ``{"best": name, "best_ms": float, "backends": {name: median_ms or error string}}``.
@@ -83,7 +107,7 @@ def fastest_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, warmup: 
         try:
             with sdpa_backend(name):
                 t = time_fn(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa),
-                            warmup=warmup, repeats=repeats)
+                            warmup=warmup, repeats=repeats, gpu_time=gpu_time)
             results[name] = t["median_ms"]
         except RuntimeError as err:  # backend refuses these inputs (dtype, GQA, head dim)
             results[name] = f"unavailable: {str(err).splitlines()[0][:120]}"

@@ -42,6 +42,7 @@ import torch
 
 from adaptive_dllm.attention.api import attend
 from adaptive_dllm.generation.schedule import StepSession
+from adaptive_dllm.kernels.support import triton_available
 from adaptive_dllm.models.config import ModelConfig
 from adaptive_dllm.sparsity.config import SparseConfig
 from adaptive_dllm.sparsity.cost import Decision
@@ -164,7 +165,7 @@ class CachedSparse:
         idx, cnt = plan
         bs = self.config.block_size
         backend = self.cached_decision.backend
-        if backend != "reference" and q.is_cuda and _has_triton():
+        if backend != "reference" and q.is_cuda and triton_available():
             return ds.decode_sparse(q, k, v, idx, cnt, block_size=bs, key_mask=key_mask)
         return ds.decode_reference(q, k, v, idx, cnt, block_size=bs, key_mask=key_mask)
 
@@ -203,8 +204,3 @@ def _window_mass(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None
         out[:, h, :Lf] = p.sum(dim=(1, 2))
     return out.view(B, Hkv, n, bs).sum(-1)
 
-
-def _has_triton() -> bool:
-    from adaptive_dllm.attention.api import triton_available
-
-    return triton_available()

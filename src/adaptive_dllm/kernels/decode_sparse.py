@@ -23,6 +23,7 @@ imported on first use.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,6 +36,7 @@ _MAX_ROWS = 128  # query rows per program; more rows get more programs along the
 # Hopper's 227 KiB; float32 tiles get fewer stages (support.FP32_MAX_STAGES). Three stages of
 # float32 tiles asked for 320 KiB and did not launch on an H200.
 _LAUNCH = LaunchOptions(num_warps=4, num_stages=2)
+_COMBINE_SPLITS = 16  # partials merged per iteration of the combine kernel
 
 
 def decode_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
@@ -110,18 +112,22 @@ def decode_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: to
     per_split = triton.cdiv(kmax, S)
     part = torch.empty(B, Hkv, S, M, D, dtype=torch.float32, device=q.device)
     stat = torch.empty(B, Hkv, S, M, 2, dtype=torch.float32, device=q.device)  # max, sum
-    mask = key_mask.to(torch.int8) if key_mask is not None else q.new_ones(1, dtype=torch.int8)
-    idx = indices.to(torch.int32).contiguous()
-    cnt = counts.to(torch.int32).contiguous()
-    kernel = _kernel()
-    kernel[(B * Hkv, row_tiles, S)](
-        q, k, v, idx, cnt, mask, part, stat,
-        *q.stride(), *k.stride(), *v.stride(),
+    out = torch.empty(B, H, W, D, dtype=q.dtype, device=q.device)
+    # Without a mask the kernel never reads its mask pointer: pass any tensor, launch nothing.
+    mask = key_mask.to(torch.int8) if key_mask is not None else indices
+    decode, combine = _kernels()
+    decode[(B * Hkv, row_tiles, S)](
+        q, k, v, indices.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous(), mask,
+        part, stat, *q.stride(), *k.stride(), *v.stride(),
         Hkv, W, M, Lk, D, kmax, per_split, 1.0 / math.sqrt(D),
         HAS_MASK=key_mask is not None, BLOCK_M=block_m, BLOCK_N=block_size,
         BLOCK_D=max(16, triton.next_power_of_2(D)), **_LAUNCH.for_dtype(block_size, k.element_size()),
     )
-    return combine_splits(part, stat).view(B, H, W, D).to(q.dtype)
+    # out (B, H, W, D) contiguous is (B * Hkv * M, D) rows in the partials' row order (H = Hkv*G,
+    # M = G*W), so the combine writes each row of the result once, in q's dtype.
+    combine[(B * Hkv * M,)](part, stat, out, S, M, D, BLOCK_S=_COMBINE_SPLITS,
+                            BLOCK_D=max(16, triton.next_power_of_2(D)))
+    return out
 
 
 def combine_splits(part: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
@@ -140,8 +146,15 @@ def combine_splits(part: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
 def _default_splits(device: torch.device, programs: int, kmax: int) -> int:
     if device.type != "cuda":
         return min(kmax, 4)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return max(1, min(kmax, -(-4 * sms // max(programs, 1))))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    # Asked once per device: a cached step is a few dozen microseconds of GPU work, so every
+    # host-side microsecond of its launch path shows.
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
@@ -164,18 +177,19 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Ten
         raise AdllmError(f"key_mask must be (B, Lk) = ({B}, {Lk}); got {tuple(key_mask.shape)}")
 
 
-def _kernel():  # noqa: ANN202 - a triton JITFunction
-    """Build the kernel on first use (importing this module needs no triton)."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build_kernel()
-    return _KERNEL
+def _kernels():  # noqa: ANN202 - triton JITFunctions
+    """Build the decode and combine kernels on first use (importing this module needs no
+    triton)."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _build_kernels()
+    return _KERNELS
 
 
-_KERNEL = None
+_KERNELS = None
 
 
-def _build_kernel():  # noqa: ANN202, C901 - one jit function
+def _build_kernels():  # noqa: ANN202, C901 - two jit functions
     import triton
     import triton.language as tl
 
@@ -237,4 +251,34 @@ def _build_kernel():  # noqa: ANN202, C901 - one jit function
         tl.store(stat + (base + rows) * 2, m_i, mask=row_ok)
         tl.store(stat + (base + rows) * 2 + 1, l_i, mask=row_ok)
 
-    return decode_kernel
+    @triton.jit
+    def combine_kernel(part, stat, out, S, M, D, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+        # One program: one query row of one KV head; merges its S partials as combine_splits
+        # does, BLOCK_S at a time with a running max (any S, bounded registers).
+        row = tl.program_id(0)  # (b * Hkv + h) * M + r
+        bh = row // M
+        r = row % M
+        dims = tl.arange(0, BLOCK_D)
+        d_ok = dims < D
+        m_run = tl.full([1], float("-inf"), tl.float32)
+        l_run = tl.zeros([1], tl.float32)
+        acc = tl.zeros([BLOCK_D], tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            splits = s0 + tl.arange(0, BLOCK_S)
+            s_ok = splits < S
+            at = (bh * S + splits) * M + r  # (BLOCK_S,) rows of part / stat
+            m = tl.load(stat + at * 2, mask=s_ok, other=float("-inf"))
+            ls = tl.load(stat + at * 2 + 1, mask=s_ok, other=0.0)
+            p = tl.load(part + at[:, None] * D + dims[None, :],
+                        mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+            m_new = tl.maximum(m_run, tl.max(m, 0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no split saw a key yet
+            w = tl.exp(m - m_safe) * ls  # exp(-inf) = 0: empty splits weigh nothing
+            keep = tl.exp(m_run - m_safe)
+            acc = acc * keep + tl.sum(p * w[:, None], 0)
+            l_run = l_run * keep + tl.sum(w, 0)
+            m_run = m_new
+        res = tl.where(l_run > 0, acc / tl.where(l_run > 0, l_run, 1.0), 0.0)
+        tl.store(out + row * D + dims, res.to(out.dtype.element_ty), mask=d_ok)
+
+    return decode_kernel, combine_kernel
