@@ -4,13 +4,15 @@
 #
 #   bash benchmarks/cache_h200.sh call1 "$OUT"        # GPU: cached-step kernel; e2e at 4k and 16k
 #   bash benchmarks/cache_h200.sh call2 "$OUT"        # GPU: e2e at 64k
+#   bash benchmarks/cache_h200.sh all "$OUT"          # GPU: both, targets first (~9 minutes)
 #   bash benchmarks/cache_h200.sh smoke DIR           # CPU: the same commands on the tiny geometry
 #
 # Random bf16 weights at the LLaDA-8B / Dream-7B geometry, 4 layers, 128 generated tokens,
 # semi-autoregressive blocks of 32, select 0.3, skip 0.2, sparse key blocks of 128.
 set -euo pipefail
-what=${1:?call1, call2 or smoke}
+what=${1:?call1, call2, all or smoke}
 out=${2:?output directory}
+[[ $what =~ ^(call1|call2|all|smoke)$ ]] || { echo "unknown: $what (call1, call2, all or smoke)" >&2; exit 2; }
 mkdir -p "$out"
 adllm=(python -m adaptive_dllm.cli bench)
 common=(--family llada dream --n-layers 4 --gen-length 128 --block-length 32 --select 0.3
@@ -23,30 +25,35 @@ else
   common+=(--sparse-backend auto triton)
   decode_lengths=(4224 16512 65664); short=(4096 16384); long=(65536); repeats=20
 fi
-case $what in
-  call1|smoke)
-    # Cached-step attention: W queries (32 = dual's block window, 128 = prefix's widest) over
-    # the cache, keep 0.3, Triton kernel vs the fastest dense SDPA, GB/s vs the copy rate.
-    for window in 32 128; do
-      "${adllm[@]}" --what decode "${common[@]}" --lengths "${decode_lengths[@]}" \
-        --window "$window" --repeats "$repeats" --out "$out/cache_decode.jsonl"
-    done
-    # End to end at 4k and 16k: no cache (dense baseline), prefix and dual, dense and uniform
-    # sparse (auto and triton); one token per forward, then exactly four per forward.
-    for k in 1 4; do
-      "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${short[@]}" \
-        --cache none prefix dual --tokens-per-step "$k" --deadline 240 \
-        --out "$out/cache_e2e.jsonl"
-    done
-    ;;&
-  call2|smoke)
-    # 64k: today's dense run without a cache vs prefix cache dense and sparse (one token per
-    # forward); then prefix and dual at four tokens per forward (baseline from the first run).
+decode() {
+  # Cached-step attention: W queries (32 = dual's block window, 128 = prefix's widest) over
+  # the cache, keep 0.3, Triton kernel vs the fastest dense SDPA, GB/s vs the copy rate.
+  for window in 32 128; do
+    "${adllm[@]}" --what decode "${common[@]}" --lengths "${decode_lengths[@]}" \
+      --window "$window" --repeats "$repeats" --out "$out/cache_decode.jsonl"
+  done
+}
+short() {  # $1: tokens per forward
+  # End to end at 4k and 16k: no cache (dense baseline), prefix and dual, dense and uniform
+  # sparse (auto and triton); one token per forward, or exactly four per forward.
+  "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${short[@]}" \
+    --cache none prefix dual --tokens-per-step "$1" --deadline 240 --out "$out/cache_e2e.jsonl"
+}
+long() {  # $1: tokens per forward
+  # 64k: at one token per forward, today's dense run without a cache vs prefix cache dense and
+  # sparse; at four, prefix and dual (the baseline is the first run's).
+  if [[ $1 == 1 ]]; then
     "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${long[@]}" \
       --cache none prefix --tokens-per-step 1 --deadline 420 --out "$out/cache_e2e_64k.jsonl"
+  else
     "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${long[@]}" \
-      --cache prefix dual --tokens-per-step 4 --deadline 120 --out "$out/cache_e2e_64k.jsonl"
-    ;;
-  call1) ;;
-  *) echo "unknown: $what (call1, call2 or smoke)" >&2; exit 2 ;;
+      --cache prefix dual --tokens-per-step "$1" --deadline 120 --out "$out/cache_e2e_64k.jsonl"
+  fi
+}
+case $what in
+  call1) decode; short 1; short 4 ;;
+  call2) long 1; long 4 ;;
+  # One device call, the targets first: the kernel, 64k, 4k/16k, then four per forward.
+  all) decode; long 1; short 1; short 4; long 4 ;;
+  smoke) decode; short 1; short 4; long 1; long 4 ;;
 esac
