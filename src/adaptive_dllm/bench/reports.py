@@ -126,6 +126,48 @@ def plot(records: list[dict[str, Any]], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_cache(records: list[dict[str, Any]], path: str) -> None:
+    """PNG of the cache protocol (issue 14): left, the cached-step kernel's speedup over the
+    fastest dense SDPA vs cached keys (GPU time, per family and query window); right, end-to-end
+    speedup over dense without a cache vs prompt length (one token per forward), per family,
+    cache mode and attention."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
+    decode = [r for r in records if r.get("kind") == "decode"]
+    for n, key in enumerate(sorted({(r["family"], r["queries"]) for r in decode})):
+        pts = sorted((r["keys"], r["speedup"]) for r in decode
+                     if (r["family"], r["queries"]) == key)
+        left.plot(*zip(*pts, strict=True), marker="o", color=colormaps["tab10"](n),
+                  label=f"{key[0]}, {key[1]} queries")
+    left.set_title("cached-step attention, keep 0.3")
+    left.set_xlabel("cached keys")
+    e2e = [r for r in records if r.get("kind") == "e2e" and r.get("cache")
+           and r.get("tokens_per_step") == 1 and r.get("speedup") is not None
+           and r.get("sparse_backend") in (None, "auto")]
+    for n, key in enumerate(sorted({(r["family"], _mode_label(r)) for r in e2e})):
+        pts = sorted((r["prompt_len"], r["speedup"]) for r in e2e
+                     if (r["family"], _mode_label(r)) == key)
+        right.plot(*zip(*pts, strict=True), marker="o", color=colormaps["tab10"](n % 10),
+                   ls="-" if key[0] == "llada" else "--", label=f"{key[0]} {key[1]}")
+    right.set_title("end to end, 4 layers, 128 tokens, one per forward")
+    right.set_xlabel("prompt tokens")
+    right.set_yscale("log")
+    for ax, ylabel in ((left, "speedup over fastest dense SDPA"),
+                       (right, "speedup over dense without a cache")):
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    env = next((r["env"] for r in records if "env" in r), {})
+    fig.suptitle(f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}, "
+                 f"commit {env.get('git_commit')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Median speedups per (kind, family, mode) for quick reading."""
     out: dict[str, Any] = {}

@@ -71,6 +71,7 @@ class CachedSparse:
         self.cached_decision: Decision | None = None
         self.config = config
         self.n_layers = model_config.n_layers
+        self.group = model_config.n_heads // model_config.n_kv_heads
         self._plans: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.n_layers
         self._window: tuple[int, int] | None = None
         self._build = False
@@ -123,7 +124,7 @@ class CachedSparse:
         kv_bytes = 2 * k.numel() * k.element_size()
         return self.session.cost_model.decide_cached(
             refresh=decision, select=self.config.select, kv_bytes=kv_bytes,
-            cached_steps=self.cached_steps)
+            cached_steps=self.cached_steps, group=self.group)
 
     def _decode_plan(self, layer: int, q: torch.Tensor, k: torch.Tensor,
                      key_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,17 +19,18 @@ On the CPU there is no fast sparse kernel (the reference backend materialises L 
 runs dense there; ``backend="reference"`` forces a sparse run (tests, debugging).
 
 **Cached steps** (an approximate K/V cache, ``generation/cached_sparse.py``) are a different
-regime: W queries over Lk cached keys read all of K/V once, so a step is memory-bound. A dense
-cached step costs about ``t = kv_bytes / bandwidth``; the decode kernel reads ``select`` of it but
-adds a fixed ``overhead_s`` (its launch and the log-sum-exp combine of the splits), and every
+regime: W queries over Lk cached keys, memory-bound. With ``t = kv_bytes / bandwidth`` the time
+to read one layer's cached K/V once, a dense cached step costs about ``group * t`` (dense SDPA
+reads each KV head's K/V once per query head of its group: measured, ``benchmarks/README.md``),
+the GQA-native decode kernel about ``select * t + overhead_s`` (its fixed cost), and every
 refresh builds the decode plan (the window's exact attention mass, ``build_reads * t``). The
 cached steps of a block run sparse only when
 
-    cached_steps * ((1 - select) * t - overhead_s) > build_reads * t,
+    cached_steps * (group * t - select * t - overhead_s) > build_reads * t,
 
-so short caches (t of a few microseconds) stay dense. :class:`DecodeCost`'s constants are
-**assumptions** (the H200 copy rate of issue 14, launch latencies), not measurements yet:
-``adllm bench --what decode`` measures the kernel, and ``benchmarks/README.md`` says how to refit.
+so short caches (t of a few microseconds) stay dense. :class:`DecodeCost`'s bandwidth is the
+H200's copy rate; its overhead is the kernel's fixed GPU time measured on an H100 (about
+20 us); ``benchmarks/README.md`` has the records and says how to refit.
 """
 
 from __future__ import annotations
@@ -57,14 +58,16 @@ BUILD_COST_POINTS: tuple[tuple[int, float], ...] = ((4096, 5.0), (16384, 0.69), 
 
 @dataclass(frozen=True)
 class DecodeCost:
-    """Cost constants of cached steps (see the module doc). Assumed, not measured yet.
+    """Cost constants of cached steps (see the module doc).
 
     Attributes:
         bandwidth: Bytes per second at which K/V stream from memory (4.3e12: the H200's measured
-            copy rate quoted in issue 14).
-        overhead_s: Fixed seconds a sparse cached step adds over one dense SDPA call (the kernel
-            and its combine: a few launches of ~5 us each).
-        build_reads: The decode-plan build at a refresh, in dense cached-step reads (the exact
+            copy rate quoted in issue 14; the dense LLaDA cached step at 64k reached 4.0 TB/s
+            there).
+        overhead_s: Fixed seconds a sparse cached step adds: the decode kernel's GPU time at 4k
+            keys, keep 0.3, is 20-27 us on an H100, of which reading the kept K/V takes 1-7 us
+            (``benchmarks/results/cache_h100_6594da7/``).
+        build_reads: The decode-plan build at a refresh, in reads of the cached K/V (the exact
             window mass is a float32 pass over K plus a softmax: a few reads).
         threshold_cached_steps: Cached steps per block assumed under threshold decoding, whose
             count is unknown in advance (a block of 32 at 8 tokens per forward).
@@ -134,7 +137,7 @@ class CostModel:
 
 
     def decide_cached(self, *, refresh: Decision, select: float, kv_bytes: int,
-                      cached_steps: int | None) -> Decision:
+                      cached_steps: int | None, group: int = 1) -> Decision:
         """Dense or the refreshes' sparse backend for the cached steps (``backend="auto"``).
 
         Args:
@@ -142,9 +145,15 @@ class CostModel:
             select: Mean fraction of key blocks the decode plan keeps.
             kv_bytes: Bytes of one layer's cached K and V (2 * B * Hkv * Lk * D * itemsize).
             cached_steps: Cached steps per refresh (block), None under threshold decoding.
+            group: Query heads per KV head (1 without GQA). Dense SDPA reads the K/V once per
+                query head (Dream-7B, 7 per group: 585 GB/s counted once, ~4.1 TB/s counted
+                per query head, on an H100 whose copy rate is 2.98 TB/s); the decode kernel
+                reads them once per group.
         """
         if refresh.backend == "dense":
             return Decision("dense", "the refresh forwards run dense")
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise AdllmError(f"group={group!r} must be a positive integer (query heads per KV head)")
         d = self.decode
         assumed = ""
         if cached_steps is None:
@@ -152,17 +161,19 @@ class CostModel:
             assumed = " (assumed under threshold decoding)"
         if cached_steps < 1:
             return Decision("dense", "no cached step follows a refresh")
-        dense_s = kv_bytes / d.bandwidth
-        saving = (1.0 - select) * dense_s - d.overhead_s
+        once_s = kv_bytes / d.bandwidth  # one read of the layer's K/V
+        dense_s = group * once_s
+        saving = dense_s - (select * once_s + d.overhead_s)
         if saving <= 0:
             return Decision("dense", f"short cache: a dense cached step reads "
-                                     f"{kv_bytes / 2**20:.0f} MiB of K/V (~{dense_s * 1e6:.1f} us), "
-                                     f"too little for the decode kernel's fixed "
-                                     f"~{d.overhead_s * 1e6:.0f} us to pay off")
-        if cached_steps * saving <= d.build_reads * dense_s:
+                                     f"{kv_bytes / 2**20:.0f} MiB of K/V"
+                                     f"{f' x {group} query heads' if group > 1 else ''} "
+                                     f"(~{dense_s * 1e6:.1f} us), too little for the decode "
+                                     f"kernel's fixed ~{d.overhead_s * 1e6:.0f} us to pay off")
+        if cached_steps * saving <= d.build_reads * once_s:
             return Decision("dense", f"{cached_steps} cached step(s) per block{assumed} cannot "
-                                     f"pay back the decode-plan build (~{d.build_reads:g} dense "
-                                     f"cached steps)")
+                                     f"pay back the decode-plan build (~{d.build_reads:g} reads "
+                                     f"of the cached K/V)")
         return Decision(refresh.backend, f"predicted cached step {1 - saving / dense_s:.2f}x of "
                                          f"dense, {cached_steps} per block{assumed}")
 
