@@ -12,7 +12,9 @@ ascending, padded with -1; ``counts`` valid entries), shared by all its G query 
 queries: the G * W query rows of a KV head form one tile, so K/V are loaded once per group
 (GQA-native, never repeated). The kept blocks are split over S programs per KV head, each
 producing a partial output with its running max and sum (flash-decoding, Dao et al. 2023); a
-combine step merges the S partials with their log-sum-exps.
+second Triton kernel merges the S partials of each query row with their log-sum-exps and writes
+the result in q's dtype (:func:`combine_splits` is its eager oracle). Two launches per call: a
+cached step is tens of microseconds of GPU work, so the launch path matters.
 
 :func:`decode_reference` is the eager oracle (gather the kept blocks, masked softmax) that the
 kernel is tested against, itself tested against dense softmax attention with every block kept.
@@ -132,7 +134,8 @@ def decode_sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: to
 
 def combine_splits(part: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
     """Merge S partial outputs (B, Hkv, S, M, D) with their (max, sum) (B, Hkv, S, M, 2) into
-    (B, Hkv, M, D): weights exp(max_s - max) * sum_s, normalised. Splits that saw no key
+    (B, Hkv, M, D), eagerly: the oracle of the combine kernel. Weights exp(max_s - max) * sum_s,
+    normalised. Splits that saw no key
     (max -inf, sum 0) weigh nothing; a row no split saw gives zeros."""
     m, s = stat[..., 0], stat[..., 1]  # (B, Hkv, S, M)
     top = m.amax(dim=2, keepdim=True)
