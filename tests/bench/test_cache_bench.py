@@ -70,9 +70,21 @@ def test_decode_records_compare_with_dense_sdpa(cache_records):
     assert dec["speedup"] == pytest.approx(dec["dense_ms"] / dec["ms"])
     assert dec["bytes_read"] < dec["dense_bytes_read"] and dec["copy_rate_gbs"] > 0
     assert dec["gbs"] == pytest.approx(dec["bytes_read"] / dec["ms"] / 1e6)
+    # GPU time (launches overlapped) beside one isolated call's latency
+    assert dec["timing"] == "gpu_time" and dec["call_ms"] > 0 and dec["dense_call_ms"] > 0
+    assert dec["call_speedup"] == pytest.approx(dec["dense_call_ms"] / dec["call_ms"])
     text = table(cache_records)
-    assert "cache protocol" in text and "cached step" in text
+    assert "cache protocol" in text and "cached step" in text and "one call" in text
     assert "e2e/llada/uniform +prefix [reference]" in summarize(cache_records)
+
+
+def test_cache_plot_draws_the_kernel_and_end_to_end_panels(cache_records, tmp_path):
+    pytest.importorskip("matplotlib")
+    from adaptive_dllm.bench.reports import plot_cache
+
+    path = tmp_path / "cache.png"
+    plot_cache(cache_records, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_threshold_runs_are_labelled_threshold():
