@@ -235,7 +235,7 @@ def test_history_and_history_gif_must_differ(tmp_path, capsys):
     assert not same.exists()
 
 
-@pytest.mark.parametrize("extra, flag", [(["--steps", "16"], "--steps"),
+@pytest.mark.parametrize("extra, flag", [(["--steps", "8"], "--steps"),
                                          (["--remasking", "random"], "--remasking random")])
 def test_fast_names_itself_when_an_option_clashes_with_its_threshold(capsys, extra, flag):
     """A clash with the preset's threshold blames --fast, not an option the user never typed."""
@@ -243,3 +243,14 @@ def test_fast_names_itself_when_an_option_clashes_with_its_threshold(capsys, ext
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "--fast sets --threshold 0.9" in err and f"drop --fast or {flag}" in err
+
+
+def test_fast_follows_the_samplers_rule_for_steps(capsys):
+    """--steps equal to --gen-length changes nothing under a threshold: the library accepts it,
+    and so does --fast (it once refused any --steps); --steps without --gen-length is refused,
+    since the default length is the sampler's."""
+    code = main(["generate", "ROMEO:", "--gen-length", "16", "--steps", "16", "--fast", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out)["stats"]["cache"] == "prefix"
+    code = main(["generate", "ROMEO:", "--steps", "16", "--fast"])
+    assert code == 2 and "drop --fast or --steps" in capsys.readouterr().err

@@ -160,6 +160,25 @@ def test_bad_options_are_one_line_errors():
         LladaOptions(threshold=0.9, remasking="random")
     with pytest.raises(AdllmError, match="ranked alg"):
         DreamOptions(alg="origin", threshold=0.9)
+    with pytest.raises(AdllmError, match="ranked alg"):
+        DreamOptions(alg_temp=0.5, threshold=0.9)
+    with pytest.raises(AdllmError, match="steps=8 does not apply with threshold"):
+        DreamOptions(gen_length=16, steps=8, threshold=0.9)
+    # steps equal to gen_length changes nothing: accepted by both samplers
+    assert LladaOptions(gen_length=16, steps=16, threshold=0.9).steps == 16
+    assert DreamOptions(gen_length=16, steps=16, threshold=0.9).steps == 16
+
+
+def test_threshold_clashes_is_the_one_rule():
+    from adaptive_dllm.generation.cache import threshold_clashes
+
+    assert threshold_clashes({}) == []
+    assert threshold_clashes({"steps": 16, "gen_length": 16}) == []
+    assert threshold_clashes({"steps": 16}) == ["steps"]  # the default length is not known
+    assert threshold_clashes({"steps": 8, "gen_length": 16, "remasking": "random", "alg": "origin",
+                              "alg_temp": 0.1}) == ["steps", "remasking", "alg", "alg_temp"]
+    assert threshold_clashes({"remasking": "low_confidence", "alg": "entropy",
+                              "alg_temp": 0.0}) == []
     with pytest.raises(AdllmError, match="not divisible by block_length"):
         DreamOptions(gen_length=10, block_length=4)
 

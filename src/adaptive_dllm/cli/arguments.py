@@ -283,18 +283,16 @@ def add_sampler_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None =
 def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler options the user set (not None), as ``generate()`` keywords; ``--fast``
     fills in those of :data:`~adaptive_dllm.generation.cache.FAST_OPTIONS` not given."""
-    from adaptive_dllm.generation.cache import FAST_OPTIONS
+    from adaptive_dllm.generation.cache import FAST_OPTIONS, threshold_clashes
 
     options = {name: getattr(args, name) for name in _sampler_specs()
                if name != "fast" and getattr(args, name, None) is not None}
     if not getattr(args, "fast", False):
         return options
     if "threshold" not in options:  # the preset's threshold: name --fast in any clash with it
-        clash = [flag for flag, given in (
-            ("--steps", "steps" in options),
-            ("--remasking random", options.get("remasking") == "random"),
-            ("--alg origin", options.get("alg") == "origin"),
-            ("--alg-temp", bool(options.get("alg_temp")))) if given]
+        flags = {"steps": "--steps", "remasking": f"--remasking {options.get('remasking')}",
+                 "alg": "--alg origin", "alg_temp": "--alg-temp"}
+        clash = [flags[name] for name in threshold_clashes(options)]
         if clash:
             raise AdllmError(f"--fast sets --threshold {FAST_OPTIONS['threshold']}, which runs "
                              f"each block until it is unmasked, most confident first; "

@@ -122,6 +122,25 @@ class LoopCounts:
         self.refreshes += int(refresh)
 
 
+def threshold_clashes(options: Mapping[str, Any]) -> list[str]:
+    """The options among ``options`` (``generate()`` keywords) that threshold decoding cannot go
+    with, in this order: ``steps`` other than ``gen_length`` (each block runs until it is
+    unmasked; ``steps`` without ``gen_length`` counts, since the default is not known here),
+    ``remasking`` other than ``low_confidence`` (LLaDA), ``alg="origin"`` and a non-zero
+    ``alg_temp`` (Dream): the threshold compares model confidences, most confident first.
+    The one rule behind both samplers' options and the CLI's ``--fast``."""
+    clashes = []
+    if options.get("steps") is not None and options.get("steps") != options.get("gen_length"):
+        clashes.append("steps")
+    if options.get("remasking", "low_confidence") != "low_confidence":
+        clashes.append("remasking")
+    if options.get("alg") == "origin":
+        clashes.append("alg")
+    if options.get("alg_temp"):
+        clashes.append("alg_temp")
+    return clashes
+
+
 def threshold_counts(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
     """Tokens each row commits under parallel (threshold) decoding.
 

@@ -43,7 +43,13 @@ from torch import nn
 from adaptive_dllm._checks import check_choice, check_float, check_int
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.block_loop import walk_blocks
-from adaptive_dllm.generation.cache import BlockCache, CacheMode, LoopCounts, check_cache
+from adaptive_dllm.generation.cache import (
+    BlockCache,
+    CacheMode,
+    LoopCounts,
+    check_cache,
+    threshold_clashes,
+)
 from adaptive_dllm.generation.dream_steps import (  # noqa: F401 - tests reach them here
     _confidence,
     _decision_logits,
@@ -111,10 +117,12 @@ class DreamOptions:
         check_cache("cache", self.cache)
         if self.threshold is not None:
             check_float("threshold", self.threshold, low=0.0, low_open=True)
-            if self.steps is not None and self.steps != self.gen_length:
+            clash = threshold_clashes({"steps": self.steps, "gen_length": self.gen_length,
+                                       "alg": self.alg, "alg_temp": self.alg_temp})
+            if "steps" in clash:
                 raise AdllmError(f"steps={self.steps} does not apply with threshold (each block "
                                  "runs until it is unmasked); leave steps unset")
-            if self.alg == "origin" or self.alg_temp:
+            if clash:
                 raise AdllmError("threshold needs a ranked alg (maskgit_plus, topk_margin, "
                                  "entropy) without alg_temp")
         if self.steps is None:

@@ -41,6 +41,7 @@ from adaptive_dllm.generation.cache import (
     CacheMode,
     LoopCounts,
     check_cache,
+    threshold_clashes,
     threshold_counts,
 )
 from adaptive_dllm.generation.schedule import (
@@ -94,10 +95,12 @@ class LladaOptions:
                 raise AdllmError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.threshold is not None:
             check_float("threshold", self.threshold, low=0.0, low_open=True)
-            if self.steps is not None and self.steps != self.gen_length:
+            clash = threshold_clashes({"steps": self.steps, "gen_length": self.gen_length,
+                                       "remasking": self.remasking})
+            if "steps" in clash:
                 raise AdllmError(f"steps={self.steps} does not apply with threshold (each block "
                                  "runs until it is unmasked); leave steps unset")
-            if self.remasking != "low_confidence":
+            if clash:
                 raise AdllmError("threshold compares model confidences: it needs "
                                  "remasking='low_confidence'")
         if self.steps is None:
