@@ -244,16 +244,28 @@ def test_auto_decides_cached_steps_with_the_cost_model(bundled, monkeypatch, dec
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
-def test_cached_sparse_steps_run_the_triton_kernel_on_a_gpu(cache):
+def test_cached_sparse_steps_run_the_triton_kernel_on_a_gpu(cache, monkeypatch):
     """On CUDA the cached steps of a triton session run decode_sparse (this path once failed
-    on an import that only CUDA reaches) and give the reference backend's tokens (float32)."""
+    on an import that only CUDA reaches), and each call inside the generation matches the eager
+    oracle on its own inputs (Triton's float32 dots use TF32: the bf16 kernel test's tolerance)."""
     pytest.importorskip("triton")
+    from adaptive_dllm.kernels import decode_sparse as ds
+
+    real, calls = ds.decode_sparse, []
+
+    def checked(q, k, v, idx, cnt, **kw):
+        out = real(q, k, v, idx, cnt, **kw)
+        want = ds.decode_reference(q.float(), k.float(), v.float(), idx, cnt, **kw)
+        torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(ds, "decode_sparse", checked)
     model, tok = ad.load(device="cuda", dtype=torch.float32)
-    outs = {}
-    for backend in ("triton", "reference"):
-        cfg = SparseConfig(select=0.5, skip=0.2, block_size=16, backend=backend)
-        outs[backend] = ad.generate(model, tok, "ROMEO: " * 12, cache=cache, sparse=cfg, **_OPTS_L)
-    s = outs["triton"].stats["sparse"]
+    cfg = SparseConfig(select=0.5, skip=0.2, block_size=16, backend="triton")
+    out = ad.generate(model, tok, "ROMEO: " * 12, cache=cache, sparse=cfg, **_OPTS_L)
+    s = out.stats["sparse"]
     assert s["cached_backend"] == "triton"
     assert (s["cached_dense_steps"], s["cached_sparse_steps"]) == (0, 28)
-    assert torch.equal(outs["triton"].sequences, outs["reference"].sequences)
+    assert len(calls) == 28 * model.config.n_layers
+    assert not (out.ids == model.config.mask_id).any()

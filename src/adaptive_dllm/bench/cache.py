@@ -135,7 +135,7 @@ def copy_rate_gbs(device: str, *, mib: int = 1024) -> float:
     """Measured device copy rate, GB/s of bytes moved (read + write): the bandwidth reference."""
     x = torch.empty(mib * 2**20, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
-    ms = time_fn(lambda: y.copy_(x), warmup=2, repeats=10)["median_ms"]
+    ms = time_fn(lambda: y.copy_(x), warmup=2, repeats=10, device=device)["median_ms"]
     return 2 * x.numel() / ms / 1e6
 
 
@@ -163,9 +163,9 @@ def decode_records(family: str, keys: int, s: SweepSettings, *,
     # other layers keep the GPU busy while the host launches; one isolated call (call_ms) adds
     # the host-side launch path, which dominates at a few dozen microseconds.
     sparse_ms = time_fn(lambda: fn(q, k, v, idx, cnt, block_size=bs), repeats=s.repeats,
-                        gpu_time=True)["median_ms"]
-    call_ms = time_fn(lambda: fn(q, k, v, idx, cnt, block_size=bs),
-                      repeats=s.repeats)["median_ms"]
+                        gpu_time=True, device=s.device)["median_ms"]
+    call_ms = time_fn(lambda: fn(q, k, v, idx, cnt, block_size=bs), repeats=s.repeats,
+                      device=s.device)["median_ms"]
     dense = fastest_dense(q, k, v, repeats=s.repeats, gpu_time=True)
     dense_call = fastest_dense(q, k, v, repeats=s.repeats)
     item = k.element_size()
@@ -176,7 +176,8 @@ def decode_records(family: str, keys: int, s: SweepSettings, *,
     return [{"kind": "decode", "family": family, "mode": "cached_step", "seq_len": keys,
              "keys": keys, "queries": W,
              "n_heads": H, "n_kv_heads": Hkv, "head_dim": D, "block_size": bs,
-             "keep_ratio": kept / n, "kernel": kernel, "timing": "gpu_time", "ms": sparse_ms,
+             "keep_ratio": kept / n, "kernel": kernel,
+             "timing": "gpu_time" if s.device.startswith("cuda") else "wall", "ms": sparse_ms,
              "dense_backend": dense["best"], "dense_ms": dense["best_ms"],
              "dense_backends_ms": dense["backends"], "speedup": dense["best_ms"] / sparse_ms,
              "call_ms": call_ms, "dense_call_ms": dense_call["best_ms"],

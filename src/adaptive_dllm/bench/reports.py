@@ -142,7 +142,8 @@ def plot_cache(records: list[dict[str, Any]], path: str) -> None:
                      if (r["family"], r["queries"]) == key)
         left.plot(*zip(*pts, strict=True), marker="o", color=colormaps["tab10"](n),
                   label=f"{key[0]}, {key[1]} queries")
-    left.set_title("cached-step attention, keep 0.3")
+    keeps = sorted({round(r["keep_ratio"], 1) for r in decode})
+    left.set_title(f"cached-step attention, keep {', '.join(map(str, keeps))}")
     left.set_xlabel("cached keys")
     e2e = [r for r in records if r.get("kind") == "e2e" and r.get("cache")
            and r.get("tokens_per_step") == 1 and r.get("speedup") is not None
@@ -152,7 +153,9 @@ def plot_cache(records: list[dict[str, Any]], path: str) -> None:
                      if (r["family"], _mode_label(r)) == key)
         right.plot(*zip(*pts, strict=True), marker="o", color=colormaps["tab10"](n % 10),
                    ls="-" if key[0] == "llada" else "--", label=f"{key[0]} {key[1]}")
-    right.set_title("end to end, 4 layers, 128 tokens, one per forward")
+    shape = sorted({(r["n_layers"], r["gen_length"], r["select"]) for r in e2e})
+    right.set_title("end to end, " + "; ".join(f"{n} layers, {g} tokens, select {sel}"
+                                              for n, g, sel in shape) + ", one per forward")
     right.set_xlabel("prompt tokens")
     right.set_yscale("log")
     for ax, ylabel in ((left, "speedup over fastest dense SDPA"),

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import platform
 import statistics
@@ -24,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 
-def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5,
-            gpu_time: bool = False) -> dict[str, Any]:
+def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5, gpu_time: bool = False,
+            device: str | torch.device | None = None) -> dict[str, Any]:
     """Median wall time of ``fn()`` on the current device, warm-up excluded.
 
     Args:
@@ -34,14 +33,22 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5,
             launches meanwhile and the events see only its kernels (as ``triton.testing.do_bench``
             does). Without it a call of a few dozen microseconds of GPU work times its host-side
             launch path instead. Ignored on the CPU.
+        device: where ``fn`` works: CUDA events for a CUDA device, the host clock otherwise.
+            None: CUDA events whenever CUDA is initialised (GPU benchmarks).
 
     Returns:
         ``{"median_ms", "min_ms", "samples_ms"}``.
     """
     for _ in range(warmup):
         fn()
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    flush = _l2_flush_buffer(torch.cuda.current_device()) if cuda and gpu_time else None
+    if device is None:
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    else:
+        cuda = torch.device(device).type == "cuda"
+    # Allocated per call and freed on return: a cached buffer would sit in every later peak
+    # memory reading of the process.
+    flush = (torch.empty(256 * 2**20, dtype=torch.uint8, device=_cuda_device(device))
+             if cuda and gpu_time else None)  # 256 MiB: several times Hopper's 50-60 MiB L2
     samples = []
     for _ in range(repeats):
         if cuda:
@@ -58,6 +65,7 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5,
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1000.0)
+    del flush
     return {"median_ms": statistics.median(samples), "min_ms": min(samples),
             "samples_ms": samples}
 
@@ -65,11 +73,10 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 5,
 _BUSY_CYCLES = 2_000_000  # about 1 ms at Hopper's ~2 GHz: longer than any launch path timed here
 
 
-@functools.cache
-def _l2_flush_buffer(device: int) -> torch.Tensor:
-    # 256 MiB: several times the L2 of current GPUs (50-60 MiB on Hopper), so nothing an earlier
-    # repeat read is still cached.
-    return torch.empty(256 * 2**20, dtype=torch.uint8, device=torch.device("cuda", device))
+def _cuda_device(device: str | torch.device | None) -> torch.device:
+    if device is None or torch.device(device).index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device)
 
 
 def sdpa_backends() -> dict[str, Any]:
@@ -107,7 +114,7 @@ def fastest_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, warmup: 
         try:
             with sdpa_backend(name):
                 t = time_fn(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa),
-                            warmup=warmup, repeats=repeats, gpu_time=gpu_time)
+                            warmup=warmup, repeats=repeats, gpu_time=gpu_time, device=q.device)
             results[name] = t["median_ms"]
         except RuntimeError as err:  # backend refuses these inputs (dtype, GQA, head dim)
             results[name] = f"unavailable: {str(err).splitlines()[0][:120]}"

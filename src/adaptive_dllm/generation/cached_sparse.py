@@ -71,7 +71,7 @@ class CachedSparse:
         self.cached_decision: Decision | None = None
         self.config = config
         self.n_layers = model_config.n_layers
-        self.group = model_config.n_heads // model_config.n_kv_heads
+        self.group = model_config.group_size
         self._plans: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.n_layers
         self._window: tuple[int, int] | None = None
         self._build = False

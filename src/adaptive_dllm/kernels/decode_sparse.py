@@ -13,8 +13,9 @@ queries: the G * W query rows of a KV head form one tile, so K/V are loaded once
 (GQA-native, never repeated). The kept blocks are split over S programs per KV head, each
 producing a partial output with its running max and sum (flash-decoding, Dao et al. 2023); a
 second Triton kernel merges the S partials of each query row with their log-sum-exps and writes
-the result in q's dtype (:func:`combine_splits` is its eager oracle). Two launches per call: a
-cached step is tens of microseconds of GPU work, so the launch path matters.
+the result in q's dtype (:func:`combine_splits` is its eager oracle). Two launches per call (a
+third with a key mask: its int8 copy): a cached step is tens of microseconds of GPU work, so
+the launch path matters.
 
 :func:`decode_reference` is the eager oracle (gather the kept blocks, masked softmax) that the
 kernel is tested against, itself tested against dense softmax attention with every block kept.

@@ -68,7 +68,9 @@ class DecodeCost:
             keys, keep 0.3, is 20-27 us on an H100, of which reading the kept K/V takes 1-7 us
             (``benchmarks/results/cache_h100_6594da7/``).
         build_reads: The decode-plan build at a refresh, in reads of the cached K/V (the exact
-            window mass is a float32 pass over K plus a softmax: a few reads).
+            window mass is a float32 pass over K plus a softmax: a few reads). Not measured,
+            and flat in the group size although the build's float32 scores grow with it (G * W
+            rows per KV head): an underestimate for GQA models.
         threshold_cached_steps: Cached steps per block assumed under threshold decoding, whose
             count is unknown in advance (a block of 32 at 8 tokens per forward).
     """
@@ -150,10 +152,10 @@ class CostModel:
                 per query head, on an H100 whose copy rate is 2.98 TB/s); the decode kernel
                 reads them once per group.
         """
-        if refresh.backend == "dense":
-            return Decision("dense", "the refresh forwards run dense")
         if isinstance(group, bool) or not isinstance(group, int) or group < 1:
             raise AdllmError(f"group={group!r} must be a positive integer (query heads per KV head)")
+        if refresh.backend == "dense":
+            return Decision("dense", "the refresh forwards run dense")
         d = self.decode
         assumed = ""
         if cached_steps is None:
