@@ -36,8 +36,10 @@ decode() {
 short() {  # $1: tokens per forward
   # End to end at 4k and 16k: no cache (dense baseline), prefix and dual, dense and uniform
   # sparse (auto and triton); one token per forward, or exactly four per forward.
+  # Three timed generations each (the median is kept): single runs of 0.1-1 s varied by ~20%.
   "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${short[@]}" \
-    --cache none prefix dual --tokens-per-step "$1" --deadline 240 --out "$out/cache_e2e.jsonl"
+    --cache none prefix dual --tokens-per-step "$1" --e2e-repeats 3 --deadline 240 \
+    --out "$out/cache_e2e.jsonl"
 }
 long() {  # $1: tokens per forward
   # 64k: at one token per forward, today's dense run without a cache vs prefix cache dense and

@@ -130,6 +130,9 @@ def test_settings_validate_the_cache_sweep():
         SweepSettings(caches=("full",))
     with pytest.raises(AdllmError, match="exclude each other"):
         SweepSettings(tokens_per_step=2, threshold=0.9)
+    for bad in (0, True, 1.5):
+        with pytest.raises(AdllmError, match="e2e_repeats="):
+            SweepSettings(e2e_repeats=bad)
 
 
 @pytest.mark.gpu
@@ -140,3 +143,32 @@ def test_decode_records_time_the_triton_kernel_on_a_gpu():
     s = SweepSettings(lengths=(8192,), repeats=3, device="cuda", dtype="bfloat16")
     (rec,) = decode_records("dream", 8192, s, copy_gbs=copy_rate_gbs("cuda", mib=256))
     assert rec["kernel"] == "triton" and rec["ms"] > 0 and rec["gbs_over_copy"] > 0
+
+
+def test_e2e_repeats_keep_the_median_run_and_every_total(capsys):
+    code = main([*TINY, "--what", "e2e", "--e2e-lengths", "64", "--cache", "prefix",
+                 "--tokens-per-step", "2", "--modes", "uniform", "--sparse-backend", "reference",
+                 "--e2e-repeats", "3"])
+    assert code == 0
+    records = [r for r in json.loads(capsys.readouterr().out)["records"] if r["kind"] == "e2e"]
+    assert len(records) == 2  # prefix dense, prefix uniform: one record each, not three
+    for r in records:
+        samples = r["total_s_samples"]
+        assert len(samples) == 3 and r["total_s"] == sorted(samples)[1]
+        assert "--e2e-repeats 3" in r["command"]
+
+
+def test_median_run_is_one_whole_run():
+    from adaptive_dllm.bench.cache import _median_run
+
+    runs = [{"total_s": t, "forwards": f, "peak_memory_gb": p}
+            for t, f, p in ((3.0, 30, 1.0), (1.0, 10, 2.0), (2.0, 20, 1.5), (4.0, 40, 0.5))]
+    pick = _median_run(runs)
+    assert (pick["total_s"], pick["forwards"]) == (2.0, 20)  # lower middle of four, its own fields
+    assert pick["peak_memory_gb"] == 2.0  # the largest peak of all runs
+
+
+def test_e2e_repeats_outside_the_cache_protocol_are_refused(capsys):
+    code = main([*TINY, "--what", "e2e", "--e2e-lengths", "64", "--e2e-repeats", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--e2e-repeats 3" in err and err.count("\n") == 1

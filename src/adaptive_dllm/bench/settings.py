@@ -49,6 +49,8 @@ class SweepSettings:
     threshold: float | None = None
     cache_backends: tuple[str, ...] = ("auto",)
     window: int = 32  # queries of a cached step (decode kernel records)
+    #: Timed generations per cache-protocol configuration (the record keeps the median run).
+    e2e_repeats: int = 1
     command: str | None = None  # the command line that made the records
 
     def __post_init__(self) -> None:
@@ -59,6 +61,9 @@ class SweepSettings:
             raise AdllmError("tokens_per_step and threshold exclude each other; give one")
         if self.threshold is not None:
             check_float("threshold", self.threshold, low=0.0, low_open=True)
+        if isinstance(self.e2e_repeats, bool) or not isinstance(self.e2e_repeats, int) or (
+                self.e2e_repeats < 1):
+            raise AdllmError(f"e2e_repeats={self.e2e_repeats!r} must be a positive integer")
         k = self.tokens_per_step
         if k is not None and (k < 1 or self.llada_block_length % k or self.gen_length % k):
             raise AdllmError(f"tokens_per_step={k} must divide the block length "

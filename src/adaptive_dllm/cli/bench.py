@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_list(p, "--sparse-backend", default=["auto"],
              choices=("auto", "triton", "flex", "gather", "reference"),
              help="sparse backends of the cache protocol (default auto)")
+    p.add_argument("--e2e-repeats", type=positive_int, default=1, metavar="N",
+                   help="timed generations per cache-protocol configuration; the record keeps "
+                        "the median run and every total in total_s_samples (default 1)")
     p.add_argument("--window", type=positive_int, default=32,
                    help="queries of a cached step (--what decode, default 32)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (first) sparse run")
@@ -148,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
     if "decode" in args.what and args.window > min(args.lengths):
         raise AdllmError(f"--window {args.window}: a cached step's queries are a window of the "
                          f"keys, so it must be at most the shortest --lengths ({min(args.lengths)})")
+    cache_protocol = bool(args.cache) or args.tokens_per_step is not None or (
+        args.threshold is not None)
+    if args.e2e_repeats != 1 and not (cache_protocol and "e2e" in args.what):
+        raise AdllmError(f"--e2e-repeats {args.e2e_repeats} repeats the cache protocol's "
+                         "generations only: add --what e2e with --cache, or drop it")
     from adaptive_dllm.sparsity.config import SparseConfig
 
     SparseConfig(select=args.select, skip=args.skip, block_size=args.block_size)  # validates
@@ -163,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         deadline=None if args.deadline is None else time.monotonic() + args.deadline,
         caches=tuple(args.cache), tokens_per_step=args.tokens_per_step, threshold=args.threshold,
         llada_block_length=args.block_length, cache_backends=tuple(args.sparse_backend),
-        window=args.window, command=_command(args))
+        window=args.window, e2e_repeats=args.e2e_repeats, command=_command(args))
     out = open_jsonl_append(args.out) if args.out else None  # closed below
 
     def emit(rec: dict) -> None:
