@@ -167,6 +167,8 @@ def test_bad_options_are_one_line_errors():
     # steps equal to gen_length changes nothing: accepted by both samplers
     assert LladaOptions(gen_length=16, steps=16, threshold=0.9).steps == 16
     assert DreamOptions(gen_length=16, steps=16, threshold=0.9).steps == 16
+    with pytest.raises(AdllmError, match="not divisible by block_length"):
+        DreamOptions(gen_length=10, block_length=4)
 
 
 def test_threshold_clashes_is_the_one_rule():
@@ -179,8 +181,6 @@ def test_threshold_clashes_is_the_one_rule():
                               "alg_temp": 0.1}) == ["steps", "remasking", "alg", "alg_temp"]
     assert threshold_clashes({"remasking": "low_confidence", "alg": "entropy",
                               "alg_temp": 0.0}) == []
-    with pytest.raises(AdllmError, match="not divisible by block_length"):
-        DreamOptions(gen_length=10, block_length=4)
 
 
 def test_a_session_without_a_sparse_config_runs_dense_under_a_cache(bundled, stub_session):

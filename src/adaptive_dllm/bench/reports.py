@@ -119,11 +119,7 @@ def plot(records: list[dict[str, Any]], path: str) -> None:
         ax.set_ylabel("speedup over fastest dense SDPA")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    env = next((r["env"] for r in records if "env" in r), {})
-    fig.suptitle(f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, records, path)
 
 
 def plot_cache(records: list[dict[str, Any]], path: str) -> None:
@@ -164,6 +160,11 @@ def plot_cache(records: list[dict[str, Any]], path: str) -> None:
         ax.set_xscale("log", base=2)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
+    _save(fig, records, path)
+
+
+def _save(fig: Any, records: list[dict[str, Any]], path: str) -> None:
+    """Title the figure with the records' GPU, versions and commit, then write it."""
     env = next((r["env"] for r in records if "env" in r), {})
     fig.suptitle(f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}, "
                  f"commit {env.get('git_commit')}", fontsize=9)

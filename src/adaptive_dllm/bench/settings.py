@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from adaptive_dllm._checks import check_float
+from adaptive_dllm._checks import check_float, check_int
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.models.config import ModelConfig
 
@@ -61,9 +61,7 @@ class SweepSettings:
             raise AdllmError("tokens_per_step and threshold exclude each other; give one")
         if self.threshold is not None:
             check_float("threshold", self.threshold, low=0.0, low_open=True)
-        if isinstance(self.e2e_repeats, bool) or not isinstance(self.e2e_repeats, int) or (
-                self.e2e_repeats < 1):
-            raise AdllmError(f"e2e_repeats={self.e2e_repeats!r} must be a positive integer")
+        check_int("e2e_repeats", self.e2e_repeats)
         k = self.tokens_per_step
         if k is not None and (k < 1 or self.llada_block_length % k or self.gen_length % k):
             raise AdllmError(f"tokens_per_step={k} must divide the block length "

@@ -151,11 +151,6 @@ def run(args: argparse.Namespace) -> int:
     if "decode" in args.what and args.window > min(args.lengths):
         raise AdllmError(f"--window {args.window}: a cached step's queries are a window of the "
                          f"keys, so it must be at most the shortest --lengths ({min(args.lengths)})")
-    cache_protocol = bool(args.cache) or args.tokens_per_step is not None or (
-        args.threshold is not None)
-    if args.e2e_repeats != 1 and not (cache_protocol and "e2e" in args.what):
-        raise AdllmError(f"--e2e-repeats {args.e2e_repeats} repeats the cache protocol's "
-                         "generations only: add --what e2e with --cache, or drop it")
     from adaptive_dllm.sparsity.config import SparseConfig
 
     SparseConfig(select=args.select, skip=args.skip, block_size=args.block_size)  # validates
@@ -172,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         caches=tuple(args.cache), tokens_per_step=args.tokens_per_step, threshold=args.threshold,
         llada_block_length=args.block_length, cache_backends=tuple(args.sparse_backend),
         window=args.window, e2e_repeats=args.e2e_repeats, command=_command(args))
+    if settings.e2e_repeats != 1 and not (settings.cache_sweep and "e2e" in args.what):
+        raise AdllmError(f"--e2e-repeats {args.e2e_repeats} repeats the cache protocol's "
+                         "generations only: add --what e2e with --cache, or drop it")
     out = open_jsonl_append(args.out) if args.out else None  # closed below
 
     def emit(rec: dict) -> None:

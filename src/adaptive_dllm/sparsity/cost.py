@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from adaptive_dllm._checks import check_int
 from adaptive_dllm.errors import AdllmError
 
 
@@ -152,8 +153,7 @@ class CostModel:
                 per query head, on an H100 whose copy rate is 2.98 TB/s); the decode kernel
                 reads them once per group.
         """
-        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
-            raise AdllmError(f"group={group!r} must be a positive integer (query heads per KV head)")
+        check_int("group", group)
         if refresh.backend == "dense":
             return Decision("dense", "the refresh forwards run dense")
         d = self.decode
