@@ -5,14 +5,17 @@
 #   bash benchmarks/cache_h200.sh call1 "$OUT"        # GPU: cached-step kernel; e2e at 4k and 16k
 #   bash benchmarks/cache_h200.sh call2 "$OUT"        # GPU: e2e at 64k
 #   bash benchmarks/cache_h200.sh all "$OUT"          # GPU: both, targets first (~9 minutes)
+#   bash benchmarks/cache_h200.sh graphs "$OUT"       # GPU: the e2e runs that the cached steps'
+#                                                     # CUDA graphs change, graphs on and off
 #   bash benchmarks/cache_h200.sh smoke DIR           # CPU: the same commands on the tiny geometry
 #
 # Random bf16 weights at the LLaDA-8B / Dream-7B geometry, 4 layers, 128 generated tokens,
 # semi-autoregressive blocks of 32, select 0.3, skip 0.2, sparse key blocks of 128.
 set -euo pipefail
-what=${1:?call1, call2, all or smoke}
+what=${1:?call1, call2, all, graphs or smoke}
 out=${2:?output directory}
-[[ $what =~ ^(call1|call2|all|smoke)$ ]] || { echo "unknown: $what (call1, call2, all or smoke)" >&2; exit 2; }
+[[ $what =~ ^(call1|call2|all|graphs|smoke)$ ]] || {
+  echo "unknown: $what (call1, call2, all, graphs or smoke)" >&2; exit 2; }
 mkdir -p "$out"
 adllm=(python -m adaptive_dllm.cli bench)
 common=(--family llada dream --n-layers 4 --gen-length 128 --block-length 32 --select 0.3
@@ -52,10 +55,25 @@ long() {  # $1: tokens per forward
       --cache prefix dual --tokens-per-step "$1" --deadline 120 --out "$out/cache_e2e_64k.jsonl"
   fi
 }
+graphs() {
+  # CUDA graphs replay the cached steps (generation/step_graph.py): the runs without a cache and
+  # the cached-step kernel are untouched, so only cached runs are timed, with graphs and without
+  # (same call, same card); 4k/16k with the no-cache baseline, 64k prefix only (its no-cache
+  # baseline is 80 s per family and unchanged).
+  "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${short[@]}" --cache none prefix dual \
+    --tokens-per-step 1 --e2e-repeats 3 --deadline 200 --out "$out/cache_e2e.jsonl"
+  "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${long[@]}" --cache prefix \
+    --tokens-per-step 1 --deadline 90 --out "$out/cache_e2e_64k.jsonl"
+  "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${short[@]}" --cache prefix dual \
+    --tokens-per-step 1 --e2e-repeats 3 --deadline 120 --no-cuda-graphs --out "$out/cache_e2e.jsonl"
+  "${adllm[@]}" --what e2e "${common[@]}" --e2e-lengths "${long[@]}" --cache prefix \
+    --tokens-per-step 1 --deadline 90 --no-cuda-graphs --out "$out/cache_e2e_64k.jsonl"
+}
 case $what in
   call1) decode; short 1; short 4 ;;
   call2) long 1; long 4 ;;
   # One device call, the issue's targets first: the kernel, 64k, 4k/16k, then four per forward.
   all) decode; long 1; short 1; short 4; long 4 ;;
-  smoke) decode; short 1; short 4; long 1; long 4 ;;
+  graphs) graphs ;;
+  smoke) decode; short 1; short 4; long 1; long 4; graphs ;;
 esac

@@ -51,7 +51,7 @@ def _run(model: Any, ids: torch.Tensor, s: SweepSettings, *, cache: str | None,
     from adaptive_dllm.generation.api import generate
 
     opts: dict[str, Any] = {"gen_length": s.gen_length, "block_length": s.llada_block_length,
-                            "cache": cache}
+                            "cache": cache, "cuda_graphs": s.cuda_graphs}
     if s.threshold is not None and steps is None:
         opts["threshold"] = s.threshold
     else:
@@ -82,7 +82,7 @@ def cache_e2e_records(model: Any, length: int, s: SweepSettings) -> list[dict[st
             "select": s.select, "skip": s.skip, "block_size": s.block_size,
             "decoding": "fixed" if fixed else "threshold",
             "tokens_per_step": (s.tokens_per_step or s.gen_length // s.steps) if fixed else None,
-            "threshold": s.threshold, "decoding_note": FIXED_NOTE if fixed else
+            "threshold": s.threshold, "cuda_graphs": s.cuda_graphs, "decoding_note": FIXED_NOTE if fixed else
             "random weights: confidences are meaningless; tokens_per_forward says what ran",
             "device": _device_name(s), "command": s.command}
     records: list[dict[str, Any]] = []
@@ -130,8 +130,8 @@ def _fields(st: dict[str, Any]) -> dict[str, Any]:
     sp = st.get("sparse")
     return {"total_s": st["total_s"], "step_median_s": st["step_median_s"],
             "tokens_per_s": st["tokens_per_s"], "steps": st["steps"], "forwards": st["forwards"],
-            "refreshes": st["refreshes"], "tokens_per_forward": st["tokens_per_forward"],
-            "peak_memory_gb": st.get("peak_memory_gb"), "sparse_stats": sp}
+            "refreshes": st["refreshes"], "graph_replays": st["graph_replays"],
+            "tokens_per_forward": st["tokens_per_forward"], "peak_memory_gb": st.get("peak_memory_gb"), "sparse_stats": sp}
 
 
 def _compare(rec: dict[str, Any], ref: dict[str, Any] | None, name: str) -> None:

@@ -51,6 +51,8 @@ class SweepSettings:
     window: int = 32  # queries of a cached step (decode kernel records)
     #: Timed generations per cache-protocol configuration (the record keeps the median run).
     e2e_repeats: int = 1
+    #: Cached steps replayed from CUDA graphs (``generate(cuda_graphs=...)``).
+    cuda_graphs: bool = True
     command: str | None = None  # the command line that made the records
 
     def __post_init__(self) -> None:

@@ -80,6 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-repeats", type=positive_int, default=1, metavar="N",
                    help="timed generations per cache-protocol configuration; the record keeps "
                         "the median run and every total in total_s_samples (default 1)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay cached steps from CUDA graphs (the samplers' default; "
+                        "--no-cuda-graphs times them eagerly)")
     p.add_argument("--window", type=positive_int, default=32,
                    help="queries of a cached step (--what decode, default 32)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (first) sparse run")
@@ -166,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         deadline=None if args.deadline is None else time.monotonic() + args.deadline,
         caches=tuple(args.cache), tokens_per_step=args.tokens_per_step, threshold=args.threshold,
         llada_block_length=args.block_length, cache_backends=tuple(args.sparse_backend),
-        window=args.window, e2e_repeats=args.e2e_repeats, command=_command(args))
+        window=args.window, e2e_repeats=args.e2e_repeats, cuda_graphs=args.cuda_graphs,
+        command=_command(args))
     if settings.e2e_repeats != 1 and not (settings.cache_sweep and "e2e" in args.what):
         raise AdllmError(f"--e2e-repeats {args.e2e_repeats} repeats the cache protocol's "
                          "generations only: add --what e2e with --cache, or drop it")

@@ -231,7 +231,8 @@ def _generation_stats(sampler: str, opts: Any, counts: LoopCounts, batch: int,
         gen_length=G, total_s=total_s, step_median_s=statistics.median(step_s), step_s=step_s,
         tokens_per_s=batch * G / total_s if total_s > 0 else float("inf"),
         cache=opts.cache, threshold=opts.threshold, forwards=counts.forwards,
-        refreshes=counts.refreshes, tokens_per_forward=G / max(counts.forwards, 1),
+        refreshes=counts.refreshes, graph_replays=counts.graph_replays,
+        tokens_per_forward=G / max(counts.forwards, 1),
         sparse=sparse, batch_note=batch_note,
     )
 

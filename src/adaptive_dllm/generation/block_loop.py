@@ -112,3 +112,5 @@ def _begin_forward(session: StepSession | None, cache: BlockCache | None, *, ref
                 session.set_window(cache.window_for(*rows))
     else:
         cache.begin_cached(*rows)
+        if hasattr(session, "begin_cached"):
+            session.begin_cached()

@@ -111,10 +111,13 @@ class LoopCounts:
         forwards: Model calls (a CFG step is one call on the doubled batch).
         refreshes: Full forwards that refreshed the cache (every forward without a cache).
         block_steps: Steps taken in each semi-autoregressive block.
+        graph_replays: Cached steps replayed from a CUDA graph
+            (:mod:`~adaptive_dllm.generation.step_graph`).
     """
 
     forwards: int = 0
     refreshes: int = 0
+    graph_replays: int = 0
     block_steps: list[int] = field(default_factory=list)
 
     def count(self, *, refresh: bool) -> None:

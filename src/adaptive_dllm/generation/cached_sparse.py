@@ -60,8 +60,9 @@ class CachedSparse:
     """Attention hook for a sparse session under an approximate K/V cache (see module doc).
 
     A forward is a refresh when its queries cover every key (q and k have one length), a cached
-    step otherwise; the sampler calls :meth:`begin_step` before refreshes only and
-    :meth:`set_window` with the rows its cached steps will compute.
+    step otherwise; the sampler calls :meth:`begin_step` before refreshes only,
+    :meth:`set_window` with the rows its cached steps will compute, and :meth:`begin_cached`
+    before each cached step.
     """
 
     def __init__(self, session: StepSession, model_config: ModelConfig,
@@ -93,6 +94,15 @@ class CachedSparse:
         """Rows ``[start, stop)`` that the coming cached steps compute."""
         self._window = window
 
+    def begin_cached(self) -> None:
+        """Before each cached step: counts it as dense or sparse. Counted here, not in the
+        attention call, because a replayed CUDA graph (:mod:`~adaptive_dllm.generation.step_graph`)
+        runs the step without calling this hook."""
+        if self._plans[0] is None:
+            self.cached_dense += 1
+        else:
+            self.cached_sparse += 1
+
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  key_mask: torch.Tensor | None) -> torch.Tensor:
         if q.shape[2] == k.shape[2]:  # refresh: the session's own schedule
@@ -104,11 +114,6 @@ class CachedSparse:
                 self._plans[layer] = self._decode_plan(layer, q, k, key_mask)
             return out
         plan = self._plans[layer]
-        if layer == 0:
-            if plan is None:
-                self.cached_dense += 1
-            else:
-                self.cached_sparse += 1
         if plan is None:
             return attend(q, k, v, key_mask=key_mask)
         return self._run(q, k, v, plan, key_mask)

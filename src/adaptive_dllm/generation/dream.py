@@ -40,7 +40,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from adaptive_dllm._checks import check_choice, check_float, check_int
+from adaptive_dllm._checks import check_bool, check_choice, check_float, check_int
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.block_loop import walk_blocks
 from adaptive_dllm.generation.cache import (
@@ -66,6 +66,7 @@ from adaptive_dllm.generation.schedule import (
     dream_counts,
     dream_timesteps,
 )
+from adaptive_dllm.generation.step_graph import step_runner
 from adaptive_dllm.models.families import get_family
 
 Algorithm = Literal["origin", "maskgit_plus", "topk_margin", "entropy"]
@@ -98,6 +99,9 @@ class DreamOptions:
         cache: None, ``"prefix"`` or ``"dual"`` (blocks of ``block_length``, or one block).
         threshold: None or tau > 0: parallel decoding as LLaDA's (ranked algorithms, no
             ``alg_temp``); ``steps`` then does not apply and must stay unset.
+        cuda_graphs: with a cache on a CUDA device, replay each block's cached steps from a
+            CUDA graph (:mod:`~adaptive_dllm.generation.step_graph`; same tokens, fewer
+            launches). No effect without a cache or off CUDA.
     """
 
     gen_length: int = 128
@@ -111,10 +115,12 @@ class DreamOptions:
     block_length: int | None = None
     cache: CacheMode | None = None
     threshold: float | None = None
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         check_int("gen_length", self.gen_length)
         check_cache("cache", self.cache)
+        check_bool("cuda_graphs", self.cuda_graphs)
         if self.threshold is not None:
             check_float("threshold", self.threshold, low=0.0, low_open=True)
             clash = threshold_clashes({"steps": self.steps, "gen_length": self.gen_length,
@@ -277,6 +283,7 @@ def _sample_blocks(model: nn.Module, input_ids: torch.Tensor, o: DreamOptions,
     else:
         reveal_p = _reveal_probs(timesteps, device)
     cache = None if o.cache is None else BlockCache(o.cache, model.config.n_layers, x.shape[1])
+    run = step_runner(o.cuda_graphs, cache, device, counts)
     for s in walk_blocks(x, start=P, width=width, options=o, mask_id=mask_id, cache=cache,
                          session=session, counts=counts, history=history, on_step=on_step,
                          lead=lead):
@@ -286,8 +293,8 @@ def _sample_blocks(model: nn.Module, input_ids: torch.Tensor, o: DreamOptions,
         if cache is not None and cache.window is not None:
             start, stop = cache.window
             inputs = x[:, start:stop]
-        out = model(inputs, attention_mask=real, attn=session,
-                    logits_from=s.lo - lead - start, **extra)
+        out = run(model, inputs, attention_mask=real, attn=session,
+                  logits_from=s.lo - lead - start, **extra)
         logits = _decision_logits(out, family.align_logits, lead)[:, :width]
         probs = torch.softmax(_filter(logits.float(), o), dim=-1)  # (B, Lb, V)
         region = x[:, s.lo:s.hi]

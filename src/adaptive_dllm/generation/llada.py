@@ -33,7 +33,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from adaptive_dllm._checks import check_choice, check_float, check_int
+from adaptive_dllm._checks import check_bool, check_choice, check_float, check_int
 from adaptive_dllm.errors import AdllmError
 from adaptive_dllm.generation.block_loop import walk_blocks
 from adaptive_dllm.generation.cache import (
@@ -49,6 +49,7 @@ from adaptive_dllm.generation.schedule import (
     select_top,
     split_evenly,
 )
+from adaptive_dllm.generation.step_graph import call_model, step_runner
 
 Remasking = Literal["low_confidence", "random"]
 # LLaDA-8B's <|eot_id|>: no config field carries it; used only when the vocabulary reaches it.
@@ -74,6 +75,14 @@ class LladaOptions:
             forward and uses ``uncond + (cfg_scale + 1) * (cond - uncond)``.
         remasking: ``low_confidence`` commits the highest softmax probabilities of the
             proposed tokens; ``random`` ranks by one ``torch.rand((B, L))`` draw per step.
+        cache: None, ``"prefix"`` or ``"dual"``: the approximate K/V cache
+            (:mod:`~adaptive_dllm.generation.cache`).
+        threshold: None or tau > 0: parallel decoding (every masked token of the block above
+            tau, at least one per step); ``steps`` then does not apply and must stay unset.
+        logits_eos_inf, confidence_eos_eot_inf: upstream's EOS/EOT suppression switches.
+        cuda_graphs: with a cache on a CUDA device, replay each block's cached steps from a
+            CUDA graph (:mod:`~adaptive_dllm.generation.step_graph`; same tokens, fewer
+            launches). No effect without a cache or off CUDA.
     """
 
     gen_length: int = 128
@@ -86,13 +95,13 @@ class LladaOptions:
     threshold: float | None = None
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         check_int("gen_length", self.gen_length)
         check_cache("cache", self.cache)
-        for name in ("logits_eos_inf", "confidence_eos_eot_inf"):
-            if not isinstance(getattr(self, name), bool):
-                raise AdllmError(f"{name}={getattr(self, name)!r} must be True or False")
+        for name in ("logits_eos_inf", "confidence_eos_eot_inf", "cuda_graphs"):
+            check_bool(name, getattr(self, name))
         if self.threshold is not None:
             check_float("threshold", self.threshold, low=0.0, low_open=True)
             clash = threshold_clashes({"steps": self.steps, "gen_length": self.gen_length,
@@ -187,13 +196,15 @@ def sample_llada(
     schedule = split_evenly(block_n, o.steps_per_block)
     counts = LoopCounts() if counts is None else counts
     cache = None if o.cache is None else BlockCache(o.cache, model.config.n_layers, x.shape[1])
+    run = step_runner(o.cuda_graphs, cache, device, counts)
     for s in walk_blocks(x, start=P, width=o.block_length, options=o, mask_id=mask_id,
                          cache=cache, session=session, counts=counts, history=history,
                          on_step=on_step):
         _step(model, x, lo=s.lo, hi=s.hi, k=None if o.threshold is not None else schedule[:, s.j],
               options=o, mask_id=mask_id, model_mask=model_mask,
-              uncond_positions=uncond_positions, session=session, cache=cache)
+              uncond_positions=uncond_positions, session=session, cache=cache, run=run)
     return x
+
 
 
 def _step(
@@ -209,6 +220,7 @@ def _step(
     uncond_positions: torch.Tensor | None,
     session: StepSession | None,
     cache: BlockCache | None = None,
+    run: Callable[..., torch.Tensor] = call_model,
 ) -> None:
     """One denoising step: commit ``k[b]`` tokens of block ``x[:, lo:hi]`` in place (k None:
     threshold decoding)."""
@@ -225,8 +237,8 @@ def _step(
         if cache.window is not None:
             start, stop = cache.window
             inputs = inputs[:, start:stop]  # the cached step computes its window only
-    out = model(inputs, attention_mask=model_mask, attn=session, logits_from=lo - start,
-                **extra)
+    out = run(model, inputs, attention_mask=model_mask, attn=session, logits_from=lo - start,
+              **extra)
     if uncond_positions is None:
         logits = out[:, :width].float()  # (B, Lb, V)
     else:

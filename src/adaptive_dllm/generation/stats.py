@@ -35,6 +35,7 @@ class GenerationStats(Mapping[str, Any]):
         threshold: The confidence threshold of parallel decoding, or None.
         forwards: Model calls (equals ``steps``).
         refreshes: Full forwards (every forward without a cache).
+        graph_replays: Cached steps replayed from a CUDA graph (0 off CUDA or without a cache).
         tokens_per_forward: ``G / forwards`` per sequence.
         sparse: The session's stats, None when attention was dense.
         batch_note: Why a padded sparse batch may differ from one-by-one runs, or None.
@@ -53,6 +54,7 @@ class GenerationStats(Mapping[str, Any]):
     threshold: float | None
     forwards: int
     refreshes: int
+    graph_replays: int
     tokens_per_forward: float
     sparse: Any
     batch_note: str | None
