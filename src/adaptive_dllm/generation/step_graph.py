@@ -47,7 +47,6 @@ class StepGraph:
     def __init__(self, device: torch.device, counts: LoopCounts) -> None:
         self.counts = counts
         self.stream = torch.cuda.Stream(device)
-        self.pool = torch.cuda.graph_pool_handle()  # shared: a new block's graph reuses memory
         self._seen: tuple | None = None  # key of the last eager cached step
         self._key: tuple | None = None  # key of the recorded graph
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -83,7 +82,9 @@ class StepGraph:
         # gc.collect() and empty_cache() on every capture, tens of milliseconds per block.
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream):
-            graph.capture_begin(pool=self.pool)
+            # Its own memory pool, freed with the graph: a pool handle shared across blocks
+            # fails PyTorch's allocator assert once the graph that created it is gone.
+            graph.capture_begin()
             try:
                 self._logits = model(self._inputs, **kwargs)
             except RuntimeError as err:
