@@ -126,7 +126,7 @@ def plot_cache(records: list[dict[str, Any]], path: str) -> None:
     """PNG of the cache protocol (issue 14): left, the cached-step kernel's speedup over the
     fastest dense SDPA vs cached keys (GPU time, per family and query window); right, end-to-end
     speedup over dense without a cache vs prompt length (one token per forward), per family,
-    cache mode and attention."""
+    cache mode and attention; runs with ``cuda_graphs`` off are left out."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -141,11 +141,21 @@ def plot_cache(records: list[dict[str, Any]], path: str) -> None:
     keeps = sorted({round(r["keep_ratio"], 1) for r in decode})
     left.set_title(f"cached-step attention, keep {', '.join(map(str, keeps))}")
     left.set_xlabel("cached keys")
+    # A sweep run without its no-cache baseline (64k: 80 s per family) is set against the
+    # baseline record of another sweep of the same records (same family, prompt and schedule).
+    base = {(r["family"], r["prompt_len"], r.get("tokens_per_step")): r["total_s"]
+            for r in records if r.get("kind") == "e2e" and not r.get("cache")
+            and r.get("mode") == "dense" and r.get("total_s")}
+
+    def speedup(r: dict[str, Any]) -> float | None:
+        ref = base.get((r["family"], r["prompt_len"], r.get("tokens_per_step")))
+        return r.get("speedup") or (ref / r["total_s"] if ref and r.get("total_s") else None)
+
     e2e = [r for r in records if r.get("kind") == "e2e" and r.get("cache")
-           and r.get("tokens_per_step") == 1 and r.get("speedup") is not None
-           and r.get("sparse_backend") in (None, "auto")]
+           and r.get("tokens_per_step") == 1 and speedup(r) is not None
+           and r.get("sparse_backend") in (None, "auto") and r.get("cuda_graphs", True)]
     for n, key in enumerate(sorted({(r["family"], _mode_label(r)) for r in e2e})):
-        pts = sorted((r["prompt_len"], r["speedup"]) for r in e2e
+        pts = sorted((r["prompt_len"], speedup(r)) for r in e2e
                      if (r["family"], _mode_label(r)) == key)
         right.plot(*zip(*pts, strict=True), marker="o", color=colormaps["tab10"](n % 10),
                    ls="-" if key[0] == "llada" else "--", label=f"{key[0]} {key[1]}")
