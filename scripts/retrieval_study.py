@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import shlex
 import subprocess
@@ -91,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--kinds", default=",".join(KINDS), help="retrieval kinds")
     t.add_argument("--vt", action="store_true", help="add variable tracking to the kinds")
     t.add_argument("--test-seed", type=int, default=0, help="seed of the test items (default 0)")
+    t.add_argument("--batch-size", type=int, default=1, help="items per generation batch of the "
+                   "accuracy and pruning cells (prompts of a kind have one length: no padding)")
     s = p.add_argument_group("sparse cells")
     s.add_argument("--selects", default="0.3,0.1,0.05,0.2,0.5",
                    help="keep ratios, run in this order (a cut run has the first ones whole)")
@@ -125,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.calib_seed == args.test_seed:
         raise AdllmError(f"--calib-seed {args.calib_seed} equals --test-seed: calibration items "
                          "must differ from the test items; pick another seed")
-    for name in ("length", "items", "calib_items", "headig_n", "head_items", "top_k", "prune_seeds"):
+    for name in ("length", "items", "calib_items", "headig_n", "head_items", "top_k", "prune_seeds",
+                 "batch_size"):
         if getattr(args, name) < 1:
             raise AdllmError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
     if not 0 < args.prune_fraction < 1 or any(not 0 < x <= 1 for x in args.selects):
@@ -141,7 +145,7 @@ def provenance(argv: list[str]) -> dict[str, Any]:
         commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
                                 capture_output=True, text=True, cwd=here, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = None
+        commit = os.environ.get("ADLLM_GIT_COMMIT")  # a copy of the tree without .git
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:

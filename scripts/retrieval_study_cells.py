@@ -181,7 +181,7 @@ class Study:
         sparse = {} if mode == "dense" else {**self.sparse_options(), "budget": scope}
         imp = self.importance(est) if est is not None else None
         settings = RunSettings(modes=(mode,), selects=(select,), sparse=sparse, seed=a.test_seed,
-                               sampler=self.sampler())
+                               sampler=self.sampler(), batch_size=a.batch_size)
         result, cli, path = self.evaluate(self.model, kind, a.items, settings, imp, cell)
         if mode != "dense":
             cli += f" --select {select:g}" + "".join(
@@ -292,7 +292,8 @@ class Study:
                 model = self.model if gates is None else GatedModel(self.model, gates)
                 result, _, path = self.evaluate(model, kind, a.prune_items,
                                                 RunSettings(modes=("dense",), seed=a.test_seed,
-                                                            sampler=self.sampler()), None,
+                                                            sampler=self.sampler(),
+                                                            batch_size=a.batch_size), None,
                                                 cell)
                 self.record("prune", cell, {
                     "kind": kind, "items": a.prune_items, "estimator": est, "which": which,
