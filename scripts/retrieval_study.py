@@ -141,11 +141,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def provenance(argv: list[str]) -> dict[str, Any]:
     """What every record carries: the study's command, commit, device, torch version, date."""
     here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
-                                capture_output=True, text=True, cwd=here, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("ADLLM_GIT_COMMIT")  # a copy of the tree without .git
+    # ADLLM_GIT_COMMIT first, as the benchmarks do: a copy of the tree on another machine may
+    # carry a stale .git whose describe names the wrong commit.
+    commit = os.environ.get("ADLLM_GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                                    capture_output=True, text=True, cwd=here,
+                                    check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = None
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:

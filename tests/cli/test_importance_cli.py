@@ -88,6 +88,16 @@ def test_estimate_cheap_methods(ckpt, text_file, tmp_path, capsys, method):
     assert HeadImportance.load(out_file).scores.shape == (2, 4)
 
 
+def test_entropy_is_the_default_method(ckpt, text_file, tmp_path, capsys):
+    # The default follows the retrieval study (docs/fidelity.md): entropy with global budgets.
+    out_file = tmp_path / "default.safetensors"
+    code, out, err = _run(capsys, "estimate", "--model", str(ckpt), "--data", str(text_file),
+                          "--text-length", "64", "--block-size", "16", "--device", "cpu",
+                          "--out", str(out_file), "--json")
+    assert code == 0, err
+    assert json.loads(out)["metadata"]["estimator"] == "entropy"
+
+
 @pytest.mark.parametrize("method, argv, named", [
     ("headig", ["--block-size", "16", "--coverage", "0.8"], "--block-size, --coverage"),
     ("entropy", ["--steps", "4"], "--steps"),

@@ -150,6 +150,8 @@ def test_estimate_importance_dispatches_by_name():
     cov = estimate_importance(model, ex, method="coverage", block_size=4)
     assert cov.metadata["estimator"] == "coverage"
     assert estimate_importance(model, method="random", seed=2).metadata["seed"] == 2
+    # the default follows the retrieval study: entropy
+    assert estimate_importance(model, ex, block_size=4).metadata["estimator"] == "entropy"
     for kwargs, message in ((dict(method="nope"), "unknown importance method"),
                             (dict(method="entropy"), "needs calibration examples"),
                             (dict(method="uniform", steps=2), "takes no options")):

@@ -171,3 +171,19 @@ def test_spearman_ranks_ties_and_constants(heads):
     assert heads.spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])) == \
         pytest.approx(math.sqrt(3) / 2)
     assert heads.group_sums(torch.arange(8.0).reshape(1, 8), 2).tolist() == [[6.0, 22.0]]
+
+
+def test_provenance_names_the_commit_it_is_given(study, monkeypatch):
+    # A copy of the tree on the GPU machine carried a stale .git: records named the session's
+    # first commit, not the one that ran. ADLLM_GIT_COMMIT (set by the device scripts) wins.
+    monkeypatch.setenv("ADLLM_GIT_COMMIT", "abc1234")
+    assert study.provenance([])["commit"] == "abc1234"
+    monkeypatch.delenv("ADLLM_GIT_COMMIT")
+    assert study.provenance([])["commit"] != "abc1234"
+
+
+def test_batch_size_is_checked(study, tmp_path):
+    from adaptive_dllm.errors import AdllmError
+
+    with pytest.raises(AdllmError, match="--batch-size 0"):
+        study.parse_args(_argv(tmp_path, "--batch-size", "0"))

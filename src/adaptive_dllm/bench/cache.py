@@ -131,7 +131,8 @@ def _fields(st: dict[str, Any]) -> dict[str, Any]:
     return {"total_s": st["total_s"], "step_median_s": st["step_median_s"],
             "tokens_per_s": st["tokens_per_s"], "steps": st["steps"], "forwards": st["forwards"],
             "refreshes": st["refreshes"], "graph_replays": st["graph_replays"],
-            "tokens_per_forward": st["tokens_per_forward"], "peak_memory_gb": st.get("peak_memory_gb"), "sparse_stats": sp}
+            "tokens_per_forward": st["tokens_per_forward"],
+            "peak_memory_gb": st.get("peak_memory_gb"), "sparse_stats": sp}
 
 
 def _compare(rec: dict[str, Any], ref: dict[str, Any] | None, name: str) -> None:

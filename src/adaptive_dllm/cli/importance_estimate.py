@@ -68,7 +68,9 @@ def register_estimate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("estimate", help="estimate head importance and save it",
                        description="Estimate per-head importance and write a .safetensors file.",
                        epilog=ESTIMATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", default="entropy", choices=METHODS,
+                   help="default entropy: with global budgets the best rule on the retrieval "
+                        "task at 4k/8k and on NLL (docs/fidelity.md)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
     p.add_argument("--seed", type=seed, default=0,
                    help="estimator seed: masks, STP thresholds, random (default 0)")
