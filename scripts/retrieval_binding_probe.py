@@ -20,6 +20,11 @@ needles but no longer binds the asked key to its number (attention, not copying,
 
     PYTHONPATH=src python scripts/retrieval_binding_probe.py --lengths 512,1024,2048,4096 \\
         --items 10 --out benchmarks/results/retrieval_binding_probe_cpu/probe.jsonl
+
+``--gaps 0,16,64,256`` separates the cause: the task's 512-byte items have their needles on
+adjacent lines; the probe re-lays them into a ``--lengths``-character prompt with that many
+characters of haystack between consecutive needles (the rest before and after them), so length,
+answer distance and needle spacing can be varied one at a time.
 """
 
 from __future__ import annotations
@@ -54,6 +59,28 @@ def needle_numbers(prompt: str) -> tuple[list[tuple[int, int]], int]:
     return spans, [m.group(1) for m in found].index(asked)
 
 
+def relay(prompt: str, filler: str, gap: int, total: int, seed: int) -> str:
+    """``prompt`` (an item whose needles are adjacent lines) with ``gap`` characters of
+    ``filler`` (cut at a line end) between consecutive needles, and filler before the first and
+    after the last needle (half each) to about ``total`` characters; the intro and the question
+    stay where they are."""
+
+    def piece(n: int, k: int) -> str:
+        if n <= 0:
+            return ""
+        start = (seed * 7919 + k * 104729) % (len(filler) - n - 1)
+        cut = filler[start: start + n]
+        return cut[: cut.rfind("\n") + 1]
+
+    lines = re.findall(r"One of the special magic numbers for \w+ is: \d+\.\n", prompt)
+    intro_end, question = prompt.index("\n\n") + 2, prompt.rindex("\n\n")
+    body = "".join(line + (piece(gap, j) if j < len(lines) - 1 else "")
+                   for j, line in enumerate(lines))
+    rest = max(0, total - intro_end - len(body) - (len(prompt) - question))
+    return (prompt[:intro_end] + piece(rest // 2, 100) + body + piece(rest - rest // 2, 200)
+            + prompt[question:])
+
+
 @torch.no_grad()
 def probe_item(model, tok, prompt: str, answer: str, gen_length: int) -> dict[str, torch.Tensor]:
     """Per head (Ly, H): mass on the asked number, on all numbers, and whether the asked one
@@ -73,18 +100,24 @@ def probe_item(model, tok, prompt: str, answer: str, gen_length: int) -> dict[st
             "hit": (per.argmax(-1) == asked).double(), "n_needles": torch.tensor(len(spans))}
 
 
-def run_length(model, tok, length: int, items: int, seed: int, gen: bool) -> dict:
-    task = make_task(tokenizer=tok, length=length, kinds=["niah_multikey"], n=items, seed=seed)
+def run_length(model, tok, length: int, items: int, seed: int, gen: bool,
+               gap: int | None = None) -> dict:
+    """One record: the task's items at ``length``; with ``gap``, the task's 512-byte items (whose
+    needles are adjacent) re-laid by :func:`relay` to ``length`` characters."""
+    task = make_task(tokenizer=tok, length=512 if gap is not None else length,
+                     kinds=["niah_multikey"], n=items, seed=seed)
+    filler = task.haystack.read_text(errors="replace") if gap is not None else ""
     asked, numbers, hits, correct, needles = [], [], [], [], []
     for i in range(items):
         item = task.item("niah_multikey", i)
-        r = probe_item(model, tok, item.prompt, item.target, 32)
+        prompt = item.prompt if gap is None else relay(item.prompt, filler, gap, length, i)
+        r = probe_item(model, tok, prompt, item.target, 32)
         asked.append(r["asked"])
         numbers.append(r["numbers"])
         hits.append(r["hit"])
         needles.append(int(r["n_needles"]))
         if gen:
-            out = ad.generate(model, tok, item.prompt, **task.generation_defaults())
+            out = ad.generate(model, tok, prompt, **task.generation_defaults())
             correct.append(match(item, out.text))
     asked, numbers, hits = (torch.stack(t) for t in (asked, numbers, hits))  # (I, Ly, H)
     selectivity = (asked / numbers.clamp_min(1e-12)).mean(0)  # (Ly, H)
@@ -95,7 +128,8 @@ def run_length(model, tok, length: int, items: int, seed: int, gen: bool) -> dic
     best = int(ranked.argmax())
     H = selectivity.shape[1]
     top = [i for i in ranked.argsort(descending=True)[:5].tolist() if ranked[i] >= 0]
-    return {"length": length, "items": items, "seed": seed, "needles": sorted(set(needles)),
+    return {"length": length, "gap": gap, "items": items, "seed": seed,
+            "needles": sorted(set(needles)),
             "chance": 1 / max(needles), "accuracy": sum(correct) / len(correct) if correct else None,
             "reader_mass": READER_MASS, "readers": int(readers.sum()),
             "best_head": f"{best // H}.{best % H}" if readers.any() else None,
@@ -114,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="512,1024,2048,4096")
     p.add_argument("--items", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gaps", default=None, help="comma-separated characters of haystack between "
+                   "consecutive needles (the 512-byte items re-laid to each --lengths value); "
+                   "default: the task's own items (needles at random depths)")
     p.add_argument("--no-generate", action="store_true", help="skip the accuracy (32 steps/item)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True, help="JSONL of one record per length")
@@ -121,14 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     out = check_output_path(a.out)  # before the work
     model, tok = ad.load(a.model, device=a.device)
     lines = []
-    for length in (int(x) for x in a.lengths.split(",")):
+    gaps = [None] if a.gaps is None else [int(x) for x in a.gaps.split(",")]
+    for length, gap in ((n, g) for n in (int(x) for x in a.lengths.split(",")) for g in gaps):
         started = time.perf_counter()
-        rec = run_length(model, tok, length, a.items, a.seed, not a.no_generate)
+        rec = run_length(model, tok, length, a.items, a.seed, not a.no_generate, gap)
         rec["seconds"] = round(time.perf_counter() - started, 1)
         given = sys.argv[1:] if argv is None else argv
         rec["command"] = "python scripts/retrieval_binding_probe.py " + " ".join(given)
         lines.append(json.dumps(rec))
-        print(f"{length}: accuracy {rec['accuracy']}, {rec['readers']} reader heads, best "
+        print(f"{length} gap {gap}: accuracy {rec['accuracy']}, {rec['readers']} reader heads, best "
               f"{rec['top5'][:2]} (chance {rec['chance']:.2f})", file=sys.stderr)
     with atomic_write(out) as f:
         f.write("\n".join(lines) + "\n")

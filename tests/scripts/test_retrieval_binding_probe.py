@@ -42,3 +42,19 @@ def test_out_is_checked_before_the_work(probe, tmp_path):
 
     with pytest.raises(AdllmError):
         probe.main(["--lengths", "512", "--items", "1", "--out", str(tmp_path / "no" / "x.jsonl")])
+
+
+def test_relay_spaces_the_needles_and_keeps_the_rest(probe):
+    _, tok = load("retrieval", device="cpu")
+    task = make_task(tokenizer=tok, length=512, kinds=["niah_multikey"], n=2, seed=0)
+    item = task.item("niah_multikey", 0)
+    filler = task.haystack.read_text(errors="replace")
+    for gap in (0, 200):
+        laid = probe.relay(item.prompt, filler, gap, 2048, 0)
+        assert 1800 <= len(laid) <= 2048
+        assert laid.split("\n\n")[0] == item.prompt.split("\n\n")[0]  # the intro
+        assert laid.endswith(item.prompt[item.prompt.rindex("\n\n"):])  # the question
+        spans, asked = probe.needle_numbers(laid)
+        assert len(spans) == 4 and laid[slice(*spans[asked])] == item.target
+        between = [spans[j + 1][0] - spans[j][1] for j in range(3)]
+        assert all(b < 60 for b in between) if gap == 0 else all(b > 100 for b in between)
