@@ -204,6 +204,24 @@ def test_fast_turns_on_the_preset_and_gives_the_same_text_as_its_options(capsys)
     assert fast["stats"]["forwards"] <= 32
 
 
+def test_no_cuda_graphs_reaches_the_sampler(monkeypatch, capsys):
+    from adaptive_dllm.generation import api
+
+    seen = []
+    real = api.make_options
+
+    def spy(family, **options):
+        seen.append(options.get("cuda_graphs", "unset"))
+        return real(family, **options)
+
+    monkeypatch.setattr(api, "make_options", spy)
+    base = ["generate", "ROMEO:", "--gen-length", "16", "--block-length", "8", "--cache", "prefix",
+            "--json"]
+    assert main([*base, "--no-cuda-graphs"]) == 0 and main(base) == 0
+    capsys.readouterr()
+    assert seen == [False, "unset"]  # not given: the sampler's own default (on)
+
+
 def test_fast_yields_to_explicit_cache_and_threshold(capsys):
     assert main(["generate", "ROMEO:", "--gen-length", "32", "--block-length", "16", "--json",
                  "--fast", "--cache", "dual", "--threshold", "0.7"]) == 0

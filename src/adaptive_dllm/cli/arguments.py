@@ -214,6 +214,10 @@ def _sampler_specs() -> dict[str, _Spec]:
                                      "refreshed once per block (docs/cache.md)"), "none"),
         "threshold": (("--threshold",), dict(type=float, metavar="TAU", help="parallel decoding: "
                                              "commit every token more confident than TAU"), "off"),
+        "cuda_graphs": (("--cuda-graphs",), dict(
+            action=argparse.BooleanOptionalAction, help="with --cache on a GPU, replay each "
+            "block's cached steps from one CUDA graph; --no-cuda-graphs runs them eagerly "
+            "(docs/cache.md)"), "on"),
         "fast": (("--fast",), dict(action="store_true", help=(
             f"speed preset: {_fast_text()} (an explicit --cache or --threshold wins; "
             "measured in docs/fidelity.md)")), "off"),
@@ -274,8 +278,8 @@ def add_sampler_args(p: argparse.ArgumentParser, *, only: Iterable[str] | None =
     """The ``sampler`` group (all of it, or the options named in ``only``): ``--steps``,
     ``--gen-length``, ``--block-length``, ``--temperature``, LLaDA's ``--remasking`` and
     ``--cfg-scale``, Dream's ``--alg``, ``--alg-temp``, ``--eps``, ``--top-p``, ``--top-k``,
-    and ``--cache``, ``--threshold``, ``--fast``. Unset options are None (the sampler's own default) unless
-    ``defaults`` gives the command's."""
+    and ``--cache``, ``--threshold``, ``--cuda-graphs``, ``--fast``. Unset options are None (the
+    sampler's own default) unless ``defaults`` gives the command's."""
     return _add_group(p, "sampler", "An option the model's sampler does not have is an error.",
                       _sampler_specs(), only, defaults)
 
