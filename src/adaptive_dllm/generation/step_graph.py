@@ -93,7 +93,7 @@ class StepGraph:
                 self._drop()
                 raise AdllmError(f"recording a cached step as a CUDA graph failed ({err}); a model "
                                  "or attention hook that reads tensors back to the host cannot "
-                                 "be recorded: pass cuda_graphs=False") from err
+                                 "be recorded: pass cuda_graphs=False (--no-cuda-graphs)") from err
             graph.capture_end()
         torch.cuda.current_stream().wait_stream(self.stream)
         self._graph = graph
