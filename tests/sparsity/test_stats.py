@@ -23,7 +23,7 @@ SPARSE_KEYS = {
     "time_plan_s", "time_sparse_s", "compile_s"}
 GENERATION_KEYS = {"sampler", "steps", "batch", "prompt_length", "gen_length", "total_s",
                    "step_median_s", "step_s", "tokens_per_s", "cache", "threshold", "forwards",
-                   "refreshes", "tokens_per_forward", "sparse", "batch_note"}
+                   "refreshes", "graph_replays", "tokens_per_forward", "sparse", "batch_note"}
 
 
 class _CompilingReference(ReferenceBackend):
