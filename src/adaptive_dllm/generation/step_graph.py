@@ -91,7 +91,8 @@ class StepGraph:
                 with contextlib.suppress(RuntimeError):  # the capture is invalid already
                     graph.capture_end()
                 self._drop()
-                raise AdllmError(f"recording a cached step as a CUDA graph failed ({err}); a model "
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise AdllmError(f"recording a cached step as a CUDA graph failed ({first}); a model "
                                  "or attention hook that reads tensors back to the host cannot "
                                  "be recorded: pass cuda_graphs=False (--no-cuda-graphs)") from err
             graph.capture_end()
