@@ -56,6 +56,8 @@ def test_cache_records_say_what_ran(cache_records):
         prefix_dense["total_s"] / ref["total_s"])
     assert ref["sparse_stats"]["cached_backend"] == "reference"
     assert ref["sparse_stats"]["cached_sparse_steps"] > 0
+    # the samplers' default; on the CPU nothing is replayed
+    assert all(r["cuda_graphs"] is True and r["graph_replays"] == 0 for r in e2e)
     # auto on the CPU: dense everywhere, and the stats say why
     assert auto["sparse_stats"]["backend"] == "dense"
     assert auto["sparse_stats"]["cached_backend"] == "dense"
@@ -143,6 +145,16 @@ def test_decode_records_time_the_triton_kernel_on_a_gpu():
     s = SweepSettings(lengths=(8192,), repeats=3, device="cuda", dtype="bfloat16")
     (rec,) = decode_records("dream", 8192, s, copy_gbs=copy_rate_gbs("cuda", mib=256))
     assert rec["kernel"] == "triton" and rec["ms"] > 0 and rec["gbs_over_copy"] > 0
+
+
+def test_no_cuda_graphs_reaches_the_records(capsys):
+    code = main([*TINY, "--what", "e2e", "--e2e-lengths", "64", "--cache", "prefix",
+                 "--tokens-per-step", "2", "--modes", "uniform", "--sparse-backend", "reference",
+                 "--no-cuda-graphs"])
+    assert code == 0
+    records = [r for r in json.loads(capsys.readouterr().out)["records"] if r["kind"] == "e2e"]
+    assert records and all(r["cuda_graphs"] is False for r in records)
+    assert "--no-cuda-graphs" in records[0]["command"]
 
 
 def test_e2e_repeats_keep_the_median_run_and_every_total(capsys):

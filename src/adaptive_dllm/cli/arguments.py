@@ -9,9 +9,8 @@ command refuses the same bad values with the same one-line message before doing 
   :func:`sparse_config_from_args`, :func:`add_quiet`. A command takes a whole group or the
   options it names (``only=``) with its own defaults (``defaults=``); flags, dests, choices and
   help texts stay the group's.
-- Checks and helpers: :func:`check_steps` (see :data:`MAX_STEPS_PER_TOKEN`),
-  :func:`check_plot` / :func:`save_plot` (validated first, written atomically),
-  :func:`out_stream`. List-valued options and values: :mod:`adaptive_dllm.cli.lists`.
+- Checks and helpers: :func:`check_steps`, :func:`refuse_unused`, :func:`out_stream`. Plots:
+  :mod:`adaptive_dllm.cli.plots`; list-valued options: :mod:`adaptive_dllm.cli.lists`.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ from adaptive_dllm.errors import AdllmError
 if TYPE_CHECKING:
     from adaptive_dllm.sparsity.config import SparseConfig
 
-#: --steps is at most this many times the generated tokens. Beyond one token per step the extra
-#: steps commit nothing new (LLaDA) or re-decide the same few masks (Dream); 16x leaves room for
-#: experiments while a typo such as 100000000 fails at once instead of running for days.
+#: --steps is at most this many times the generated tokens: beyond one token per step extra steps
+#: change little, 16x leaves room for experiments, and a typo (100000000) fails at once.
 MAX_STEPS_PER_TOKEN = 16
 
 
@@ -214,10 +212,9 @@ def _sampler_specs() -> dict[str, _Spec]:
                                      "refreshed once per block (docs/cache.md)"), "none"),
         "threshold": (("--threshold",), dict(type=float, metavar="TAU", help="parallel decoding: "
                                              "commit every token more confident than TAU"), "off"),
-        "cuda_graphs": (("--cuda-graphs",), dict(
-            action=argparse.BooleanOptionalAction, help="with --cache on a GPU, replay each "
-            "block's cached steps from one CUDA graph; --no-cuda-graphs runs them eagerly "
-            "(docs/cache.md)"), "on"),
+        "cuda_graphs": (("--cuda-graphs",), dict(action=argparse.BooleanOptionalAction, help=(
+            "with --cache on a GPU, replay each block's cached steps from one CUDA graph "
+            "(docs/cache.md)")), "on"),
         "fast": (("--fast",), dict(action="store_true", help=(
             f"speed preset: {_fast_text()} (an explicit --cache or --threshold wins; "
             "measured in docs/fidelity.md)")), "off"),

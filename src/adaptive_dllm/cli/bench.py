@@ -80,9 +80,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-repeats", type=positive_int, default=1, metavar="N",
                    help="timed generations per cache-protocol configuration; the record keeps "
                         "the median run and every total in total_s_samples (default 1)")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="replay cached steps from CUDA graphs (the samplers' default; "
-                        "--no-cuda-graphs times them eagerly)")
     p.add_argument("--window", type=positive_int, default=32,
                    help="queries of a cached step (--what decode, default 32)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (first) sparse run")
@@ -100,22 +97,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # The shared groups give every option that means what it means in generate; --modes,
     # --cache and --sparse-backend above are sweep axes (lists, each value run in turn).
     add_model_args(p, only=("device",))
-    add_sampler_args(p, only=("steps", "gen_length", "block_length", "threshold"),
-                     defaults={"steps": 128, "gen_length": 128, "block_length": 32})
+    add_sampler_args(p, only=("steps", "gen_length", "block_length", "threshold", "cuda_graphs"),
+                     defaults={"steps": 128, "gen_length": 128, "block_length": 32,
+                               "cuda_graphs": True})
     add_sparse_args(p, only=("select", "skip", "block_size"),
                     defaults={"select": 0.3, "skip": 0.2, "block_size": 128})
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p)  # parser: _command reads each option's default
 
 
 def _command(args: argparse.Namespace) -> str:
     """The command line with every option's value (defaults included): what the records ran."""
-    skip = {"func", "command", "json", "out", "plot", "quiet", "verbose"}
+    skip = {"func", "parser", "command", "json", "out", "plot", "quiet", "verbose"}
     parts = ["adllm", "bench"]
     for name, value in vars(args).items():
-        if name in skip or value is None or value is False or value == []:
+        if name in skip or value is None or value == []:
             continue
         flag = "--" + name.replace("_", "-")
-        if value is True:
+        if value is False:  # a switch left off, or a default-on one turned off (--no-...)
+            if args.parser.get_default(name) is True:
+                parts.append("--no-" + name.replace("_", "-"))
+        elif value is True:
             parts.append(flag)
         elif isinstance(value, list):
             parts += [flag, *map(str, value)]

@@ -47,8 +47,7 @@ class StepGraph:
     def __init__(self, device: torch.device, counts: LoopCounts) -> None:
         self.counts = counts
         self.stream = torch.cuda.Stream(device)
-        self._seen: tuple | None = None  # key of the last eager cached step
-        self._key: tuple | None = None  # key of the recorded graph
+        self._seen: tuple | None = None  # key of the current block's cached steps (and graph)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._inputs: torch.Tensor | None = None  # (B, W) recorded input ids
         self._logits: torch.Tensor | None = None  # recorded output
@@ -60,7 +59,7 @@ class StepGraph:
             self._drop()
             return model(inputs, **kwargs)
         key = (cache.window, kwargs.get("logits_from"), tuple(inputs.shape), inputs.dtype)
-        if self._graph is not None and key == self._key:
+        if self._graph is not None and key == self._seen:
             self._inputs.copy_(inputs)
             self._graph.replay()
             self.counts.graph_replays += 1
@@ -70,7 +69,6 @@ class StepGraph:
             self._seen = key
             return model(inputs, **kwargs)
         self._record(model, inputs, kwargs)
-        self._key = key
         self._graph.replay()
         self.counts.graph_replays += 1
         return self._logits
@@ -101,7 +99,7 @@ class StepGraph:
 
     def _drop(self) -> None:
         self._graph = self._inputs = self._logits = None
-        self._key = self._seen = None
+        self._seen = None
 
 
 def call_model(model: nn.Module, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
